@@ -1,0 +1,89 @@
+"""Optimisers with Keras' update rules, stepping all weights as one flat tensor, and schedules.
+
+A small convnet has few, small weight tensors; stepping them one by one costs more in
+per-tensor overhead than in arithmetic. So the trainable weights and their gradients are
+laid out as views into two flat buffers, and the optimiser updates one tensor per step.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from smallvision.recipe import Recipe
+
+
+def flatten_parameters(model: nn.Module) -> nn.Parameter:
+    """Re-home every trainable weight (and its gradient) as a view into one flat buffer.
+
+    Returns a Parameter whose data and grad are those buffers; call after the model has its
+    final device and memory format. Autograd then accumulates into the views in place.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    total = sum(p.numel() for p in params)
+    flat = nn.Parameter(torch.empty(total, device=device))
+    flat.grad = torch.zeros(total, device=device)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        # Keep each weight's own strides (channels_last included) inside its slice.
+        view = torch.as_strided(flat.data, p.shape, p.stride(), offset)
+        grad_view = torch.as_strided(flat.grad, p.shape, p.stride(), offset)
+        view.copy_(p.data)
+        p.data = view
+        p.grad = grad_view
+        offset += n
+    return flat
+
+
+class KerasRMSprop(torch.optim.Optimizer):
+    """Keras' RMSprop: v = rho v + (1 - rho) g^2;  w -= lr g / sqrt(v + epsilon).
+
+    PyTorch's RMSprop adds epsilon outside the square root; Keras adds it inside.
+    """
+
+    def __init__(self, params, lr=1e-3, rho=0.9, epsilon=1e-7, momentum=0.0):
+        super().__init__(params, dict(lr=lr, rho=rho, epsilon=epsilon, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state["velocity"] = torch.zeros_like(p)
+                    if group["momentum"]:
+                        state["momentum"] = torch.zeros_like(p)
+                velocity = state["velocity"]
+                velocity.mul_(group["rho"]).addcmul_(p.grad, p.grad, value=1 - group["rho"])
+                increment = p.grad / velocity.add(group["epsilon"]).sqrt_()
+                if group["momentum"]:
+                    increment = state["momentum"].mul_(group["momentum"]).add_(increment, alpha=group["lr"])
+                    p.sub_(increment)
+                else:
+                    p.sub_(increment, alpha=group["lr"])
+
+
+def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    lr = recipe.learning_rate
+    if recipe.optimizer == "rmsprop":
+        return KerasRMSprop(params, lr=lr, rho=recipe.rho, epsilon=recipe.epsilon, momentum=recipe.momentum)
+    if recipe.optimizer in ("adam", "adamw"):
+        kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+        return kind(params, lr=lr, betas=(recipe.beta_1, recipe.beta_2), eps=recipe.epsilon, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
+                           weight_decay=recipe.weight_decay)
+
+
+def learning_rate_factor(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The schedule's multiplier of the base learning rate at `step` of `total_steps`."""
+    progress = step / max(1, total_steps)
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    # onecycle: linear warm-up from a tenth, then linear decay to zero
+    if progress < recipe.warmup:
+        return 0.1 + 0.9 * progress / recipe.warmup
+    return max(0.0, (1 - progress) / (1 - recipe.warmup))

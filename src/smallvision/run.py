@@ -1,0 +1,145 @@
+"""A run directory: what a training wrote, and everything that reads it back (predict, evaluate)."""
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from smallvision.data.sources import open_source
+from smallvision.errors import SmallvisionError
+from smallvision.images import expand_image_paths, load_image
+from smallvision.models import create_model
+from smallvision.recipe import Recipe
+from smallvision.train import Preprocess, evaluate_imageset, predict_probabilities, resolve_device
+
+RUN_MARKERS = ("model.json", "recipe.toml")
+FORMAT = "smallvision-run/1"
+
+
+def is_run(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def prepare_run_dir(out: str | Path | None, label: str, force: bool = False) -> Path:
+    """A directory ready for a new run's files, checked before any training is spent.
+
+    Refuses (unless `force`) a directory that already holds files, so nothing is overwritten.
+    """
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{label}-{stamp}"
+        suffix = 1
+        while out.exists():
+            suffix += 1
+            out = Path("runs") / f"{label}-{stamp}-{suffix}"
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SmallvisionError(f"{out}: exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "already holds a run" if is_run(out) else "exists, is not empty and is not a smallvision run"
+        raise SmallvisionError(f"{out}: {what}; choose another --out, or pass --force to write into it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".smallvision-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SmallvisionError(f"{out}: cannot write there ({err.strerror or err})") from None
+    return out
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call `write(temporary_path)`, then move the result over `path` in one step."""
+    temporary = path.with_name(f".partial-{path.name}")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[dict], metrics: dict) -> None:
+    from smallvision.plots import plot_curves  # matplotlib is slow to import; only training needs it
+
+    weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
+    write_atomically(directory / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
+    write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    write_atomically(directory / "history.csv", lambda p: write_history(p, history))
+    write_atomically(directory / "curves.png", lambda p: plot_curves(history, p, f"{meta['source']} · {recipe.name}"))
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+class Run:
+    """A trained model and what it was trained with, read from a run directory."""
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SmallvisionError(f"{self.path}: no such run directory")
+        if not (self.path / "model.json").is_file() or not (self.path / "model.safetensors").is_file():
+            raise SmallvisionError(f"{self.path}: not a smallvision run (model.json or model.safetensors missing)")
+        try:
+            self.meta = json.loads((self.path / "model.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SmallvisionError(f"{self.path / 'model.json'}: unreadable ({err})") from None
+        self.recipe = Recipe.from_toml((self.path / "recipe.toml").read_text(), str(self.path / "recipe.toml"))
+        self.class_names: list[str] = self.meta["class_names"]
+        self.device = resolve_device(device)
+        architecture = self.meta["architecture"]
+        self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"])
+        self.model.load_state_dict(load_file(str(self.path / "model.safetensors")))
+        self.model.to(self.device).eval()
+        pre = self.meta["preprocessing"]
+        self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
+        if pre["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def metrics(self) -> dict:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
+        return predict_probabilities(self.model, images, self.preprocess, self.meta["precision"], self.device)
+
+    def load_images(self, paths: list[str | Path]) -> tuple[list[Path], torch.Tensor]:
+        files = expand_image_paths(paths)
+        channels, height, width = self.meta["architecture"]["input_shape"]
+        invert = self.meta["preprocessing"].get("invert_light_background", False)
+        return files, torch.stack([load_image(f, channels, height, width, invert) for f in files])
+
+    def predict(self, paths: list[str | Path], top: int = 5) -> list[dict]:
+        """One dict per image: path, label, probability, and the `top` labels with their probabilities."""
+        files, images = self.load_images(paths)
+        results = []
+        for path, probabilities in zip(files, self.probabilities(images)):
+            values, indices = probabilities.topk(min(top, len(self.class_names)))
+            ranked = [[self.class_names[i], round(float(v), 6)] for v, i in zip(values, indices)]
+            results.append({"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked})
+        return results
+
+    def evaluate(self, source: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict:
+        """Accuracy and log loss on a labelled source whose classes match the run's."""
+        data = open_source(source, data_dir).split(split)
+        if data.class_names != self.class_names:
+            raise SmallvisionError(f"{source}: its classes {data.class_names[:10]} differ from the run's {self.class_names[:10]}")
+        expected = tuple(self.meta["architecture"]["input_shape"])
+        if tuple(data.images.shape[1:]) != expected:
+            raise SmallvisionError(f"{source}: images are {tuple(data.images.shape[1:])}, the run expects {expected}")
+        loss, accuracy = evaluate_imageset(self.model, data, self.preprocess, self.meta["precision"], self.device)
+        return {"source": str(source), "split": split, "images": len(data), "accuracy": accuracy, "loss": loss}
+
+
+def load_run(path: str | Path, device: str = "auto") -> Run:
+    return Run(path, device)

@@ -1,0 +1,74 @@
+"""`train`: source + recipe -> a run directory. The function the CLI's `train` calls."""
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from smallvision.data.sources import open_source
+from smallvision.errors import SmallvisionError
+from smallvision.images import has_dark_background
+from smallvision.models import create_model, default_input_shape
+from smallvision.recipe import Recipe, load_recipe
+from smallvision.run import Run, prepare_run_dir, save_run
+from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
+
+
+def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: str | Path | None = None,
+          data: str | Path | None = None, force: bool = False, progress: bool = True, **overrides) -> Run:
+    """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it."""
+    recipe = load_recipe(recipe).replace(**overrides)
+    device = resolve_device(recipe.device)
+    source_label = Path(str(source)).name or str(source)
+    created = out is None or not Path(out).exists()
+    directory = prepare_run_dir(out, f"{source_label}-{recipe.name}", force)
+    try:
+        train_into(directory, source, recipe, device, data, progress)
+    except BaseException:
+        if created and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()  # leave no empty run behind when a run fails before writing anything
+        raise
+    return Run(directory, recipe.device)
+
+
+def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool) -> None:
+    """Load the source, fit, score on test, and write every file of the run into `directory`."""
+    dataset = open_source(source, data, recipe.val_split, recipe.seed)
+    train_split = dataset.train
+    if train_split is None or len(train_split) == 0:
+        raise SmallvisionError(f"{source}: has no training images")
+    input_shape = tuple(train_split.images.shape[1:])
+    expected = default_input_shape(recipe.model)
+    if input_shape[0] != expected[0]:
+        raise SmallvisionError(f"{recipe.model} takes {expected[0]}-channel images; {source} has {input_shape[0]} channels")
+    torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
+    model = create_model(recipe.model, input_shape, len(dataset.class_names))
+    if progress:
+        print(f"training {recipe.model} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device}",
+              flush=True)
+    history = fit(model, train_split, recipe, dataset.validation, device, progress)
+    metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
+               "images_per_second": round(history.images_per_second, 1)}
+    if history.epochs and "val_accuracy" in history.epochs[-1]:
+        metrics["val_accuracy"] = history.epochs[-1]["val_accuracy"]
+        metrics["val_loss"] = history.epochs[-1]["val_loss"]
+    if dataset.test is not None:
+        test_loss, test_accuracy = evaluate_imageset(model, dataset.test, Preprocess.from_recipe(recipe),
+                                                     recipe.precision, device)
+        metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
+    metrics.update(seed=recipe.seed, device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                   machine=platform.machine(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    meta = {
+        "format": "smallvision-run/1",
+        "source": str(source),
+        "architecture": {"model": recipe.model, "input_shape": list(input_shape), "num_classes": len(dataset.class_names)},
+        "class_names": dataset.class_names,
+        "output_activation": model.output_activation,
+        "precision": recipe.precision,
+        "preprocessing": {"rescale": recipe.rescale, "mean": recipe.mean, "std": recipe.std,
+                          "channels_last": recipe.channels_last, "resize": "area",
+                          "color_mode": "L" if input_shape[0] == 1 else "RGB",
+                          "invert_light_background": has_dark_background(train_split.images)},
+    }
+    save_run(directory, model, recipe, meta, history.epochs, metrics)

@@ -1,0 +1,92 @@
+"""Every bad input gets one line on stderr, exit status 2, no traceback, and nothing lost."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from smallvision.cli import main
+
+
+def fails_cleanly(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("smallvision: error: ") and "Traceback" not in err
+    assert expected in err, err
+    return err
+
+
+def test_unknown_names_suggest_the_nearest(capsys, tiny_source):
+    fails_cleanly(capsys, ["train", "mnits"], "did you mean 'mnist'")
+    fails_cleanly(capsys, ["train", str(tiny_source), "--recipe", "seed-minst"], "did you mean 'seed-mnist'")
+    fails_cleanly(capsys, ["train", str(tiny_source), "--model", "mnist_convnett"], "did you mean 'mnist_convnet'")
+    fails_cleanly(capsys, ["summary", "mnist-convnet"], "did you mean 'mnist_convnet'")
+
+
+def test_missing_and_malformed_inputs(capsys, tmp_path, tiny_source):
+    fails_cleanly(capsys, ["train", str(tmp_path / "absent")], "no such directory")
+    fails_cleanly(capsys, ["evaluate", str(tmp_path / "absent"), "mnist"], "no such run directory")
+    fails_cleanly(capsys, ["train", str(tiny_source), "--recipe", str(tmp_path / "absent.toml")], "does not exist")
+    (tiny_source / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x1e" + b"\x01" * 12)
+    fails_cleanly(capsys, ["train", str(tiny_source)], "t10k-labels-idx1-ubyte: truncated")
+
+
+def test_labels_out_of_range(capsys, tiny_source):
+    (tiny_source / "classes.txt").write_text("a\nb\n")
+    fails_cleanly(capsys, ["train", str(tiny_source)], "label 2 is out of range for 2 classes")
+
+
+def test_zero_epochs(capsys, tiny_source, tmp_path):
+    fails_cleanly(capsys, ["train", str(tiny_source), "--epochs", "0", "--out", str(tmp_path / "run")], "epochs must be at least 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_directory_is_never_overwritten(capsys, tiny_source, tmp_path):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("four years of work")
+    fails_cleanly(capsys, ["train", str(tiny_source), "--out", str(precious)], "is not a smallvision run")
+    assert [p.name for p in precious.iterdir()] == ["thesis.txt"]
+    assert main(["train", str(tiny_source), "--out", str(precious), "--force", "--epochs", "1", "--quiet"]) == 0
+    assert (precious / "thesis.txt").read_text() == "four years of work" and (precious / "model.json").is_file()
+    capsys.readouterr()
+    before = (precious / "model.safetensors").read_bytes()
+    fails_cleanly(capsys, ["train", str(tiny_source), "--out", str(precious)], "already holds a run")
+    assert (precious / "model.safetensors").read_bytes() == before
+
+
+def test_an_output_directory_that_cannot_be_written(capsys, tiny_source, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    fails_cleanly(capsys, ["train", str(tiny_source), "--out", str(tmp_path / "a-file" / "run")], "cannot write there")
+
+
+def test_predict_rejects_a_file_that_is_not_an_image(capsys, tiny_source, tmp_path):
+    assert main(["train", str(tiny_source), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    (tmp_path / "digit.png").write_text("not a picture")
+    fails_cleanly(capsys, ["predict", str(tmp_path / "run"), str(tmp_path / "digit.png")], "digit.png: cannot read as an image")
+
+
+def test_recipes_and_summary_print(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("seed-mnist ") for line in lines) and any(line.startswith("fast-mnist ") for line in lines)
+    assert main(["summary", "mnist_convnet"]) == 0
+    assert "Total params: 93,322" in capsys.readouterr().out
+
+
+def test_the_console_script_end_to_end(tiny_source, tmp_path):
+    """The installed `smallvision` command: train, predict (JSON lines), evaluate."""
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "smallvision.cli", *args], capture_output=True, text=True, check=True)
+
+    trained = cli("train", str(tiny_source), "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet")
+    assert trained.stdout.strip().splitlines()[-1] == str(tmp_path / "run")
+    from PIL import Image
+    Image.new("L", (40, 30), 255).save(tmp_path / "blank.png")
+    line = json.loads(cli("predict", str(tmp_path / "run"), str(tmp_path / "blank.png")).stdout)
+    assert line["label"] in {"0", "1", "2"} and 0 <= line["probability"] <= 1
+    assert "accuracy" in cli("evaluate", str(tmp_path / "run"), str(tiny_source)).stdout
+    for command in ("train", "evaluate", "predict", "summary", "recipes"):
+        assert "example:" in cli(command, "--help").stdout

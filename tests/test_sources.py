@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+import smallvision.data.mnist as mnist
+from smallvision.data import open_source, stratified_split
+from smallvision.errors import SmallvisionError
+from conftest import write_idx_source
+
+
+def test_idx_directory_with_class_names(tiny_source):
+    (tiny_source / "classes.txt").write_text("cat\ndog\nbird\n")
+    source = open_source(tiny_source)
+    assert source.class_names == ["cat", "dog", "bird"]
+    assert source.train.images.shape == (60, 1, 28, 28) and source.train.images.dtype == torch.uint8
+    assert source.test.labels.tolist()[:4] == [0, 1, 2, 0]
+
+
+def test_class_names_default_to_label_numbers(tiny_source):
+    assert open_source(tiny_source).class_names == ["0", "1", "2"]
+
+
+def test_labels_out_of_range_are_refused(tiny_source):
+    (tiny_source / "classes.txt").write_text("cat\ndog\n")
+    with pytest.raises(SmallvisionError, match=r"label 2 is out of range for 2 classes"):
+        open_source(tiny_source)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    images = np.zeros((5, 28, 28), np.uint8)
+    write_idx_source(tmp_path, images, np.zeros(4, np.uint8), images, np.zeros(5, np.uint8))
+    with pytest.raises(SmallvisionError, match=r"\(train split\): 5 images but 4 labels"):
+        open_source(tmp_path)
+
+
+def test_val_split_is_stratified_and_seeded(tiny_source):
+    source = open_source(tiny_source, val_split=0.2, seed=3)
+    assert len(source.validation) == 12 and len(source.train) == 48
+    assert torch.bincount(source.validation.labels).tolist() == [4, 4, 4]
+    kept, held = stratified_split(torch.arange(100) % 4, 0.25, seed=7)
+    assert set(kept.tolist()).isdisjoint(held.tolist()) and len(kept) + len(held) == 100
+    assert torch.equal(held, stratified_split(torch.arange(100) % 4, 0.25, seed=7)[1])
+    assert not torch.equal(held, stratified_split(torch.arange(100) % 4, 0.25, seed=8)[1])
+
+
+def test_mnist_is_looked_for_in_order(tiny_source, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLVISION_DATA", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("SMALLVISION_CACHE", str(tmp_path / "cache"))
+    assert mnist.mnist_search_path(tiny_source) == [tiny_source, tmp_path / "elsewhere" / "mnist", tmp_path / "cache" / "mnist"]
+    assert mnist.locate_mnist(tiny_source) == tiny_source
+
+
+def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("SMALLVISION_DATA", raising=False)
+    monkeypatch.setenv("SMALLVISION_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SmallvisionError) as caught:
+        mnist.locate_mnist(None, mirrors=("http://127.0.0.1:9/",))
+    message = str(caught.value)
+    assert "download of train-images-idx3-ubyte.gz failed" in message
+    assert str(tmp_path / "cache" / "mnist") in message and "--data DIR" in message
+    assert not list((tmp_path / "cache" / "mnist").iterdir())  # no partial file left behind
+
+
+def test_download_keeps_only_verified_files(tmp_path):
+    payload = tmp_path / "served.gz"
+    payload.write_bytes(b"not the real thing")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        mnist.fetch_verified(payload.as_uri(), tmp_path / "got.gz", "0" * 32)
+    assert not (tmp_path / "got.gz").exists() and not (tmp_path / "got.gz.part").exists()
+    import hashlib
+    mnist.fetch_verified(payload.as_uri(), tmp_path / "got.gz", hashlib.md5(payload.read_bytes()).hexdigest())
+    assert (tmp_path / "got.gz").read_bytes() == payload.read_bytes()
+
+
+def test_unknown_and_missing_sources(tmp_path):
+    with pytest.raises(SmallvisionError, match="unknown source 'minst': did you mean 'mnist'"):
+        open_source("minst")
+    with pytest.raises(SmallvisionError, match="no such directory"):
+        open_source(str(tmp_path / "nothing"))
+    with pytest.raises(SmallvisionError, match="no data source found here"):
+        open_source(tmp_path)

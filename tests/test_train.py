@@ -1,0 +1,66 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import smallvision as sv
+from smallvision.data.idx import read_idx
+
+
+@pytest.fixture(scope="module")
+def slice_run(mnist_slice, tmp_path_factory):
+    """seed-mnist for 10 epochs on 2,000 MNIST training images, with a validation split."""
+    out = tmp_path_factory.mktemp("runs") / "slice"
+    return sv.train(mnist_slice, "seed-mnist", out=out, epochs=10, val_split=0.1, seed=0, progress=False)
+
+
+def test_a_short_training_clearly_learns(slice_run):
+    metrics = slice_run.metrics
+    assert metrics["test_accuracy"] > 0.9
+    assert metrics["val_accuracy"] > 0.85
+    assert metrics["epochs"] == 10 and metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+
+
+def test_the_run_directory_holds_everything(slice_run):
+    names = {p.name for p in slice_run.path.iterdir()}
+    assert {"recipe.toml", "model.safetensors", "model.json", "history.csv", "metrics.json", "curves.png"} <= names
+    meta = json.loads((slice_run.path / "model.json").read_text())
+    assert meta["architecture"] == {"model": "mnist_convnet", "input_shape": [1, 28, 28], "num_classes": 10}
+    assert meta["class_names"] == [str(i) for i in range(10)]
+    assert meta["preprocessing"]["invert_light_background"] is True
+    rows = list(csv.DictReader(open(slice_run.path / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 11)) and float(rows[-1]["val_accuracy"]) > 0.85
+    assert sv.load_recipe(str(slice_run.path / "recipe.toml")).epochs == 10
+    assert Image.open(slice_run.path / "curves.png").size[0] > 500
+    assert not any(name.startswith(".partial") for name in names)
+
+
+def test_reloading_gives_identical_predictions(slice_run, mnist_slice):
+    images = torch.from_numpy(read_idx(mnist_slice / "t10k-images-idx3-ubyte")[:300].copy()).unsqueeze(1)
+    reloaded = sv.load_run(slice_run.path)
+    torch.testing.assert_close(reloaded.probabilities(images), slice_run.probabilities(images), rtol=0, atol=0)
+    assert reloaded.evaluate(mnist_slice)["accuracy"] == pytest.approx(slice_run.metrics["test_accuracy"])
+
+
+def test_predict_reads_files_of_any_size_and_mode(slice_run, mnist_slice, tmp_path):
+    digits = read_idx(mnist_slice / "t10k-images-idx3-ubyte")[:20]
+    labels = read_idx(mnist_slice / "t10k-labels-idx1-ubyte")[:20]
+    for i, digit in enumerate(digits):
+        big = Image.fromarray(255 - digit).resize((112, 112), Image.Resampling.BICUBIC)  # black ink on white
+        (big.convert("RGB") if i % 2 else big.convert("RGBA")).save(tmp_path / f"{i:02d}.{'jpg' if i % 2 else 'png'}")
+    results = slice_run.predict([tmp_path])
+    assert len(results) == 20 and set(results[0]) == {"path", "label", "probability", "top"}
+    assert len(results[0]["top"]) == 5 and results[0]["top"][0][0] == results[0]["label"]
+    hits = sum(r["label"] == str(label) for r, label in zip(results, labels))
+    assert hits >= 17
+
+
+def test_same_seed_same_numbers(mnist_slice, tmp_path):
+    first = sv.train(mnist_slice, "seed-mnist", out=tmp_path / "a", epochs=1, steps_per_epoch=8, progress=False)
+    second = sv.train(mnist_slice, "seed-mnist", out=tmp_path / "b", epochs=1, steps_per_epoch=8, progress=False)
+    assert first.metrics["test_accuracy"] == second.metrics["test_accuracy"]
+    a, b = (np.loadtxt(r.path / "history.csv", delimiter=",", skiprows=1, usecols=1) for r in (first, second))
+    assert a == b
