@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     except SmallvisionError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader (`| head`) stopped listening; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written for the unfinished run", file=sys.stderr)
         return 130
@@ -88,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args) -> None:
+    from dataclasses import fields
+
     from smallvision.recipe import Recipe
     from smallvision.workflow import train
 
-    names = [f.name for f in __import__("dataclasses").fields(Recipe)]
+    names = [f.name for f in fields(Recipe)]
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
                 progress=not args.quiet, **overrides)

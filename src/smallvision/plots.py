@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(history: list[dict], path, title: str = "") -> None:
@@ -15,6 +16,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
             axis.plot(epochs, [row["val_" + metric] for row in history], "b", label=f"Validation {metric}")
         axis.set_title(f"Training{' and validation' if 'val_' + metric in history[0] else ''} {metric}")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
     if title:

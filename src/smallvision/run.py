@@ -17,7 +17,6 @@ from smallvision.recipe import Recipe
 from smallvision.train import Preprocess, evaluate_imageset, predict_probabilities, resolve_device
 
 RUN_MARKERS = ("model.json", "recipe.toml")
-FORMAT = "smallvision-run/1"
 
 
 def is_run(path: Path) -> bool:
@@ -86,8 +85,9 @@ class Run:
         self.path = Path(path)
         if not self.path.is_dir():
             raise SmallvisionError(f"{self.path}: no such run directory")
-        if not (self.path / "model.json").is_file() or not (self.path / "model.safetensors").is_file():
-            raise SmallvisionError(f"{self.path}: not a smallvision run (model.json or model.safetensors missing)")
+        missing = [name for name in ("model.json", "model.safetensors", "recipe.toml") if not (self.path / name).is_file()]
+        if missing:
+            raise SmallvisionError(f"{self.path}: not a smallvision run ({', '.join(missing)} missing)")
         try:
             self.meta = json.loads((self.path / "model.json").read_text())
         except (OSError, json.JSONDecodeError) as err:

@@ -86,7 +86,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        bar = progress_bar(total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False)
+        bar = progress_bar(progress, total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False)
         for batch_index in range(steps_per_epoch):
             if cursor >= len(order):
                 order, cursor = torch.randperm(len(train), device=device, generator=generator), 0
