@@ -64,3 +64,15 @@ def test_same_seed_same_numbers(mnist_slice, tmp_path):
     assert first.metrics["test_accuracy"] == second.metrics["test_accuracy"]
     a, b = (np.loadtxt(r.path / "history.csv", delimiter=",", skiprows=1, usecols=1) for r in (first, second))
     assert a == b
+
+
+def test_a_digit_drawn_small_on_a_big_white_page_is_framed_like_mnist(slice_run, mnist_slice, tmp_path):
+    digits = read_idx(mnist_slice / "t10k-images-idx3-ubyte")[:20]
+    labels = read_idx(mnist_slice / "t10k-labels-idx1-ubyte")[:20]
+    for i, digit in enumerate(digits):
+        page = Image.new("L", (400, 300), 255)
+        small = Image.fromarray(255 - digit).resize((70, 70), Image.Resampling.BICUBIC)
+        page.paste(small, (20 + 13 * i, 200 - 7 * i))  # somewhere off-centre, a different place each time
+        page.save(tmp_path / f"{i:02d}.png")
+    results = slice_run.predict([tmp_path])
+    assert sum(r["label"] == str(label) for r, label in zip(results, labels)) >= 17

@@ -28,20 +28,55 @@ def expand_image_paths(paths: list[str | Path]) -> list[Path]:
 
 
 def load_image(path: Path, channels: int, height: int, width: int, invert_light_background: bool = False) -> torch.Tensor:
-    """One image as uint8 [channels, height, width]; EXIF orientation applied, resized with area averaging."""
+    """One image as uint8 [channels, height, width]; EXIF orientation applied, resized with area averaging.
+
+    With `invert_light_background` (a model trained on light marks on black, like MNIST), dark ink on
+    light paper is inverted and the marks are framed as MNIST frames its digits.
+    """
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
             image = image.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise SmallvisionError(f"{path}: cannot read as an image ({err})") from None
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BOX if image.width > width else Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8)
-    if invert_light_background and border_mean(pixels) > 127:
-        pixels = 255 - pixels  # dark ink on white paper, for a model trained on light ink on black
+    if invert_light_background and channels == 1:
+        pixels = np.asarray(image, dtype=np.uint8)
+        if border_mean(pixels) > 127:
+            pixels = 255 - pixels
+        pixels = frame_like_mnist(pixels, height, width)
+    else:
+        pixels = np.asarray(resize(image, width, height), dtype=np.uint8)
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+def resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    shrinking = image.width > width or image.height > height
+    return image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+
+
+def frame_like_mnist(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """MNIST's own normalisation: the marks' bounding box scaled to fit 20/28 of the frame, keeping
+    their aspect, then centred by their centre of mass. A digit drawn small in a corner of a large
+    canvas then looks to the model like the digits it learned from."""
+    ink = pixels > max(32, int(pixels.max()) // 4)
+    if not ink.any():
+        return np.asarray(resize(Image.fromarray(pixels), width, height), dtype=np.uint8)
+    rows, cols = np.nonzero(ink)
+    crop = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = min(height, width) * 20 / 28 / max(crop.shape)
+    fitted = np.asarray(resize(Image.fromarray(crop), max(1, round(crop.shape[1] * scale)),
+                               max(1, round(crop.shape[0] * scale))), dtype=np.float64)
+    mass = fitted.sum() or 1.0
+    centre_row = (fitted.sum(axis=1) * np.arange(fitted.shape[0])).sum() / mass
+    centre_col = (fitted.sum(axis=0) * np.arange(fitted.shape[1])).sum() / mass
+    top = int(np.clip(round(height / 2 - centre_row), 0, height - fitted.shape[0]))
+    left = int(np.clip(round(width / 2 - centre_col), 0, width - fitted.shape[1]))
+    framed = np.zeros((height, width), dtype=np.uint8)
+    framed[top:top + fitted.shape[0], left:left + fitted.shape[1]] = np.clip(fitted, 0, 255).astype(np.uint8)
+    return framed
 
 
 def border_mean(pixels: np.ndarray) -> float:
