@@ -45,16 +45,17 @@ def load_image(path: Path, channels: int, height: int, width: int, invert_light_
             pixels = 255 - pixels
         pixels = frame_like_mnist(pixels, height, width)
     else:
-        pixels = np.asarray(resize(image, width, height), dtype=np.uint8)
+        pixels = resized_pixels(image, width, height)
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
-def resize(image: Image.Image, width: int, height: int) -> Image.Image:
-    if image.size == (width, height):
-        return image
-    shrinking = image.width > width or image.height > height
-    return image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+def resized_pixels(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """uint8 pixels at (width, height): area averaging when shrinking, bilinear when growing."""
+    if image.size != (width, height):
+        shrinking = image.width > width or image.height > height
+        image = image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def frame_like_mnist(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -63,12 +64,12 @@ def frame_like_mnist(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     canvas then looks to the model like the digits it learned from."""
     ink = pixels > max(32, int(pixels.max()) // 4)
     if not ink.any():
-        return np.asarray(resize(Image.fromarray(pixels), width, height), dtype=np.uint8)
+        return resized_pixels(Image.fromarray(pixels), width, height)
     rows, cols = np.nonzero(ink)
     crop = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     scale = min(height, width) * 20 / 28 / max(crop.shape)
-    fitted = np.asarray(resize(Image.fromarray(crop), max(1, round(crop.shape[1] * scale)),
-                               max(1, round(crop.shape[0] * scale))), dtype=np.float64)
+    fitted = resized_pixels(Image.fromarray(crop), max(1, round(crop.shape[1] * scale)),
+                            max(1, round(crop.shape[0] * scale))).astype(np.float64)
     mass = fitted.sum() or 1.0
     centre_row = (fitted.sum(axis=1) * np.arange(fitted.shape[0])).sum() / mass
     centre_col = (fitted.sum(axis=0) * np.arange(fitted.shape[1])).sum() / mass

@@ -16,11 +16,11 @@ from smallvision.models import create_model
 from smallvision.recipe import Recipe
 from smallvision.train import Preprocess, evaluate_imageset, predict_probabilities, resolve_device
 
-RUN_MARKERS = ("model.json", "recipe.toml")
+RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
 
 
 def is_run(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in RUN_MARKERS)
+    return any((path / name).is_file() for name in RUN_FILES)
 
 
 def prepare_run_dir(out: str | Path | None, label: str, force: bool = False) -> Path:
@@ -85,7 +85,7 @@ class Run:
         self.path = Path(path)
         if not self.path.is_dir():
             raise SmallvisionError(f"{self.path}: no such run directory")
-        missing = [name for name in ("model.json", "model.safetensors", "recipe.toml") if not (self.path / name).is_file()]
+        missing = [name for name in RUN_FILES if not (self.path / name).is_file()]
         if missing:
             raise SmallvisionError(f"{self.path}: not a smallvision run ({', '.join(missing)} missing)")
         try:
