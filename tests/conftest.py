@@ -52,3 +52,44 @@ def tiny_source(tmp_path) -> Path:
         rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), np.arange(60, dtype=np.uint8) % 3,
         rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), np.arange(30, dtype=np.uint8) % 3,
     )
+
+
+COLOURS = {"cats": (200, 60, 40), "dogs": (40, 90, 210), "birds": (60, 180, 60)}
+
+
+def write_image(path: Path, colour, size=(40, 32), fmt=None, mode="RGB", seed=0) -> Path:
+    """A small noisy image mostly of `colour`, so a model can tell the classes apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def make_image_folder(root: Path, splits=("train", "validation", "test"), classes=("cats", "dogs"), per_class=6) -> Path:
+    """ROOT/SPLIT/CLASS/*.png, or ROOT/CLASS/*.png when `splits` is empty."""
+    seed = 0
+    for split in splits or ("",):
+        for name in classes:
+            for i in range(per_class):
+                seed += 1
+                write_image(root / split / name / f"{name}{i}.png", COLOURS[name], seed=seed)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "pets")
+
+
+@pytest.fixture(scope="session")
+def shared_catsdogs() -> Path:
+    path = shared_datasets() / "cats_and_dogs_small"
+    if not (path / "train" / "cats").is_dir():
+        pytest.skip(f"the shared cats-vs-dogs set is not at {path}")
+    return path

@@ -63,7 +63,7 @@ def test_predict_rejects_a_file_that_is_not_an_image(capsys, tiny_source, tmp_pa
     assert main(["train", str(tiny_source), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
     capsys.readouterr()
     (tmp_path / "digit.png").write_text("not a picture")
-    fails_cleanly(capsys, ["predict", str(tmp_path / "run"), str(tmp_path / "digit.png")], "digit.png: cannot read as an image")
+    fails_cleanly(capsys, ["predict", str(tmp_path / "run"), str(tmp_path / "digit.png")], "digit.png: cannot use as an image: not an image Pillow can read")
 
 
 def test_recipes_and_summary_print(capsys):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx_source
 
 import smallvision.data.mnist as mnist
 from smallvision.data import open_source, stratified_split
 from smallvision.errors import SmallvisionError
-from conftest import write_idx_source
 
 
 def test_idx_directory_with_class_names(tiny_source):

@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command(sub, "train", "train a model on a source and write a run directory",
                     "smallvision train mnist --recipe seed-mnist --seed 1 --out runs/mnist-1", run_train)
-    train.add_argument("source", help="`mnist`, or a directory of MNIST-format IDX files")
+    train.add_argument("source", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
+                                      "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
     train.add_argument("--recipe", default="seed-mnist", help="a built-in recipe (see `smallvision recipes`) or a .toml file")
     train.add_argument("--out", help="the run directory to write (default: a new one under runs/)")
     train.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     train.add_argument("--data", help="where to look for the source's files first")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    add_cache_dir(train)
     overrides = train.add_argument_group("recipe overrides")
     overrides.add_argument("--epochs", type=int)
     overrides.add_argument("--batch-size", type=int)
@@ -58,11 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--optimizer", help="rmsprop, adam, adamw or sgd")
     overrides.add_argument("--schedule", help="constant, onecycle or cosine")
     overrides.add_argument("--steps-per-epoch", type=int)
-    overrides.add_argument("--val-split", type=float, help="hold out this fraction of train, stratified and seeded")
+    overrides.add_argument("--val-split", type=float, help="hold out this fraction of train for validation, "
+                                                           "stratified and seeded (when the source has no validation split)")
+    overrides.add_argument("--test-split", type=float, help="hold out this fraction as a test split (when the source has none)")
+    overrides.add_argument("--image-size", type=int, help="decode image folders to this many pixels square")
+    overrides.add_argument("--dropout", type=float, help="the network's Dropout rate, where it has one")
     overrides.add_argument("--precision", help="bf16 or fp32")
     overrides.add_argument("--model", help="a network by name (see `smallvision summary --list`)")
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu or cuda")
+    overrides.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                           help="any recipe field, VALUE as in TOML (repeatable), e.g. --set rotation_range=40 "
+                                "--set zoom_range=[0.8,1.2] --set horizontal_flip=true")
 
     evaluate = command(sub, "evaluate", "score a run on a labelled source and print its accuracy",
                        "smallvision evaluate runs/mnist-1 mnist", run_evaluate)
@@ -71,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="which split (default: test)")
     evaluate.add_argument("--data", help="where to look for the source's files first")
     evaluate.add_argument("--device", default="auto")
+    add_cache_dir(evaluate)
 
     predict = command(sub, "predict", "classify image files; one JSON object per image",
                       "smallvision predict runs/mnist-1 my_digit.png more_digits/", run_predict)
@@ -87,7 +97,56 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = command(sub, "recipes", "list the built-in recipes, one line each",
                       "smallvision recipes --show fast-mnist", run_recipes)
     recipes.add_argument("--show", metavar="NAME", help="print one recipe as TOML")
+
+    data = sub.add_parser("data", help="look at a data source before training on it",
+                          description="look at a data source before training on it")
+    data_sub = data.add_subparsers(title="commands", metavar="COMMAND")
+    check = command(data_sub, "check", "counts per split and class, image sizes and modes, skipped files, "
+                    "duplicates and imbalance; exits 1 when training on the source would fail",
+                    "smallvision data check ../shared/datasets/cats_and_dogs_small", run_data_check)
+    check.add_argument("source", help="an image folder, `mnist`, or a directory of IDX files")
+    check.add_argument("--recipe", default="seed-catsdogs", help="decode at this recipe's image size and channels "
+                                                                  "(shares the decode cache with training runs)")
+    check.add_argument("--image-size", type=int, help="decode at this size instead")
+    check.add_argument("--data", help="where to look for the source's files first")
+    add_cache_dir(check)
+
+    augment = sub.add_parser("augment", help="see what a recipe's augmentation does",
+                             description="see what a recipe's augmentation does")
+    augment_sub = augment.add_subparsers(title="commands", metavar="COMMAND")
+    preview = command(augment_sub, "preview", "draw one training image and a grid of its augmented versions",
+                      "smallvision augment preview ../shared/datasets/cats_and_dogs_small "
+                      "--recipe seed-catsdogs-augment -o grid.png", run_augment_preview)
+    preview.add_argument("source", help="an image folder, `mnist`, or a directory of IDX files")
+    preview.add_argument("--recipe", default="seed-catsdogs-augment", help="whose augmentation to draw")
+    preview.add_argument("-o", "--out", default="augment-preview.png", help="the picture to write (PNG)")
+    preview.add_argument("--index", type=int, default=0, help="which training image (default: the first)")
+    preview.add_argument("--count", type=int, default=11, help="how many augmented versions")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--data", help="where to look for the source's files first")
+    add_cache_dir(preview)
     return parser
+
+
+def add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", help="where decoded images are kept between runs "
+                                            "(default: $SMALLVISION_CACHE or ~/.cache/smallvision)")
+
+
+def parse_settings(settings: list[str]) -> dict:
+    """--set FIELD=VALUE pairs as recipe changes; VALUE is read as TOML, else kept as a string."""
+    import tomllib
+
+    changes = {}
+    for setting in settings:
+        field, equals, value = setting.partition("=")
+        if not equals or not field.strip():
+            raise SmallvisionError(f"--set {setting!r}: expected FIELD=VALUE, e.g. --set rotation_range=40")
+        try:
+            changes[field.strip()] = tomllib.loads(f"value = {value.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            changes[field.strip()] = value.strip()
+    return changes
 
 
 def run_train(args) -> None:
@@ -98,8 +157,9 @@ def run_train(args) -> None:
 
     names = [f.name for f in fields(Recipe)]
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    overrides.update(parse_settings(args.set))
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
-                progress=not args.quiet, **overrides)
+                progress=not args.quiet, cache_dir=args.cache_dir, **overrides)
     metrics = run.metrics
     shown = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "train_seconds", "images_per_second") if k in metrics}
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) and v < 1 else f"{k} {v:g}" for k, v in shown.items()))
@@ -110,7 +170,7 @@ def run_evaluate(args) -> None:
     from smallvision.run import load_run
 
     run = load_run(args.run, args.device)
-    result = run.evaluate(args.source or run.meta["source"], args.split, args.data)
+    result = run.evaluate(args.source or run.meta["source"], args.split, args.data, args.cache_dir)
     print(f"{result['source']} {result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
           f"({result['images']:,} images)")
 
@@ -140,12 +200,33 @@ def run_summary(args) -> None:
         return
     recipes = builtin_recipes()
     if args.name in recipes:
+        from smallvision.workflow import recipe_image_shape
+
         recipe = recipes[args.name]
-        print(summary(create_model(recipe.model)))
+        print(summary(create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout)))
         print(f"Recipe: {recipe.name}: {recipe.one_line()}")
         print(recipe.to_toml().rstrip())
         return
     print(summary(create_model(args.name)))
+
+
+def run_data_check(args) -> int:
+    from smallvision.datacheck import check_source, format_report
+    from smallvision.recipe import load_recipe
+    from smallvision.workflow import recipe_image_shape
+
+    recipe = load_recipe(args.recipe).replace(image_size=args.image_size)
+    report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def run_augment_preview(args) -> None:
+    from smallvision.preview import preview_augmentation
+
+    path = preview_augmentation(args.source, args.recipe, args.out, index=args.index, count=args.count,
+                                seed=args.seed, data_dir=args.data, cache_dir=args.cache_dir)
+    print(path)
 
 
 def run_recipes(args) -> None:

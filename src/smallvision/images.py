@@ -1,5 +1,7 @@
-"""Image files -> uint8 tensors shaped as a run's input, for predict (any size, mode or format)."""
+"""Image files -> uint8 tensors at a model's input size: any format Pillow reads, any mode."""
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from smallvision.errors import SmallvisionError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DamagedImage(Exception):
+    """A file that cannot be used as an image; the message is the reason, for the skipped-files list."""
 
 
 def expand_image_paths(paths: list[str | Path]) -> list[Path]:
@@ -27,18 +33,64 @@ def expand_image_paths(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+def open_image(content: bytes, channels: int) -> tuple[Image.Image, dict]:
+    """Decode file bytes into an upright L or RGB image, and what the file was (format, mode, size).
+
+    Raises DamagedImage with the reason for empty, truncated, non-image and over-large files.
+    """
+    if not content:
+        raise DamagedImage("empty file (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content)) as opened:
+                info = {"format": opened.format, "mode": opened.mode, "width": opened.width, "height": opened.height}
+                if limit and opened.width * opened.height > limit:
+                    raise DamagedImage(f"refused: {opened.width}x{opened.height} pixels is over the limit of "
+                                       f"{limit:,} (a decompression bomb?)")
+                opened.load()  # decode now, so a truncated file fails here and not later
+                image = ImageOps.exif_transpose(opened)
+                image = to_mode(image, "L" if channels == 1 else "RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DamagedImage(f"refused: decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise DamagedImage("not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DamagedImage(f"damaged image ({err})") from None
+    return image, info
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` as L or RGB; 16- and 32-bit greys are scaled to 8 bits, not clipped as Pillow's convert does."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and values.max() <= 65535 else max(float(values.max()), 1.0)
+        if image.mode == "F" and values.max() <= 1.0:
+            top = 1.0
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return image if image.mode == mode else image.convert(mode)
+
+
+def decode_image(content: bytes, channels: int, height: int, width: int) -> tuple[np.ndarray, dict]:
+    """File bytes -> uint8 pixels [height, width, channels] and what the file was; DamagedImage if unusable."""
+    image, info = open_image(content, channels)
+    pixels = resized_pixels(image, width, height)
+    return (pixels[:, :, None] if pixels.ndim == 2 else pixels), info
+
+
 def load_image(path: Path, channels: int, height: int, width: int, invert_light_background: bool = False) -> torch.Tensor:
-    """One image as uint8 [channels, height, width]; EXIF orientation applied, resized with area averaging.
+    """One image file as uint8 [channels, height, width]; EXIF orientation applied, resized.
 
     With `invert_light_background` (a model trained on light marks on black, like MNIST), dark ink on
     light paper is inverted and the marks are framed as MNIST frames its digits.
     """
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise SmallvisionError(f"{path}: cannot read as an image ({err})") from None
+        image, _ = open_image(Path(path).read_bytes(), channels)
+    except DamagedImage as err:
+        raise SmallvisionError(f"{path}: cannot use as an image: {err}") from None
+    except OSError as err:
+        raise SmallvisionError(f"{path}: cannot read ({err.strerror or err})") from None
     if invert_light_background and channels == 1:
         pixels = np.asarray(image, dtype=np.uint8)
         if border_mean(pixels) > 127:
@@ -55,7 +107,7 @@ def resized_pixels(image: Image.Image, width: int, height: int) -> np.ndarray:
     if image.size != (width, height):
         shrinking = image.width > width or image.height > height
         image = image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # a writable copy, which torch.from_numpy wants
 
 
 def frame_like_mnist(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_curves(history: list[dict], path, title: str = "") -> None:
@@ -12,13 +12,32 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, metric in zip(axes, ("accuracy", "loss")):
         axis.plot(epochs, [row[metric] for row in history], "bo", label=f"Training {metric}")
-        if "val_" + metric in history[0]:
-            axis.plot(epochs, [row["val_" + metric] for row in history], "b", label=f"Validation {metric}")
-        axis.set_title(f"Training{' and validation' if 'val_' + metric in history[0] else ''} {metric}")
+        validated = [row for row in history if row.get("val_" + metric) is not None]  # validation_freq may skip some
+        if validated:
+            axis.plot([row["epoch"] for row in validated], [row["val_" + metric] for row in validated], "b",
+                      label=f"Validation {metric}")
+        axis.set_title(f"Training{' and validation' if validated else ''} {metric}")
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_image_grid(images, titles: list[str], path, title: str = "", columns: int = 4) -> None:
+    """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title."""
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, titles):
+        pixels = image.float().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+        axis.imshow(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, cmap="gray" if pixels.shape[2] == 1 else None)
+        axis.set_title(caption, fontsize=9)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -15,7 +15,8 @@ from smallvision.errors import SmallvisionError, unknown_name
 CHOICES = {
     "optimizer": ("rmsprop", "adam", "adamw", "sgd"),
     "schedule": ("constant", "onecycle", "cosine"),
-    "loss": ("categorical_crossentropy",),
+    "loss": ("categorical_crossentropy", "binary_crossentropy"),
+    "fill_mode": ("nearest", "reflect", "wrap", "constant"),
     "precision": ("fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -25,10 +26,30 @@ CHOICES = {
 class Recipe:
     name: str = "custom"
     description: str = ""
-    # the network, by name (see `smallvision summary`)
+    # the network, by name (see `smallvision summary`), and its Dropout rate where it has one
     model: str = "mnist_convnet"
-    # data: a fraction of train carved out for validation (stratified, seeded); 0 means none
+    dropout: float = 0.0
+    # image folders are decoded to image_size x image_size (unset: the model's own input size)
+    image_size: int | None = None
+    # data: fractions held out, stratified and seeded, when the source has no such split; 0 means none
     val_split: float = 0.0
+    test_split: float = 0.0
+    # augmentation of training images, with ImageDataGenerator's names and meaning: degrees for
+    # rotation and shear; shifts as a fraction of the size (below 1) or pixels; zoom z is
+    # [1 - z, 1 + z] or a [low, high] pair; brightness a [low, high] factor; fill_mode for the
+    # border that comes into view: nearest, reflect, wrap or constant (with cval)
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    shear_range: float = 0.0
+    zoom_range: float | list[float] = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    brightness_range: list[float] | None = None
+    fill_mode: str = "nearest"
+    cval: float = 0.0
+    # score each validation and test image as the mean of it and its mirror image
+    test_time_flip: bool = False
     # preprocessing: pixel * rescale, then (x - mean) / std when both are given
     rescale: float = 1 / 255
     mean: float | None = None
@@ -49,7 +70,10 @@ class Recipe:
     label_smoothing: float = 0.0
     batch_size: int = 64
     epochs: int = 5
-    steps_per_epoch: int | None = None
+    # batches per epoch, drawn cycling through the shuffled training set, as Keras' fit; 0: one pass
+    steps_per_epoch: int = 0
+    # validate every validation_freq epochs (and after the last), as Keras' fit
+    validation_freq: int = 1
     # bf16 runs matrix work in bfloat16 with float32 weights (autocast)
     precision: str = "bf16"
     channels_last: bool = True
@@ -63,19 +87,51 @@ class Recipe:
         for field, allowed in CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise unknown_name(field, str(getattr(self, field)), list(allowed))
-        for field in ("epochs", "batch_size"):
+        for field in ("epochs", "batch_size", "validation_freq"):
             if getattr(self, field) < 1:
                 raise SmallvisionError(f"{field} must be at least 1, got {getattr(self, field)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise SmallvisionError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        if self.steps_per_epoch < 0:
+            raise SmallvisionError(f"steps_per_epoch must be 0 (one pass) or more, got {self.steps_per_epoch}")
+        if self.image_size is not None and self.image_size < 8:
+            raise SmallvisionError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SmallvisionError(f"dropout must be in [0, 1), got {self.dropout}")
+        for field in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "cval"):
+            if getattr(self, field) < 0:
+                raise SmallvisionError(f"{field} must not be negative, got {getattr(self, field)}")
+        low, high = self.zoom_bounds
+        if not 0 < low <= high:
+            raise SmallvisionError(f"zoom_range must be a float in [0, 1) or a [low, high] pair with 0 < low <= high, "
+                                   f"got {self.zoom_range}")
+        if self.brightness_range is not None and (len(self.brightness_range) != 2
+                                                  or not 0 <= self.brightness_range[0] <= self.brightness_range[1]):
+            raise SmallvisionError(f"brightness_range must be a [low, high] pair with 0 <= low <= high, "
+                                   f"got {self.brightness_range}")
         if self.learning_rate <= 0:
             raise SmallvisionError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.val_split < 1.0:
-            raise SmallvisionError(f"val_split must be in [0, 1), got {self.val_split}")
+        for field in ("val_split", "test_split"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise SmallvisionError(f"{field} must be in [0, 1), got {getattr(self, field)}")
+        if self.val_split + self.test_split >= 1.0:
+            raise SmallvisionError("val_split + test_split must leave some images to train on")
         if not 0.0 <= self.warmup < 1.0:
             raise SmallvisionError(f"warmup must be in [0, 1), got {self.warmup}")
         if (self.mean is None) != (self.std is None):
             raise SmallvisionError("give both mean and std, or neither")
+
+    @property
+    def zoom_bounds(self) -> tuple[float, float]:
+        """Keras' reading of zoom_range: a float z is [1 - z, 1 + z]; a pair is itself."""
+        if isinstance(self.zoom_range, list):
+            return (self.zoom_range[0], self.zoom_range[1]) if len(self.zoom_range) == 2 else (0.0, -1.0)
+        return 1.0 - self.zoom_range, 1.0 + self.zoom_range
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images are transformed at all."""
+        return bool(self.rotation_range or self.width_shift_range or self.height_shift_range or self.shear_range
+                    or self.zoom_bounds != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip
+                    or self.brightness_range)
 
     def replace(self, **changes) -> "Recipe":
         """A copy with `changes` applied; None values are ignored, unknown names rejected."""
@@ -103,8 +159,10 @@ class Recipe:
     def one_line(self) -> str:
         schedule = "" if self.schedule == "constant" else f" {self.schedule}"
         steps = f" x {self.steps_per_epoch} steps" if self.steps_per_epoch else ""
-        return (f"{self.model}, {self.optimizer} lr {self.learning_rate:g}{schedule}, batch {self.batch_size}, "
-                f"{self.epochs} epochs{steps}, {self.precision}")
+        size = f" at {self.image_size}px" if self.image_size else ""
+        augment = ", augmented" if self.augments else ""
+        return (f"{self.model}{size}, {self.optimizer} lr {self.learning_rate:g}{schedule}, batch {self.batch_size}, "
+                f"{self.epochs} epochs{steps}{augment}, {self.precision}")
 
 
 def coerce(recipe: Recipe, key: str, value):
@@ -113,12 +171,27 @@ def coerce(recipe: Recipe, key: str, value):
     wanted = [t for t in typing.get_args(declared) if t is not type(None)] or [declared]
     if isinstance(declared, types.UnionType) and value is None:
         return None
-    target = wanted[0]
+    problem = SmallvisionError(f"recipe field {key!r} must be {' or '.join(map(type_name, wanted))}, got {value!r}")
+    for target in wanted:
+        if typing.get_origin(target) is list:
+            if isinstance(value, list):
+                return [coerce_scalar(typing.get_args(target)[0], item, problem) for item in value]
+            continue
+        if not isinstance(value, list):
+            return coerce_scalar(target, value, problem)
+    raise problem
+
+
+def coerce_scalar(target: type, value, problem: Exception):
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
-        raise SmallvisionError(f"recipe field {key!r} must be {target.__name__}, got {value!r}")
+    if not isinstance(value, target) or (target is not bool and isinstance(value, bool)):
+        raise problem
     return value
+
+
+def type_name(kind) -> str:
+    return "a list" if typing.get_origin(kind) is list else kind.__name__
 
 
 def builtin_recipes() -> dict[str, Recipe]:

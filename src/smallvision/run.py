@@ -96,7 +96,9 @@ class Run:
         self.class_names: list[str] = self.meta["class_names"]
         self.device = resolve_device(device)
         architecture = self.meta["architecture"]
-        self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"])
+        self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"],
+                                  architecture.get("dropout", 0.0))
+        self.test_time_flip = bool(self.meta.get("test_time_flip", False))
         self.model.load_state_dict(load_file(str(self.path / "model.safetensors")))
         self.model.to(self.device).eval()
         pre = self.meta["preprocessing"]
@@ -111,7 +113,8 @@ class Run:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
-        return predict_probabilities(self.model, images, self.preprocess, self.meta["precision"], self.device)
+        return predict_probabilities(self.model, images, self.preprocess, self.meta["precision"], self.device,
+                                     self.test_time_flip)
 
     def load_images(self, paths: list[str | Path]) -> tuple[list[Path], torch.Tensor]:
         files = expand_image_paths(paths)
@@ -129,15 +132,21 @@ class Run:
             results.append({"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked})
         return results
 
-    def evaluate(self, source: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict:
+    def evaluate(self, source: str | Path, split: str = "test", data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> dict:
         """Accuracy and log loss on a labelled source whose classes match the run's."""
-        data = open_source(source, data_dir).split(split)
+        shape = tuple(self.meta["architecture"]["input_shape"])
+        # The run's own source is split again by the run's rule, so its held-out images are the same ones.
+        rule = self.recipe if str(source) == self.meta["source"] else Recipe()
+        data = open_source(source, data_dir, rule.val_split, self.recipe.seed, rule.test_split, shape, cache_dir,
+                           for_training=False).split(split)
         if data.class_names != self.class_names:
             raise SmallvisionError(f"{source}: its classes {data.class_names[:10]} differ from the run's {self.class_names[:10]}")
         expected = tuple(self.meta["architecture"]["input_shape"])
         if tuple(data.images.shape[1:]) != expected:
             raise SmallvisionError(f"{source}: images are {tuple(data.images.shape[1:])}, the run expects {expected}")
-        loss, accuracy = evaluate_imageset(self.model, data, self.preprocess, self.meta["precision"], self.device)
+        loss, accuracy = evaluate_imageset(self.model, data, self.preprocess, self.meta["precision"], self.device,
+                                           self.test_time_flip)
         return {"source": str(source), "split": split, "images": len(data), "accuracy": accuracy, "loss": loss}
 
 

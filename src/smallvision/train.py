@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from smallvision.augment import Augment
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError
 from smallvision.models.layers import Sequential
@@ -52,7 +53,8 @@ def autocast(device: torch.device, precision: str):
 
 @dataclass
 class History:
-    """One dict per epoch: epoch, loss, accuracy, val_loss, val_accuracy, seconds, learning_rate."""
+    """One dict per epoch: epoch, loss, accuracy, seconds (training), learning_rate, and with validation
+    val_loss, val_accuracy, val_seconds."""
 
     epochs: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -75,6 +77,12 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     flat_weights = flatten_parameters(model)
     optimizer = build_optimizer([flat_weights], recipe)
     preprocess = Preprocess.from_recipe(recipe)
+    augment = Augment.from_recipe(recipe)
+    binary = model.output_activation == "sigmoid"
+    if recipe.loss == "binary_crossentropy" and not binary:
+        raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
+                               f"{recipe.model} here ends in softmax over {train.num_classes} classes: "
+                               f"use loss = \"categorical_crossentropy\"")
     images, labels = train.images.to(device), train.labels.to(device)
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
@@ -94,17 +102,18 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             cursor += recipe.batch_size
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, step, total_steps)
-            x, y = preprocess(images[batch]), labels[batch]
+            pixels = images[batch] if augment is None else augment(images[batch], generator)
+            x, y = preprocess(pixels), labels[batch]
             with autocast(device, recipe.precision):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            loss = cross_entropy(logits, y, binary, recipe.label_smoothing)
             flat_weights.grad.zero_()
             loss.backward()
             optimizer.step()
             step += 1
             seen += len(batch)
             loss_sum += loss.detach() * len(batch)
-            correct += (logits.argmax(1) == y).sum()
+            correct += (predicted_labels(logits, binary) == y).sum()
             if batch_index % 50 == 49 or batch_index == steps_per_epoch - 1:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", accuracy=f"{correct.item() / seen:.4f}",
@@ -116,13 +125,27 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         history.images_seen += seen
         row = dict(epoch=epoch, loss=loss_sum.item() / seen, accuracy=correct.item() / seen,
                    seconds=seconds, learning_rate=optimizer.param_groups[0]["lr"])
-        if validation is not None:
-            val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess, recipe.precision, device)
-            row.update(val_loss=val_loss, val_accuracy=val_accuracy)
+        if validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
+            val_start = time.perf_counter()
+            val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess, recipe.precision, device,
+                                                       recipe.test_time_flip)
+            row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)
         if progress:
             print(format_epoch(row, recipe.epochs, seen / seconds), flush=True)
     return history
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float) -> torch.Tensor:
+    """Categorical cross-entropy on softmax logits, or binary on one sigmoid unit (the same loss for two classes)."""
+    if binary:
+        targets = labels.float() * (1 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits.float().view(-1), targets)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def predicted_labels(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    return (logits.view(-1) > 0).long() if binary else logits.argmax(1)
 
 
 def format_epoch(row: dict, epochs: int, images_per_second: float) -> str:
@@ -135,21 +158,25 @@ def format_epoch(row: dict, epochs: int, images_per_second: float) -> str:
 
 @torch.no_grad()
 def predict_probabilities(model: Sequential, images: torch.Tensor, preprocess: Preprocess, precision: str,
-                          device: torch.device, batch_size: int = 1000) -> torch.Tensor:
-    """Class probabilities [N, classes] (float32, on the CPU) for uint8 images."""
+                          device: torch.device, test_time_flip: bool = False, batch_size: int = 500) -> torch.Tensor:
+    """Class probabilities [N, classes] (float32, on the CPU) for uint8 images; with `test_time_flip`,
+    the mean of each image's and its mirror image's."""
     model.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
         x = preprocess(images[start:start + batch_size].to(device))
         with autocast(device, precision):
-            chunks.append(model.predict_proba(model(x)).cpu())
+            probabilities = model.predict_proba(model(x))
+            if test_time_flip:
+                probabilities = (probabilities + model.predict_proba(model(x.flip(-1)))) / 2
+        chunks.append(probabilities.cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
-                      device: torch.device) -> tuple[float, float]:
+                      device: torch.device, test_time_flip: bool = False) -> tuple[float, float]:
     """(log loss, accuracy) on a labelled split."""
-    probabilities = predict_probabilities(model, data.images, preprocess, precision, device)
+    probabilities = predict_probabilities(model, data.images, preprocess, precision, device, test_time_flip)
     labels = data.labels.cpu()
     picked = probabilities[torch.arange(len(labels)), labels].clamp_min(1e-7)
     return float(-picked.log().mean()), float((probabilities.argmax(1) == labels).float().mean())

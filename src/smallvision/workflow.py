@@ -1,11 +1,15 @@
 """`train`: source + recipe -> a run directory. The function the CLI's `train` calls."""
 
+import csv
+import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from smallvision.data.imageset import DataSource
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
@@ -16,7 +20,8 @@ from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
 
 
 def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: str | Path | None = None,
-          data: str | Path | None = None, force: bool = False, progress: bool = True, **overrides) -> Run:
+          data: str | Path | None = None, force: bool = False, progress: bool = True,
+          cache_dir: str | Path | None = None, **overrides) -> Run:
     """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it."""
     recipe = load_recipe(recipe).replace(**overrides)
     device = resolve_device(recipe.device)
@@ -24,7 +29,7 @@ def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: s
     created = out is None or not Path(out).exists()
     directory = prepare_run_dir(out, f"{source_label}-{recipe.name}", force)
     try:
-        train_into(directory, source, recipe, device, data, progress)
+        train_into(directory, source, recipe, device, data, progress, cache_dir)
     except BaseException:
         if created and directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()  # leave no empty run behind when a run fails before writing anything
@@ -32,43 +37,83 @@ def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: s
     return Run(directory, recipe.device)
 
 
-def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool) -> None:
+def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int]:
+    """(channels, height, width) that image folders are decoded to for this recipe."""
+    channels, height, width = default_input_shape(recipe.model)
+    if recipe.image_size:
+        height = width = recipe.image_size
+    return channels, height, width
+
+
+def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool,
+               cache_dir=None) -> None:
     """Load the source, fit, score on test, and write every file of the run into `directory`."""
-    dataset = open_source(source, data, recipe.val_split, recipe.seed)
+    load_start = time.perf_counter()
+    dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
+                          recipe_image_shape(recipe), cache_dir, progress)
+    load_seconds = time.perf_counter() - load_start
+    for warning in dataset.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if dataset.skipped:
+        print(f"warning: every skipped file is listed with its reason in {directory / 'skipped.csv'}",
+              file=sys.stderr, flush=True)
     train_split = dataset.train
-    if train_split is None or len(train_split) == 0:
-        raise SmallvisionError(f"{source}: has no training images")
     input_shape = tuple(train_split.images.shape[1:])
     expected = default_input_shape(recipe.model)
     if input_shape[0] != expected[0]:
         raise SmallvisionError(f"{recipe.model} takes {expected[0]}-channel images; {source} has {input_shape[0]} channels")
     torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
-    model = create_model(recipe.model, input_shape, len(dataset.class_names))
+    model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout)
     if progress:
         print(f"training {recipe.model} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device}",
               flush=True)
     history = fit(model, train_split, recipe, dataset.validation, device, progress)
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
+               "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
     if history.epochs and "val_accuracy" in history.epochs[-1]:
         metrics["val_accuracy"] = history.epochs[-1]["val_accuracy"]
         metrics["val_loss"] = history.epochs[-1]["val_loss"]
     if dataset.test is not None:
         test_loss, test_accuracy = evaluate_imageset(model, dataset.test, Preprocess.from_recipe(recipe),
-                                                     recipe.precision, device)
+                                                     recipe.precision, device, recipe.test_time_flip)
         metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
     metrics.update(seed=recipe.seed, device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                    machine=platform.machine(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     meta = {
         "format": "smallvision-run/1",
         "source": str(source),
-        "architecture": {"model": recipe.model, "input_shape": list(input_shape), "num_classes": len(dataset.class_names)},
+        "architecture": {"model": recipe.model, "input_shape": list(input_shape), "num_classes": len(dataset.class_names),
+                         "dropout": recipe.dropout},
         "class_names": dataset.class_names,
         "output_activation": model.output_activation,
         "precision": recipe.precision,
+        "test_time_flip": recipe.test_time_flip,
         "preprocessing": {"rescale": recipe.rescale, "mean": recipe.mean, "std": recipe.std,
-                          "channels_last": recipe.channels_last, "resize": "area",
+                          "channels_last": recipe.channels_last,
+                          "resize": "area when shrinking, bilinear when growing" if dataset.root else "none",
                           "color_mode": "L" if input_shape[0] == 1 else "RGB",
                           "invert_light_background": has_dark_background(train_split.images)},
     }
+    write_data_files(directory, dataset, recipe)
     save_run(directory, model, recipe, meta, history.epochs, metrics)
+
+
+def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> None:
+    """What the run was trained on, for audit and repetition: counts per split and class, the warnings,
+    every skipped file with its reason (skipped.csv), and each split's file list (splits/SPLIT.txt)."""
+    counts = {split: dict(zip(dataset.class_names, images.class_counts())) for split, images in dataset.splits().items()}
+    summary = {"source": dataset.name, "root": dataset.root, "layout": dataset.layout, "seed": recipe.seed,
+               "val_split": recipe.val_split, "test_split": recipe.test_split, "class_names": dataset.class_names,
+               "counts": counts, "skipped": len(dataset.skipped), "warnings": dataset.warnings}
+    (directory / "data.json").write_text(json.dumps(summary, indent=2))
+    if dataset.root is None:
+        return
+    with open(directory / "skipped.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows(dataset.skipped)
+    (directory / "splits").mkdir(exist_ok=True)
+    for split, images in dataset.splits().items():
+        lines = [f"{path}\t{images.class_names[label]}" for path, label in zip(images.paths, images.labels.tolist())]
+        (directory / "splits" / f"{split}.txt").write_text("".join(line + "\n" for line in lines))

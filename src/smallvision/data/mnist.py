@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from smallvision.data.cache import user_cache_dir
 from smallvision.data.idx import read_idx
 from smallvision.data.imageset import DataSource, ImageSet
 from smallvision.errors import SmallvisionError
@@ -31,12 +32,6 @@ MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-
-
-def user_cache_dir() -> Path:
-    if os.environ.get("SMALLVISION_CACHE"):
-        return Path(os.environ["SMALLVISION_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "smallvision"
 
 
 def find_idx_file(directory: Path, stem: str) -> Path | None:

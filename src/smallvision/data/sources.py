@@ -2,35 +2,69 @@
 
 from pathlib import Path
 
-from smallvision.data.imageset import DataSource
-from smallvision.data.imageset import stratified_split
+from smallvision.data.folders import is_image_folder, load_image_folder
+from smallvision.data.imageset import DataSource, stratified_split
 from smallvision.data.mnist import is_idx_directory, load_idx_source, locate_mnist
 from smallvision.errors import SmallvisionError, unknown_name
 
 NAMED_SOURCES = ("mnist",)
 
 
-def open_source(spec: str | Path, data_dir: str | Path | None = None, val_split: float = 0.0,
-                seed: int = 0) -> DataSource:
-    """The source `spec` names, with `val_split` of its training split held out when it has no validation split."""
-    source = load_source(str(spec), data_dir)
+def open_source(spec: str | Path, data_dir: str | Path | None = None, val_split: float = 0.0, seed: int = 0,
+                test_split: float = 0.0, image_shape: tuple[int, int, int] | None = None,
+                cache_dir: str | Path | None = None, progress: bool = False, for_training: bool = True) -> DataSource:
+    """The source `spec` names, ready to train on (checked for that unless `for_training` is False).
+
+    Image folders are decoded at `image_shape` (channels, height, width). A source without a test
+    split gets `test_split` of its images held out as one, then one without a validation split gets
+    `val_split` of what is left: both stratified by class and chosen by `seed`.
+    """
+    source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
+    if test_split and source.test is None:
+        kept, held_out = stratified_split(source.train.labels, test_split, seed)
+        source.train, source.test = source.train.subset(kept), source.train.subset(held_out)
     if val_split and source.validation is None:
         kept, held_out = stratified_split(source.train.labels, val_split, seed)
-        source = DataSource(source.name, source.train.subset(kept), source.train.subset(held_out), source.test)
+        source.train, source.validation = source.train.subset(kept), source.train.subset(held_out)
+    problem = training_problem(source) if for_training else None
+    if problem:
+        raise SmallvisionError(problem)
     return source
 
 
-def load_source(spec: str, data_dir: str | Path | None) -> DataSource:
+def load_source(spec: str, data_dir: str | Path | None, image_shape: tuple[int, int, int] | None = None,
+                cache_dir: str | Path | None = None, progress: bool = False) -> DataSource:
     if spec == "mnist":
         return load_idx_source(locate_mnist(data_dir), name="mnist")
     path = Path(spec)
     if path.is_dir():
         if is_idx_directory(path):
             return load_idx_source(path)
-        raise SmallvisionError(f"{path}: no data source found here: expected the four MNIST-format IDX files "
-                               f"(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)")
+        if is_image_folder(path):
+            if image_shape is None:
+                raise SmallvisionError(f"{path}: an image folder needs an image size to decode to")
+            return load_image_folder(path, image_shape, cache_dir, progress)
+        raise SmallvisionError(f"{path}: no data source found here: expected class folders (ROOT/CLASS/*.jpg or "
+                               f"ROOT/train/CLASS/*.jpg) or the four MNIST-format IDX files")
     if path.exists():
         raise SmallvisionError(f"{path}: a source must be a directory or one of: {', '.join(NAMED_SOURCES)}")
     if "/" in spec or spec.startswith("."):
         raise SmallvisionError(f"{path}: no such directory")
     raise unknown_name("source", spec, list(NAMED_SOURCES))
+
+
+def training_problem(source: DataSource) -> str | None:
+    """Why training on `source` would fail, or None. A class without training images is only a warning."""
+    if source.train is None or len(source.train) == 0:
+        return f"{source.root or source.name}: no usable training images"
+    counts = source.train.class_counts()
+    for name, count in zip(source.class_names, counts):
+        warning = f"class {name!r} has no usable training images"
+        if count == 0 and warning not in source.warnings:
+            source.warnings.append(warning)
+    usable = sum(1 for c in counts if c)
+    if usable < 2:
+        listed = ", ".join(f"{n}: {c}" for n, c in zip(source.class_names, counts))
+        return (f"{source.root or source.name}: {usable} class{'es' if usable != 1 else ''} with usable training "
+                f"images ({listed}); a classifier needs at least two. Put each class's images in its own folder")
+    return None

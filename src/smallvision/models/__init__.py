@@ -2,11 +2,13 @@
 
 from smallvision.errors import unknown_name
 from smallvision.models.layers import Sequential
-from smallvision.models.presets import mnist_convnet
+from smallvision.models.presets import catsdogs_convnet, mnist_convnet, small_resnet
 from smallvision.models.summary import count_parameters, summary
 
 MODELS = {
     "mnist_convnet": (mnist_convnet, (1, 28, 28)),
+    "catsdogs_convnet": (catsdogs_convnet, (3, 150, 150)),
+    "small_resnet": (small_resnet, (3, 112, 112)),
 }
 
 
@@ -20,11 +22,15 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     return MODELS[name][1]
 
 
-def create_model(name: str, input_shape=None, num_classes: int = 10) -> Sequential:
+def create_model(name: str, input_shape=None, num_classes: int | None = None, dropout: float = 0.0) -> Sequential:
+    """The network `name` for `input_shape` (channels, height, width) and `num_classes`; defaults: the seed's."""
     if name not in MODELS:
         raise unknown_name("model", name, model_names())
     build, default_shape = MODELS[name]
-    return build(tuple(input_shape or default_shape), num_classes)
+    options = {"dropout": dropout}
+    if num_classes is not None:
+        options["num_classes"] = num_classes
+    return build(tuple(input_shape or default_shape), **options)
 
 
-__all__ = ["MODELS", "create_model", "model_names", "default_input_shape", "summary", "count_parameters", "Sequential"]
+__all__ = ["MODELS", "Sequential", "count_parameters", "create_model", "default_input_shape", "model_names", "summary"]

@@ -20,9 +20,11 @@ def glorot_init(module: nn.Module) -> None:
 
 
 class Conv2D(nn.Module):
-    def __init__(self, in_channels: int, filters: int, kernel_size: int = 3, activation: str | None = "relu", padding: str = "valid"):
+    def __init__(self, in_channels: int, filters: int, kernel_size: int = 3, activation: str | None = "relu",
+                 padding: str = "valid", strides: int = 1, use_bias: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, filters, kernel_size, padding=0 if padding == "valid" else "same")
+        pad = 0 if padding == "valid" else kernel_size // 2  # "same" for odd kernels, strided or not
+        self.conv = nn.Conv2d(in_channels, filters, kernel_size, stride=strides, padding=pad, bias=use_bias)
         glorot_init(self.conv)
         self.activation = ACTIVATIONS[activation](inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
 
@@ -55,14 +57,40 @@ class Dense(nn.Module):
 
 
 class BatchNormalization(nn.BatchNorm2d):
-    """Keras' momentum 0.99 is PyTorch's 0.01; epsilon 1e-3 as in Keras."""
+    """Keras' words: `momentum` is the share of the old running statistics kept at each step
+    (Keras' 0.99 is PyTorch's 0.01); epsilon 1e-3 as in Keras."""
 
-    def __init__(self, channels: int):
-        super().__init__(channels, eps=1e-3, momentum=0.01)
+    def __init__(self, channels: int, momentum: float = 0.99):
+        super().__init__(channels, eps=1e-3, momentum=1 - momentum)
 
 
 class Dropout(nn.Dropout):
     pass
+
+
+class Activation(nn.Module):
+    def __init__(self, activation: str = "relu"):
+        super().__init__()
+        self.activation = ACTIVATIONS[activation](inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
+
+    def forward(self, x):
+        return self.activation(x)
+
+
+class GlobalAveragePooling2D(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class Residual(nn.Module):
+    """x + block(x): Keras' `layers.add([x, block(x)])`, as one layer in the summary."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.block(x)
 
 
 class Sequential(nn.Module):

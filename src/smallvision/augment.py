@@ -1,0 +1,143 @@
+"""ImageDataGenerator's augmentation, with its parameters' names and meaning, batched on the device.
+
+Each image gets fresh random parameters, as Keras draws them: a rotation in degrees, shifts (a
+fraction of the size, or pixels when 1 or more), a shear in degrees, independent x and y zooms,
+flips, a brightness factor. They are composed into one affine map per image (Keras' order:
+rotation, shift, shear, zoom, about the image centre; flips after) and the whole batch is
+resampled in one bilinear pass, with the border that comes into view filled as `fill_mode` says.
+
+Coordinates are (row, column) as in Keras' legacy code; one map sends an output pixel to the
+input point it samples. Keras' code turns about (h/2 + 0.5, w/2 + 0.5), a pixel off the middle;
+we turn about the true centre ((h - 1)/2, (w - 1)/2), so a 90-degree turn is exact.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from smallvision.recipe import Recipe
+
+
+@dataclass
+class Augment:
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    shear_range: float = 0.0
+    zoom_range: tuple[float, float] = (1.0, 1.0)
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    brightness_range: tuple[float, float] | None = None
+    fill_mode: str = "nearest"
+    cval: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> "Augment | None":
+        """The recipe's augmentation, or None when it asks for none."""
+        if not recipe.augments:
+            return None
+        return cls(recipe.rotation_range, recipe.width_shift_range, recipe.height_shift_range, recipe.shear_range,
+                   recipe.zoom_bounds, recipe.horizontal_flip, recipe.vertical_flip,
+                   tuple(recipe.brightness_range) if recipe.brightness_range else None, recipe.fill_mode, recipe.cval)
+
+    def random_parameters(self, count: int, height: int, width: int, generator: torch.Generator | None = None,
+                          device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Fresh parameters for `count` images, drawn as Keras draws them (uniform in each range)."""
+        def uniform(low, high):
+            return low + (high - low) * torch.rand(count, generator=generator, device=device)
+
+        def shift(spread: float, size: int):
+            pixels = spread * size if spread < 1 else spread  # Keras: below 1 is a fraction of the size
+            return uniform(-pixels, pixels)
+
+        zoom_low, zoom_high = self.zoom_range
+        return {
+            "theta": uniform(-self.rotation_range, self.rotation_range),
+            "tx": shift(self.height_shift_range, height),   # along rows, as Keras' tx
+            "ty": shift(self.width_shift_range, width),     # along columns, as Keras' ty
+            "shear": uniform(-self.shear_range, self.shear_range),
+            "zx": uniform(zoom_low, zoom_high),
+            "zy": uniform(zoom_low, zoom_high),
+            "flip_horizontal": torch.rand(count, generator=generator, device=device) < (0.5 if self.horizontal_flip else 0),
+            "flip_vertical": torch.rand(count, generator=generator, device=device) < (0.5 if self.vertical_flip else 0),
+            "brightness": uniform(*self.brightness_range) if self.brightness_range else torch.ones(count, device=device),
+        }
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augmented float images [B, C, H, W] (0-255 scale) from uint8 or float images."""
+        count, _, height, width = images.shape
+        parameters = self.random_parameters(count, height, width, generator, images.device)
+        return self.apply(images, parameters)
+
+    def apply(self, images: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`images` transformed with the given parameters: one resampling pass, then brightness."""
+        pixels = images.float()
+        _, _, height, width = pixels.shape
+        matrices = sampling_matrices(parameters, height, width)
+        identity = torch.eye(3, device=matrices.device)
+        if not torch.allclose(matrices, identity.expand_as(matrices)):
+            pixels = resample(pixels, matrices, self.fill_mode, self.cval)
+        if self.brightness_range:
+            # PIL's ImageEnhance.Brightness, as Keras uses it: a blend with black, kept in 0-255
+            pixels = (pixels * parameters["brightness"].view(-1, 1, 1, 1)).clamp_(0, 255)
+        return pixels
+
+
+def sampling_matrices(p: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """[B, 3, 3] maps from an output pixel (row, col, 1) to the input point it samples."""
+    count = len(p["theta"])
+    device = p["theta"].device
+
+    def matrix(rows):
+        return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+    zero, one = torch.zeros(count, device=device), torch.ones(count, device=device)
+    theta, shear = torch.deg2rad(p["theta"]), torch.deg2rad(p["shear"])
+    rotation = matrix([[theta.cos(), -theta.sin(), zero], [theta.sin(), theta.cos(), zero], [zero, zero, one]])
+    shift = matrix([[one, zero, p["tx"]], [zero, one, p["ty"]], [zero, zero, one]])
+    shearing = matrix([[one, -shear.sin(), zero], [zero, shear.cos(), zero], [zero, zero, one]])
+    zoom = matrix([[p["zx"], zero, zero], [zero, p["zy"], zero], [zero, zero, one]])
+    centre_row, centre_col = (height - 1) / 2, (width - 1) / 2
+    to_centre = torch.tensor([[1, 0, -centre_row], [0, 1, -centre_col], [0, 0, 1]], device=device, dtype=torch.float32)
+    from_centre = torch.tensor([[1, 0, centre_row], [0, 1, centre_col], [0, 0, 1]], device=device, dtype=torch.float32)
+    # Flips come after the transform in Keras, so in the output-to-input map they act first.
+    row_sign = torch.where(p["flip_vertical"], -one, one)
+    col_sign = torch.where(p["flip_horizontal"], -one, one)
+    flips = matrix([[row_sign, zero, zero], [zero, col_sign, zero], [zero, zero, one]])
+    return from_centre @ rotation @ shift @ shearing @ zoom @ flips @ to_centre
+
+
+def resample(pixels: torch.Tensor, matrices: torch.Tensor, fill_mode: str, cval: float) -> torch.Tensor:
+    """Bilinear sampling of each image at its map's points; outside points filled as `fill_mode` says."""
+    count, _, height, width = pixels.shape
+    device = pixels.device
+    rows = torch.arange(height, device=device, dtype=torch.float32)
+    cols = torch.arange(width, device=device, dtype=torch.float32)
+    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
+    points = torch.stack([grid_rows.flatten(), grid_cols.flatten(), torch.ones(height * width, device=device)])
+    source = matrices[:, :2, :] @ points  # [B, 2, H*W]: (row, col) to sample
+    source_rows, source_cols = source[:, 0], source[:, 1]
+    if fill_mode == "wrap":
+        # periodic: fold into the image; the half-pixel seam at the edge blends with the border
+        source_rows = torch.remainder(source_rows + 0.5, height) - 0.5
+        source_cols = torch.remainder(source_cols + 0.5, width) - 0.5
+    # grid_sample's coordinates with align_corners=False: -1 and 1 are the outer edges of the edge pixels
+    grid = torch.stack([(2 * source_cols + 1) / width - 1, (2 * source_rows + 1) / height - 1], dim=-1)
+    grid = grid.view(count, height, width, 2)
+    if fill_mode == "constant":
+        shifted = F.grid_sample(pixels - cval, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return shifted + cval
+    padding = "reflection" if fill_mode == "reflect" else "border"  # nearest (and wrap, already folded): edge pixels
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def fixed_parameters(count: int, **overrides) -> dict[str, torch.Tensor]:
+    """Fixed parameters (no change but what is given), for previews and checks of the geometry."""
+    values = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0, "brightness": 1.0}
+    values.update(overrides)
+    parameters = {k: torch.full((count,), float(v)) for k, v in values.items() if k not in ("flip_horizontal", "flip_vertical")}
+    for flip in ("flip_horizontal", "flip_vertical"):
+        parameters[flip] = torch.full((count,), bool(overrides.get(flip, False)))
+    return parameters
+

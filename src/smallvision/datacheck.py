@@ -1,0 +1,102 @@
+"""`smallvision data check`: what is in a source and whether it can be trained on, before any training."""
+
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from smallvision.data.imageset import DataSource
+from smallvision.data.sources import load_source, training_problem
+
+IMBALANCE_RATIO = 1.5  # largest class over smallest, in train, above which we warn
+
+
+@dataclass
+class DataReport:
+    source: DataSource
+    problem: str | None = None
+    duplicates: list[list[tuple[str, str]]] = field(default_factory=list)  # groups of (split, path), same bytes
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, cache_dir=None,
+                 progress: bool = True) -> DataReport:
+    source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
+    report = DataReport(source, training_problem(source))
+    report.warnings = list(source.warnings)
+    report.duplicates = duplicate_groups(source)
+    crossing = [group for group in report.duplicates if len({split for split, _ in group}) > 1]
+    if crossing:
+        report.warnings.append(f"{len(crossing)} file{'s are' if len(crossing) > 1 else ' is'} in more than one split with the same content "
+                               f"(a test image the model trained on inflates its score)")
+    counts = [c for c in source.train.class_counts() if c] if source.train is not None else []
+    if len(counts) >= 2 and max(counts) > IMBALANCE_RATIO * min(counts):
+        report.warnings.append(f"classes are imbalanced in train: the largest has {max(counts):,} images, "
+                               f"the smallest {min(counts):,} ({max(counts) / min(counts):.1f}x); accuracy alone "
+                               f"will flatter a model that favours the large ones")
+    return report
+
+
+def duplicate_groups(source: DataSource) -> list[list[tuple[str, str]]]:
+    """Files with exactly the same content, grouped, within and across splits."""
+    by_hash = defaultdict(list)
+    for split, record in source.files:
+        if record.sha1:
+            by_hash[record.sha1].append((split, record.path))
+    return [group for group in by_hash.values() if len(group) > 1]
+
+
+def format_report(report: DataReport) -> str:
+    source = report.source
+    lines = [f"source: {source.root or source.name}" + (f"  (layout: {describe_layout(source.layout)})" if source.layout else "")]
+    splits = source.splits()
+    names = source.class_names
+    width = max([len("class")] + [len(n) for n in names])
+    lines.append("")
+    lines.append(f"{'class':<{width}}" + "".join(f"{split:>12}" for split in splits))
+    per_split = {split: images.class_counts() for split, images in splits.items()}
+    for i, name in enumerate(names):
+        lines.append(f"{name:<{width}}" + "".join(f"{per_split[split][i]:>12,}" for split in splits))
+    lines.append(f"{'total':<{width}}" + "".join(f"{len(images):>12,}" for images in splits.values()))
+    lines += image_statistics(source)
+    if source.skipped:
+        lines += ["", f"skipped files ({len(source.skipped)}):"]
+        lines += [f"  {path}: {reason}" for path, reason in source.skipped]
+    if report.duplicates:
+        lines += ["", f"exact duplicates ({len(report.duplicates)} group{'s' if len(report.duplicates) > 1 else ''} of files with the same content):"]
+        for group in report.duplicates[:20]:
+            lines.append("  " + "  =  ".join(f"{split}:{path}" for split, path in group))
+        if len(report.duplicates) > 20:
+            lines.append(f"  ... and {len(report.duplicates) - 20} more groups")
+    if report.warnings:
+        lines += [""] + [f"warning: {w}" for w in report.warnings]
+    lines += ["", f"cannot train: {report.problem}" if report.problem else "ready to train"]
+    return "\n".join(lines)
+
+
+def describe_layout(layout: str) -> str:
+    return {"splits": "train/validation/test folders", "classes": "one folder per class; train splits it by "
+            "--val-split and --test-split"}.get(layout, layout)
+
+
+def image_statistics(source: DataSource) -> list[str]:
+    """Sizes, modes and formats of the files as they are on disk (before resizing)."""
+    usable = [record for _, record in source.files if record.usable]
+    if not usable:
+        return []
+    widths = [r.width for r in usable]
+    heights = [r.height for r in usable]
+    sizes = Counter(f"{r.width}x{r.height}" for r in usable)
+    modes = Counter(r.mode for r in usable)
+    formats = Counter(r.format for r in usable)
+
+    def listing(counter: Counter) -> str:
+        return ", ".join(f"{key} {count:,}" for key, count in counter.most_common(5))
+
+    size_line = (f"image size: width {min(widths)}-{max(widths)} (median {statistics.median(widths):g}), "
+                 f"height {min(heights)}-{max(heights)} (median {statistics.median(heights):g}); "
+                 f"most common: {listing(sizes)}")
+    return ["", size_line, f"modes: {listing(modes)}", f"formats: {listing(formats)}"]

@@ -1,0 +1,153 @@
+"""Image-folder sources: layouts, the split rule, formats and modes, damaged files, the decode cache."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import COLOURS, make_image_folder, write_image
+from PIL import Image
+
+from smallvision.data.sources import open_source
+from smallvision.errors import SmallvisionError
+
+SHAPE = (3, 24, 24)
+
+
+def load(path, tmp_path, **options):
+    return open_source(path, image_shape=options.pop("image_shape", SHAPE), cache_dir=tmp_path / "cache", **options)
+
+
+def test_split_folders_are_detected_with_their_aliases(tmp_path):
+    root = make_image_folder(tmp_path / "pets", splits=("train", "val", "test"), per_class=3)
+    source = load(root, tmp_path)
+    assert source.layout == "splits"
+    assert source.class_names == ["cats", "dogs"]
+    assert {name: len(split) for name, split in source.splits().items()} == {"train": 6, "validation": 6, "test": 6}
+    assert source.train.images.shape[1:] == SHAPE and source.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert source.train.paths[0] == os.path.join("train", "cats", "cats0.png")
+
+
+def test_class_folders_are_split_stratified_seeded_and_disjoint(tmp_path):
+    root = make_image_folder(tmp_path / "pets", splits=(), classes=("birds", "cats", "dogs"), per_class=10)
+    first = load(root, tmp_path, val_split=0.2, test_split=0.3, seed=3)
+    assert first.layout == "classes"
+    assert first.test.class_counts() == [3, 3, 3]
+    assert first.validation.class_counts() == [1, 1, 1]
+    all_paths = first.train.paths + first.validation.paths + first.test.paths
+    assert len(all_paths) == len(set(all_paths)) == 30
+    again = load(root, tmp_path, val_split=0.2, test_split=0.3, seed=3)
+    assert again.test.paths == first.test.paths and again.validation.paths == first.validation.paths
+    other = load(root, tmp_path, val_split=0.2, test_split=0.3, seed=4)
+    assert other.test.paths != first.test.paths
+
+
+def test_classes_must_agree_across_splits(tmp_path):
+    root = make_image_folder(tmp_path / "pets", per_class=2)
+    write_image(root / "test" / "birds" / "b.png", COLOURS["birds"])
+    with pytest.raises(SmallvisionError, match=r"test: its class folders differ from train/'s: has extra \['birds'\]"):
+        load(root, tmp_path)
+
+
+def test_every_format_and_mode_becomes_the_recipe_channels(tmp_path):
+    root = tmp_path / "formats"
+    cases = {"a.jpg": ("JPEG", "RGB"), "b.png": ("PNG", "RGBA"), "c.bmp": ("BMP", "L"), "d.gif": ("GIF", "P"),
+             "e.webp": ("WEBP", "RGB"), "f.tif": ("TIFF", "CMYK"), "g.png": ("PNG", "P")}
+    for name, (fmt, mode) in cases.items():
+        write_image(root / "cats" / name, COLOURS["cats"], fmt=fmt, mode=mode)
+        write_image(root / "dogs" / name, COLOURS["dogs"], fmt=fmt, mode=mode)
+    grey16 = (np.full((20, 20), 40000, dtype=np.uint16))
+    Image.fromarray(grey16).save(root / "cats" / "h16.png")
+    Image.fromarray(grey16).save(root / "dogs" / "h16.png")
+    source = load(root, tmp_path)
+    assert source.skipped == [] and len(source.train) == 2 * (len(cases) + 1)
+    by_path = dict(zip(source.train.paths, source.train.images))
+    red = by_path[os.path.join("cats", "a.jpg")].float().mean(dim=(1, 2))
+    assert red[0] > 150 and red[2] < 100  # RGB order kept
+    sixteen_bit = by_path[os.path.join("cats", "h16.png")].float()
+    assert abs(sixteen_bit.mean() - 40000 / 65535 * 255) < 2  # scaled to 8 bits, not clipped to white
+    grey = open_source(root, image_shape=(1, 24, 24), cache_dir=tmp_path / "cache")
+    assert grey.train.images.shape[1] == 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    root = make_image_folder(tmp_path / "pets", splits=(), per_class=2)
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # white on the left, as stored
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(root / "cats" / "rotated.jpg", exif=exif)
+    source = open_source(root, image_shape=(3, 40, 20), cache_dir=tmp_path / "cache")
+    upright = dict(zip(source.train.paths, source.train.images))[os.path.join("cats", "rotated.jpg")].float()
+    assert upright.shape == (3, 40, 20)
+    assert upright[:, :15].mean() > 200 and upright[:, 25:].mean() < 50  # the white half is now on top
+
+
+def test_damaged_files_are_skipped_with_reasons(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    good = (root / "train" / "cats" / "cats0.png").read_bytes()
+    jpeg = write_image(tmp_path / "whole.jpg", COLOURS["cats"], size=(64, 64)).read_bytes()
+    (root / "train" / "cats" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "train" / "cats" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "dogs" / "notes.jpg").write_text("not an image at all")
+    write_image(root / "train" / "dogs" / "huge.png", COLOURS["dogs"], size=(300, 300))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)
+    source = load(root, tmp_path)
+    reasons = dict(source.skipped)
+    assert set(reasons) == {os.path.join("train", n) for n in ("cats/truncated.jpg", "cats/empty.jpg", "dogs/notes.jpg",
+                                                                "dogs/huge.png")}
+    assert "empty file" in reasons[os.path.join("train", "cats", "empty.jpg")]
+    assert "truncated" in reasons[os.path.join("train", "cats", "truncated.jpg")]
+    assert "not an image" in reasons[os.path.join("train", "dogs", "notes.jpg")]
+    assert "decompression bomb" in reasons[os.path.join("train", "dogs", "huge.png")]
+    assert len(source.train) == 6 and good
+    assert any(w.startswith("skipped 4 unusable files") for w in source.warnings)
+
+
+def test_an_empty_class_is_a_warning_and_one_class_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "pets", splits=(), classes=("birds", "cats", "dogs"), per_class=2)
+    for path in (root / "birds").iterdir():
+        path.unlink()
+    source = load(root, tmp_path)
+    assert any("birds: empty class folder" in w for w in source.warnings)
+    for path in (root / "dogs").iterdir():
+        path.unlink()
+    with pytest.raises(SmallvisionError, match="1 class with usable training images .* needs at least two"):
+        load(root, tmp_path)
+
+
+def test_no_class_folders_is_a_clear_error(tmp_path):
+    (tmp_path / "flat").mkdir()
+    write_image(tmp_path / "flat" / "a.png", COLOURS["cats"])
+    with pytest.raises(SmallvisionError, match="no data source found here"):
+        load(tmp_path / "flat", tmp_path)
+
+
+def test_the_cache_is_hit_then_missed_after_a_change(tmp_path):
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    first = load(root, tmp_path)
+    cached = list((tmp_path / "cache" / "decoded").glob("*.safetensors"))
+    assert len(cached) == 1
+    from smallvision.data.cache import decode_files
+
+    paths = first.train.paths
+    _, pixels, stats = decode_files(root, paths, SHAPE, tmp_path / "cache", progress=False)
+    assert (stats.decoded, stats.reused) == (0, len(paths))
+    assert (pixels == first.train.images).all()
+    changed = root / paths[0]
+    write_image(changed, COLOURS["dogs"], seed=99)
+    os.utime(changed, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+    _, pixels, stats = decode_files(root, paths, SHAPE, tmp_path / "cache", progress=False)
+    assert (stats.decoded, stats.reused) == (1, len(paths) - 1)
+    assert not (pixels[0] == first.train.images[0]).all() and (pixels[1:] == first.train.images[1:]).all()
+    _, _, stats = decode_files(root, paths, (3, 16, 16), tmp_path / "cache", progress=False)
+    assert stats.decoded == len(paths)  # another size is another cache entry
+
+
+def test_a_damaged_cache_is_decoded_again(tmp_path):
+    root = make_image_folder(tmp_path / "pets", per_class=2)
+    first = load(root, tmp_path)
+    for path in (tmp_path / "cache" / "decoded").glob("*.safetensors"):
+        path.write_bytes(b"garbage")
+    again = load(root, tmp_path)
+    assert (again.train.images == first.train.images).all()
