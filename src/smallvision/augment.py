@@ -2,13 +2,15 @@
 
 Each image gets fresh random parameters, as Keras draws them: a rotation in degrees, shifts (a
 fraction of the size, or pixels when 1 or more), a shear in degrees, independent x and y zooms,
-flips, a brightness factor. They are composed into one affine map per image (Keras' order:
-rotation, shift, shear, zoom, about the image centre; flips after) and the whole batch is
-resampled in one bilinear pass, with the border that comes into view filled as `fill_mode` says.
+flips, a brightness factor. They are composed into one affine map per image, exactly as Keras'
+legacy `apply_affine_transform` composes them (rotation, shift, shear, zoom, in (x, y) pixel
+coordinates about the image centre; flips after), and the whole batch is resampled in one
+bilinear pass, with the border that comes into view filled as `fill_mode` says.
 
-Coordinates are (row, column) as in Keras' legacy code; one map sends an output pixel to the
-input point it samples. Keras' code turns about (h/2 + 0.5, w/2 + 0.5), a pixel off the middle;
-we turn about the true centre ((h - 1)/2, (w - 1)/2), so a 90-degree turn is exact.
+One difference, on purpose: Keras 3's legacy code swaps its axes after building the map, so its
+`height_shift_range` moves images sideways and `width_shift_range` up and down. We keep the
+documented meaning (width: sideways). With equal ranges, as in the seed, the two draw the same
+transforms. A map sends an output pixel to the input point it samples.
 """
 
 from dataclasses import dataclass
@@ -54,8 +56,8 @@ class Augment:
         zoom_low, zoom_high = self.zoom_range
         return {
             "theta": uniform(-self.rotation_range, self.rotation_range),
-            "tx": shift(self.height_shift_range, height),   # along rows, as Keras' tx
-            "ty": shift(self.width_shift_range, width),     # along columns, as Keras' ty
+            "shift_x": shift(self.width_shift_range, width),     # sideways, in pixels
+            "shift_y": shift(self.height_shift_range, height),   # up and down, in pixels
             "shear": uniform(-self.shear_range, self.shear_range),
             "zx": uniform(zoom_low, zoom_high),
             "zy": uniform(zoom_low, zoom_high),
@@ -85,7 +87,8 @@ class Augment:
 
 
 def sampling_matrices(p: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:
-    """[B, 3, 3] maps from an output pixel (row, col, 1) to the input point it samples."""
+    """[B, 3, 3] maps from an output pixel (x, y, 1) (x along a row, y down the columns) to the
+    input point it samples: Keras' rotation @ shift @ shear @ zoom about the centre, flips first."""
     count = len(p["theta"])
     device = p["theta"].device
 
@@ -95,16 +98,16 @@ def sampling_matrices(p: dict[str, torch.Tensor], height: int, width: int) -> to
     zero, one = torch.zeros(count, device=device), torch.ones(count, device=device)
     theta, shear = torch.deg2rad(p["theta"]), torch.deg2rad(p["shear"])
     rotation = matrix([[theta.cos(), -theta.sin(), zero], [theta.sin(), theta.cos(), zero], [zero, zero, one]])
-    shift = matrix([[one, zero, p["tx"]], [zero, one, p["ty"]], [zero, zero, one]])
+    shift = matrix([[one, zero, p["shift_x"]], [zero, one, p["shift_y"]], [zero, zero, one]])
     shearing = matrix([[one, -shear.sin(), zero], [zero, shear.cos(), zero], [zero, zero, one]])
     zoom = matrix([[p["zx"], zero, zero], [zero, p["zy"], zero], [zero, zero, one]])
-    centre_row, centre_col = (height - 1) / 2, (width - 1) / 2
-    to_centre = torch.tensor([[1, 0, -centre_row], [0, 1, -centre_col], [0, 0, 1]], device=device, dtype=torch.float32)
-    from_centre = torch.tensor([[1, 0, centre_row], [0, 1, centre_col], [0, 0, 1]], device=device, dtype=torch.float32)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    to_centre = torch.tensor([[1, 0, -centre_x], [0, 1, -centre_y], [0, 0, 1]], device=device, dtype=torch.float32)
+    from_centre = torch.tensor([[1, 0, centre_x], [0, 1, centre_y], [0, 0, 1]], device=device, dtype=torch.float32)
     # Flips come after the transform in Keras, so in the output-to-input map they act first.
-    row_sign = torch.where(p["flip_vertical"], -one, one)
-    col_sign = torch.where(p["flip_horizontal"], -one, one)
-    flips = matrix([[row_sign, zero, zero], [zero, col_sign, zero], [zero, zero, one]])
+    x_sign = torch.where(p["flip_horizontal"], -one, one)
+    y_sign = torch.where(p["flip_vertical"], -one, one)
+    flips = matrix([[x_sign, zero, zero], [zero, y_sign, zero], [zero, zero, one]])
     return from_centre @ rotation @ shift @ shearing @ zoom @ flips @ to_centre
 
 
@@ -112,29 +115,32 @@ def resample(pixels: torch.Tensor, matrices: torch.Tensor, fill_mode: str, cval:
     """Bilinear sampling of each image at its map's points; outside points filled as `fill_mode` says."""
     count, _, height, width = pixels.shape
     device = pixels.device
-    rows = torch.arange(height, device=device, dtype=torch.float32)
-    cols = torch.arange(width, device=device, dtype=torch.float32)
-    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
-    points = torch.stack([grid_rows.flatten(), grid_cols.flatten(), torch.ones(height * width, device=device)])
-    source = matrices[:, :2, :] @ points  # [B, 2, H*W]: (row, col) to sample
-    source_rows, source_cols = source[:, 0], source[:, 1]
+    xs = torch.arange(width, device=device, dtype=torch.float32)
+    ys = torch.arange(height, device=device, dtype=torch.float32)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([grid_x.flatten(), grid_y.flatten(), torch.ones(height * width, device=device)])
+    source = matrices[:, :2, :] @ points  # [B, 2, H*W]: (x, y) to sample
+    source_x, source_y = source[:, 0], source[:, 1]
     if fill_mode == "wrap":
-        # periodic: fold into the image; the half-pixel seam at the edge blends with the border
-        source_rows = torch.remainder(source_rows + 0.5, height) - 0.5
-        source_cols = torch.remainder(source_cols + 0.5, width) - 0.5
+        # periodic (abcd|abcd|abcd), as Keras documents it; scipy's "wrap", under Keras, repeats with
+        # period n - 1 instead. The half-pixel seam at the edge blends with the border.
+        source_x = torch.remainder(source_x + 0.5, width) - 0.5
+        source_y = torch.remainder(source_y + 0.5, height) - 0.5
     # grid_sample's coordinates with align_corners=False: -1 and 1 are the outer edges of the edge pixels
-    grid = torch.stack([(2 * source_cols + 1) / width - 1, (2 * source_rows + 1) / height - 1], dim=-1)
+    grid = torch.stack([(2 * source_x + 1) / width - 1, (2 * source_y + 1) / height - 1], dim=-1)
     grid = grid.view(count, height, width, 2)
-    if fill_mode == "constant":
-        shifted = F.grid_sample(pixels - cval, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return shifted + cval
     padding = "reflection" if fill_mode == "reflect" else "border"  # nearest (and wrap, already folded): edge pixels
-    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    sampled = F.grid_sample(pixels, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    if fill_mode == "constant":
+        # as scipy's "constant", which Keras uses: cval wherever the point falls outside the pixel centres
+        outside = (source_x < 0) | (source_x > width - 1) | (source_y < 0) | (source_y > height - 1)
+        sampled = sampled.masked_fill(outside.view(count, 1, height, width), cval)
+    return sampled
 
 
 def fixed_parameters(count: int, **overrides) -> dict[str, torch.Tensor]:
     """Fixed parameters (no change but what is given), for previews and checks of the geometry."""
-    values = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0, "brightness": 1.0}
+    values = {"theta": 0.0, "shift_x": 0.0, "shift_y": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0, "brightness": 1.0}
     values.update(overrides)
     parameters = {k: torch.full((count,), float(v)) for k, v in values.items() if k not in ("flip_horizontal", "flip_vertical")}
     for flip in ("flip_horizontal", "flip_vertical"):
