@@ -28,7 +28,8 @@ def test_the_run_directory_holds_everything(slice_run):
     names = {p.name for p in slice_run.path.iterdir()}
     assert {"recipe.toml", "model.safetensors", "model.json", "history.csv", "metrics.json", "curves.png"} <= names
     meta = json.loads((slice_run.path / "model.json").read_text())
-    assert meta["architecture"] == {"model": "mnist_convnet", "input_shape": [1, 28, 28], "num_classes": 10, "dropout": 0.0}
+    assert meta["architecture"] == {"model": "mnist_convnet", "backbone": None, "input_shape": [1, 28, 28],
+                                    "num_classes": 10, "dropout": 0.0}
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert meta["preprocessing"]["invert_light_background"] is True
     rows = list(csv.DictReader(open(slice_run.path / "history.csv")))

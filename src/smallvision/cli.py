@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--dropout", type=float, help="the network's Dropout rate, where it has one")
     overrides.add_argument("--precision", help="bf16 or fp32")
     overrides.add_argument("--model", help="a network by name (see `smallvision summary --list`)")
+    overrides.add_argument("--backbone", help="a pretrained timm network to build on (offline: efficientnet_lite0)")
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu or cuda")
     overrides.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -203,7 +204,14 @@ def run_summary(args) -> None:
         from smallvision.workflow import recipe_image_shape
 
         recipe = recipes[args.name]
-        print(summary(create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout)))
+        if recipe.backbone:
+            from smallvision.models.backbones import BackboneClassifier
+
+            model = BackboneClassifier(recipe.backbone, recipe_image_shape(recipe), 2, recipe.dropout, pretrained=False)
+            model.freeze_backbone()
+        else:
+            model = create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout)
+        print(summary(model))
         print(f"Recipe: {recipe.name}: {recipe.one_line()}")
         print(recipe.to_toml().rstrip())
         return

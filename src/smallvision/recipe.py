@@ -28,6 +28,9 @@ class Recipe:
     description: str = ""
     # the network, by name (see `smallvision summary`), and its Dropout rate where it has one
     model: str = "mnist_convnet"
+    # a pretrained timm network to build on instead (frozen, with a new Dropout + Dense head); its own
+    # input size, mean and std are used unless image_size, mean and std are given
+    backbone: str | None = None
     dropout: float = 0.0
     # image folders are decoded to image_size x image_size (unset: the model's own input size)
     image_size: int | None = None
@@ -50,10 +53,10 @@ class Recipe:
     cval: float = 0.0
     # score each validation and test image as the mean of it and its mirror image
     test_time_flip: bool = False
-    # preprocessing: pixel * rescale, then (x - mean) / std when both are given
+    # preprocessing: pixel * rescale, then (x - mean) / std when both are given (one value, or one per channel)
     rescale: float = 1 / 255
-    mean: float | None = None
-    std: float | None = None
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
     # optimisation, with Keras' names and defaults
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
@@ -161,7 +164,8 @@ class Recipe:
         steps = f" x {self.steps_per_epoch} steps" if self.steps_per_epoch else ""
         size = f" at {self.image_size}px" if self.image_size else ""
         augment = ", augmented" if self.augments else ""
-        return (f"{self.model}{size}, {self.optimizer} lr {self.learning_rate:g}{schedule}, batch {self.batch_size}, "
+        network = f"{self.backbone} (pretrained, frozen)" if self.backbone else self.model
+        return (f"{network}{size}, {self.optimizer} lr {self.learning_rate:g}{schedule}, batch {self.batch_size}, "
                 f"{self.epochs} epochs{steps}{augment}, {self.precision}")
 
 

@@ -41,8 +41,12 @@ class Preprocess:
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float().mul_(self.rescale)
         if self.mean is not None:
-            x = x.sub_(self.mean).div_(self.std)
+            x = x.sub_(per_channel(self.mean, x)).div_(per_channel(self.std, x))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def per_channel(value: float | list[float], x: torch.Tensor) -> float | torch.Tensor:
+    return torch.tensor(value, device=x.device).view(1, -1, 1, 1) if isinstance(value, list) else value
 
 
 def autocast(device: torch.device, precision: str):

@@ -1,6 +1,7 @@
 """`train`: source + recipe -> a run directory. The function the CLI's `train` calls."""
 
 import csv
+import dataclasses
 import json
 import platform
 import sys
@@ -12,8 +13,10 @@ import torch
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
+from smallvision.features import fit_on_features
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
+from smallvision.models.backbones import OFFLINE_WEIGHTS, BackboneClassifier, create_backbone
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
@@ -39,15 +42,27 @@ def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: s
 
 def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int]:
     """(channels, height, width) that image folders are decoded to for this recipe."""
-    channels, height, width = default_input_shape(recipe.model)
+    channels, height, width = (3, 224, 224) if recipe.backbone else default_input_shape(recipe.model)
     if recipe.image_size:
         height = width = recipe.image_size
     return channels, height, width
 
 
+def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
+    """The recipe with the backbone's own input size, mean and std where it leaves them unset."""
+    if not recipe.backbone:
+        return recipe
+    _, config = create_backbone(recipe.backbone, pretrained=False)
+    config = {**config, **OFFLINE_WEIGHTS.get(recipe.backbone, (None, None, {}))[2]}
+    return dataclasses.replace(recipe, image_size=recipe.image_size or config["input_size"][1],
+                               mean=config["mean"] if recipe.mean is None else recipe.mean,
+                               std=config["std"] if recipe.std is None else recipe.std)
+
+
 def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool,
                cache_dir=None) -> None:
     """Load the source, fit, score on test, and write every file of the run into `directory`."""
+    recipe = with_backbone_preprocessing(recipe)
     load_start = time.perf_counter()
     dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
                           recipe_image_shape(recipe), cache_dir, progress)
@@ -59,22 +74,31 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
               file=sys.stderr, flush=True)
     train_split = dataset.train
     input_shape = tuple(train_split.images.shape[1:])
-    expected = default_input_shape(recipe.model)
+    expected = recipe_image_shape(recipe)
     if input_shape[0] != expected[0]:
-        raise SmallvisionError(f"{recipe.model} takes {expected[0]}-channel images; {source} has {input_shape[0]} channels")
+        raise SmallvisionError(f"{recipe.backbone or recipe.model} takes {expected[0]}-channel images; "
+                               f"{source} has {input_shape[0]} channels")
     torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
-    model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout)
+    model_name = recipe.backbone or recipe.model
     if progress:
-        print(f"training {recipe.model} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device}",
+        print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device}",
               flush=True)
-    history = fit(model, train_split, recipe, dataset.validation, device, progress)
+    test_metrics = {}
+    if recipe.backbone:
+        model = BackboneClassifier(recipe.backbone, input_shape, len(dataset.class_names), recipe.dropout)
+        history, test_metrics = fit_on_features(model, dataset, recipe, device, progress)
+    else:
+        model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout)
+        history = fit(model, train_split, recipe, dataset.validation, device, progress)
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
     if history.epochs and "val_accuracy" in history.epochs[-1]:
         metrics["val_accuracy"] = history.epochs[-1]["val_accuracy"]
         metrics["val_loss"] = history.epochs[-1]["val_loss"]
-    if dataset.test is not None:
+    if test_metrics:
+        metrics.update(test_metrics)
+    elif dataset.test is not None:
         test_loss, test_accuracy = evaluate_imageset(model, dataset.test, Preprocess.from_recipe(recipe),
                                                      recipe.precision, device, recipe.test_time_flip)
         metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
@@ -83,8 +107,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     meta = {
         "format": "smallvision-run/1",
         "source": str(source),
-        "architecture": {"model": recipe.model, "input_shape": list(input_shape), "num_classes": len(dataset.class_names),
-                         "dropout": recipe.dropout},
+        "architecture": {"model": model_name, "backbone": recipe.backbone, "input_shape": list(input_shape),
+                         "num_classes": len(dataset.class_names), "dropout": recipe.dropout},
         "class_names": dataset.class_names,
         "output_activation": model.output_activation,
         "precision": recipe.precision,

@@ -28,8 +28,14 @@ def count_parameters(module: nn.Module, trainable: bool | None = None) -> int:
     return total
 
 
+def backbone_table(model) -> list[tuple[str, tuple, int]]:
+    """A pretrained backbone as one row (its pooled features), then its head's layers."""
+    backbone = (f"{model.model_name} (backbone)", (None, model.backbone.num_features), count_parameters(model.backbone))
+    return [backbone] + layer_table(model.head)
+
+
 def summary(model: Sequential, width: int = 72) -> str:
-    rows = layer_table(model)
+    rows = backbone_table(model) if hasattr(model, "backbone") else layer_table(model)
     name_w, shape_w = 34, 24
     rule = "─" * width
     lines = [f'Model: "{model.model_name}"', rule,
@@ -40,4 +46,8 @@ def summary(model: Sequential, width: int = 72) -> str:
     total = count_parameters(model)
     lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
               f"Non-trainable params: {total - trainable:,}"]
+    if hasattr(model, "backbone"):
+        head = count_parameters(model.head, trainable=True)
+        lines.append(f"Feature extraction: {head:,} trainable (the head), {total - head:,} frozen (the backbone "
+                     f"and batch-norm statistics)")
     return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Pretrained backbones: the offline EfficientNet-Lite0 weights, clear errors, and feature extraction."""
+
+import os
+
+import pytest
+import torch
+
+import smallvision as sv
+from smallvision.errors import SmallvisionError
+from smallvision.models import backbones
+from smallvision.models.backbones import BackboneClassifier, create_backbone, load_offline_weights
+from smallvision.models.summary import count_parameters
+from test_catsdogs import shared_slice
+
+
+def test_the_offline_weights_fit_timm_and_know_cats_from_dogs(shared_catsdogs, tmp_path):
+    import timm
+
+    classifier = timm.create_model("efficientnet_lite0", pretrained=False)  # with ImageNet's 1,000 classes
+    before = classifier.conv_stem.weight.clone()
+    load_offline_weights(classifier, "efficientnet_lite0")
+    assert not torch.equal(before, classifier.conv_stem.weight)
+    source = sv.open_source(shared_slice(shared_catsdogs, tmp_path / "slice", 2, 40), image_shape=(3, 224, 224),
+                            cache_dir=tmp_path / "cache")
+    _, config = create_backbone("efficientnet_lite0")
+    mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        predicted = classifier.eval()((source.test.images.float() / 255 - mean) / std).argmax(1)
+    cats, dogs = predicted[source.test.labels == 0], predicted[source.test.labels == 1]
+    assert ((cats >= 281) & (cats <= 285)).float().mean() > 0.55  # ImageNet's domestic cats
+    assert ((dogs >= 151) & (dogs <= 268)).float().mean() > 0.75  # ImageNet's dogs
+
+
+def test_mismatched_offline_weights_fail_loudly():
+    import timm
+
+    grey = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0, in_chans=1)
+    with pytest.raises(SmallvisionError, match=r"do not fit timm's network: _conv_stem.weight is \(32, 3, 3, 3\)"):
+        load_offline_weights(grey, "efficientnet_lite0")
+    bigger = timm.create_model("efficientnet_lite1", pretrained=False, num_classes=0)
+    with pytest.raises(SmallvisionError, match="they do not correspond"):
+        load_offline_weights(bigger, "efficientnet_lite0")
+
+
+def test_unknown_and_unavailable_backbones_get_clear_errors(monkeypatch):
+    with pytest.raises(SmallvisionError, match=r"did you mean 'efficientnet_lite\d'.*known: [\d,]+ names$"):
+        create_backbone("efficientnet_litte0")
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("no network")
+        return original(*args, pretrained=False, **kwargs)
+
+    import timm
+
+    original = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(SmallvisionError, match="offline, these work: efficientnet_lite0"):
+        create_backbone("resnet18")
+
+
+def test_feature_extraction_learns_and_leaves_the_backbone_unchanged(shared_catsdogs, tmp_path, monkeypatch):
+    root = shared_slice(shared_catsdogs, tmp_path / "slice", 60, 50)
+    frozen = {}
+    original = backbones.BackboneClassifier.freeze_backbone
+
+    def remember(model):
+        original(model)
+        frozen.update({k: v.clone() for k, v in model.backbone.state_dict().items()})
+        frozen["model"] = model
+
+    monkeypatch.setattr(backbones.BackboneClassifier, "freeze_backbone", remember)
+    run = sv.train(root, "catsdogs-features", out=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache",
+                   image_size=160, epochs=15)
+    assert run.metrics["test_accuracy"] > 0.9
+    trained = frozen.pop("model")
+    assert all(torch.equal(trained.backbone.state_dict()[k], v) for k, v in frozen.items())  # weights and BN statistics
+    assert run.meta["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)
+    reloaded = sv.load_run(run.path)
+    assert isinstance(reloaded.model, BackboneClassifier)
+    assert reloaded.evaluate(root)["accuracy"] == pytest.approx(run.metrics["test_accuracy"], abs=0.02)
+    picture = sorted(os.listdir(root / "test" / "cats"))[0]
+    assert reloaded.predict([root / "test" / "cats" / picture])[0]["label"] in ("cats", "dogs")
+
+
+def test_a_frozen_backbone_counts_as_frozen():
+    model = BackboneClassifier("efficientnet_lite0", (3, 224, 224), 2, pretrained=False)
+    model.freeze_backbone()
+    assert count_parameters(model, trainable=True) == 1280 * 2 + 2
+    model.train()
+    assert not model.backbone.training and model.head.training
