@@ -89,3 +89,28 @@ def test_a_frozen_backbone_counts_as_frozen():
     assert count_parameters(model, trainable=True) == 1280 * 2 + 2
     model.train()
     assert not model.backbone.training and model.head.training
+
+
+def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_path, monkeypatch):
+    root = shared_slice(shared_catsdogs, tmp_path / "slice", 20, 10)
+    snapshots = {}
+    original = backbones.BackboneClassifier.unfreeze_last_blocks
+
+    def at_the_stage_boundary(model, count):
+        snapshots["stage one"] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        snapshots["model"] = model
+        original(model, count)
+
+    monkeypatch.setattr(backbones.BackboneClassifier, "unfreeze_last_blocks", at_the_stage_boundary)
+    pretrained, _ = backbones.create_backbone("efficientnet_lite0")
+    run = sv.train(root, "catsdogs-finetune", out=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache",
+                   image_size=96, epochs=1, steps_per_epoch=2, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
+    before = pretrained.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in snapshots["stage one"].items())  # stage one: frozen
+    after = snapshots["model"].backbone.state_dict()
+    assert torch.equal(after["blocks.4.0.conv_pw.weight"], before["blocks.4.0.conv_pw.weight"])  # still frozen
+    assert torch.equal(after["blocks.6.0.bn1.running_mean"], before["blocks.6.0.bn1.running_mean"])  # statistics kept
+    assert not torch.equal(after["blocks.6.0.conv_pw.weight"], before["blocks.6.0.conv_pw.weight"])  # tuned
+    assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
+    stages = (run.path / "history.csv").read_text().splitlines()
+    assert stages[0].endswith("stage") and stages[1].endswith(",1") and stages[2].endswith(",2")

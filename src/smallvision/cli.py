@@ -211,7 +211,7 @@ def run_summary(args) -> None:
             model.freeze_backbone()
         else:
             model = create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout)
-        print(summary(model))
+        print(summary(model, fine_tune_blocks=recipe.fine_tune_blocks))
         print(f"Recipe: {recipe.name}: {recipe.one_line()}")
         print(recipe.to_toml().rstrip())
         return

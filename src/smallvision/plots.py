@@ -17,6 +17,12 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
             axis.plot([row["epoch"] for row in validated], [row["val_" + metric] for row in validated], "b",
                       label=f"Validation {metric}")
         axis.set_title(f"Training{' and validation' if validated else ''} {metric}")
+        boundaries = [row["epoch"] - 0.5 for previous, row in zip(history, history[1:])
+                      if row.get("stage") != previous.get("stage")]
+        for boundary in boundaries:  # fine-tuning starts here
+            axis.axvline(boundary, color="gray", linestyle="--")
+            axis.annotate(" fine-tuning", (boundary, 0.98), xycoords=("data", "axes fraction"), va="top",
+                          color="gray")
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)

@@ -31,6 +31,11 @@ class Recipe:
     # a pretrained timm network to build on instead (frozen, with a new Dropout + Dense head); its own
     # input size, mean and std are used unless image_size, mean and std are given
     backbone: str | None = None
+    # fine-tuning, a second stage after the head has trained on the frozen backbone: the backbone's last
+    # fine_tune_blocks blocks (and its final convolution) train too, for fine_tune_epochs at fine_tune_learning_rate
+    fine_tune_blocks: int = 0
+    fine_tune_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-5
     dropout: float = 0.0
     # image folders are decoded to image_size x image_size (unset: the model's own input size)
     image_size: int | None = None
@@ -90,6 +95,10 @@ class Recipe:
         for field, allowed in CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise unknown_name(field, str(getattr(self, field)), list(allowed))
+        if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 0:
+            raise SmallvisionError("fine_tune_blocks and fine_tune_epochs must not be negative")
+        if self.fine_tune_blocks and not (self.backbone and self.fine_tune_epochs):
+            raise SmallvisionError("fine-tuning needs a backbone and fine_tune_epochs above 0")
         for field in ("epochs", "batch_size", "validation_freq"):
             if getattr(self, field) < 1:
                 raise SmallvisionError(f"{field} must be at least 1, got {getattr(self, field)}")
@@ -164,7 +173,11 @@ class Recipe:
         steps = f" x {self.steps_per_epoch} steps" if self.steps_per_epoch else ""
         size = f" at {self.image_size}px" if self.image_size else ""
         augment = ", augmented" if self.augments else ""
-        network = f"{self.backbone} (pretrained, frozen)" if self.backbone else self.model
+        network = self.model
+        if self.backbone:
+            tuned = (f", then its last {self.fine_tune_blocks} blocks {self.fine_tune_epochs} epochs at "
+                     f"{self.fine_tune_learning_rate:g}") if self.fine_tune_blocks else ""
+            network = f"{self.backbone} (pretrained, frozen{tuned})"
         return (f"{network}{size}, {self.optimizer} lr {self.learning_rate:g}{schedule}, batch {self.batch_size}, "
                 f"{self.epochs} epochs{steps}{augment}, {self.precision}")
 

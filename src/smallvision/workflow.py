@@ -13,12 +13,12 @@ import torch
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
-from smallvision.features import fit_on_features
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
 from smallvision.models.backbones import OFFLINE_WEIGHTS, BackboneClassifier, create_backbone
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
+from smallvision.transfer import fit_backbone_classifier
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
 
 
@@ -86,7 +86,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     test_metrics = {}
     if recipe.backbone:
         model = BackboneClassifier(recipe.backbone, input_shape, len(dataset.class_names), recipe.dropout)
-        history, test_metrics = fit_on_features(model, dataset, recipe, device, progress)
+        history, test_metrics = fit_backbone_classifier(model, dataset, recipe, device, progress)
     else:
         model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout)
         history = fit(model, train_split, recipe, dataset.validation, device, progress)

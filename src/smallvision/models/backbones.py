@@ -112,10 +112,25 @@ class BackboneClassifier(nn.Module):
             parameter.requires_grad = False
         self.backbone.eval()
 
+    def unfreeze_last_blocks(self, count: int) -> None:
+        """Fine-tuning: the last `count` blocks of the backbone, and what follows them, train again."""
+        blocks = getattr(self.backbone, "blocks", None)
+        if not isinstance(blocks, nn.Sequential):
+            raise SmallvisionError(f"{self.model_name}: fine-tuning by blocks needs a backbone with a `blocks` list "
+                                   f"(EfficientNet, MobileNet and the like)")
+        if not 1 <= count <= len(blocks):
+            raise SmallvisionError(f"{self.model_name} has {len(blocks)} blocks; fine_tune_blocks must be 1 to {len(blocks)}")
+        for block in list(blocks)[-count:]:
+            block.requires_grad_(True)
+        for name, module in self.backbone.named_children():
+            if name not in ("conv_stem", "bn1", "blocks"):  # the head convolution and its norm, after the blocks
+                module.requires_grad_(True)
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if not any(p.requires_grad for p in self.backbone.parameters()):
-            self.backbone.eval()  # a frozen backbone's batch norm never updates its statistics
+        # Batch norm in the backbone keeps its pretrained statistics in both stages: a few thousand
+        # images in small batches would only blur them (Keras' fine-tuning guide does the same).
+        self.backbone.eval()
         return self
 
     def predict_proba(self, logits: torch.Tensor) -> torch.Tensor:

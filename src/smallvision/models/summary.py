@@ -1,5 +1,7 @@
 """A Keras-style `model.summary()`: layer, output shape and parameters, from a dry run."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -34,7 +36,22 @@ def backbone_table(model) -> list[tuple[str, tuple, int]]:
     return [backbone] + layer_table(model.head)
 
 
-def summary(model: Sequential, width: int = 72) -> str:
+def stage_lines(model, fine_tune_blocks: int = 0) -> list[str]:
+    """Trainable and frozen parameters in each stage of a backbone model's training."""
+    total = count_parameters(model)
+    head = count_parameters(model.head, trainable=True)
+    lines = [f"Stage one (feature extraction): {head:,} trainable (the head), {total - head:,} frozen"]
+    if fine_tune_blocks:
+        tuned = copy.deepcopy(model)
+        tuned.freeze_backbone()
+        tuned.unfreeze_last_blocks(fine_tune_blocks)
+        trainable = count_parameters(tuned, trainable=True)
+        lines.append(f"Stage two (fine-tuning the last {fine_tune_blocks} blocks): {trainable:,} trainable, "
+                     f"{total - trainable:,} frozen")
+    return lines
+
+
+def summary(model: Sequential, width: int = 72, fine_tune_blocks: int = 0) -> str:
     rows = backbone_table(model) if hasattr(model, "backbone") else layer_table(model)
     name_w, shape_w = 34, 24
     rule = "─" * width
@@ -47,7 +64,5 @@ def summary(model: Sequential, width: int = 72) -> str:
     lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
               f"Non-trainable params: {total - trainable:,}"]
     if hasattr(model, "backbone"):
-        head = count_parameters(model.head, trainable=True)
-        lines.append(f"Feature extraction: {head:,} trainable (the head), {total - head:,} frozen (the backbone "
-                     f"and batch-norm statistics)")
+        lines += stage_lines(model, fine_tune_blocks)
     return "\n".join(lines)

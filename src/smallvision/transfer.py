@@ -1,7 +1,9 @@
-"""Feature extraction: a frozen backbone's features of every image computed once, a head trained on them.
+"""Using a pretrained network, as the seed's chapter does: feature extraction, then fine-tuning.
 
-The seed's fast variant of using a pretrained network: each image goes through the backbone once
-(not once per epoch), so training the Dropout + Dense head costs seconds.
+Stage one trains the Dropout + Dense head on the frozen backbone. Without augmentation each image
+goes through the backbone once (its features are computed once, so the head trains in seconds);
+with augmentation the frozen backbone runs on every augmented batch (slower, better). Stage two,
+when the recipe asks for it, lets the backbone's last blocks train too, at a lower learning rate.
 """
 
 import dataclasses
@@ -31,11 +33,33 @@ def extract_features(model: BackboneClassifier, images: torch.Tensor, preprocess
     return torch.cat(chunks)
 
 
+def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
+                            progress: bool = True) -> tuple[History, dict]:
+    """Both stages, as the recipe says; (the history of both, test metrics when stage one already has them)."""
+    model.freeze_backbone()
+    if recipe.augments:
+        history, test = fit(model, dataset.train, recipe, dataset.validation, device, progress), {}
+    else:
+        history, test = fit_on_features(model, dataset, recipe, device, progress)
+    for row in history.epochs:
+        row["stage"] = 1
+    if recipe.fine_tune_blocks:
+        model.unfreeze_last_blocks(recipe.fine_tune_blocks)
+        tuning = dataclasses.replace(recipe, learning_rate=recipe.fine_tune_learning_rate,
+                                     epochs=recipe.fine_tune_epochs, seed=recipe.seed + 1)
+        second = fit(model, dataset.train, tuning, dataset.validation, device, progress)
+        for row in second.epochs:
+            row.update(epoch=row["epoch"] + len(history.epochs), stage=2)
+        history = History(history.epochs + second.epochs, history.train_seconds + second.train_seconds,
+                          history.images_seen + second.images_seen)
+        test = {}  # the head's test score no longer describes the tuned network
+    return history, test
+
+
 def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
                     progress: bool = True) -> tuple[History, dict]:
     """Train `model.head` on the frozen backbone's features of each split; (history, test metrics)."""
     model.to(device)
-    model.freeze_backbone()
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     preprocess = Preprocess.from_recipe(recipe)
