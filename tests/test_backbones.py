@@ -114,3 +114,20 @@ def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_
     assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
     stages = (run.path / "history.csv").read_text().splitlines()
     assert stages[0].endswith("stage") and stages[1].endswith(",1") and stages[2].endswith(",2")
+
+
+def test_features_are_computed_once_and_reused(tmp_path, monkeypatch):
+    from conftest import make_image_folder
+    from smallvision import transfer
+
+    root = make_image_folder(tmp_path / "pets", per_class=4)
+    options = dict(progress=False, cache_dir=tmp_path / "cache", image_size=32, epochs=2)
+    first = sv.train(root, "catsdogs-features", out=tmp_path / "first", **options)
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3  # train, validation, test
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(transfer, "extract_features", not_again)
+    second = sv.train(root, "catsdogs-features", out=tmp_path / "second", **options)
+    assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]

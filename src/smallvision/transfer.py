@@ -7,14 +7,47 @@ when the recipe asks for it, lets the backbone's last blocks train too, at a low
 """
 
 import dataclasses
+import hashlib
+import os
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from smallvision.data.cache import user_cache_dir
 from smallvision.data.imageset import DataSource, ImageSet
 from smallvision.models.backbones import BackboneClassifier
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 from smallvision.train import History, Preprocess, autocast, evaluate_imageset, fit
+
+FEATURES_FORMAT = "smallvision-features/1"
+
+
+def cached_features(model: BackboneClassifier, images: torch.Tensor, preprocess: Preprocess, precision: str,
+                    device: torch.device, cache_dir=None, progress: bool = True, description: str = "features",
+                    ) -> torch.Tensor:
+    """extract_features, kept on disk beside the decoded images and reused while the pixels, the
+    backbone's weights and the preprocessing are the same (the key hashes all three)."""
+    key = hashlib.blake2b(digest_size=16)
+    key.update(images.contiguous().numpy().tobytes())
+    for tensor in model.backbone.state_dict().values():
+        key.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    key.update(repr((model.model_name, preprocess, precision, FEATURES_FORMAT)).encode())
+    path = user_cache_dir(cache_dir) / "features" / f"{key.hexdigest()}.safetensors"
+    try:
+        return load_file(str(path))["features"]
+    except (OSError, KeyError, SafetensorError):
+        pass  # not computed yet (or unreadable): compute it
+    features = extract_features(model, images, preprocess, precision, device, progress, description)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+        save_file({"features": features.cpu().contiguous()}, str(partial))
+        os.replace(partial, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs the next run this extraction again
+    return features
 
 
 @torch.no_grad()
@@ -34,13 +67,13 @@ def extract_features(model: BackboneClassifier, images: torch.Tensor, preprocess
 
 
 def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                            progress: bool = True) -> tuple[History, dict]:
+                            progress: bool = True, cache_dir=None) -> tuple[History, dict]:
     """Both stages, as the recipe says; (the history of both, test metrics when stage one already has them)."""
     model.freeze_backbone()
     if recipe.augments:
         history, test = fit(model, dataset.train, recipe, dataset.validation, device, progress), {}
     else:
-        history, test = fit_on_features(model, dataset, recipe, device, progress)
+        history, test = fit_on_features(model, dataset, recipe, device, progress, cache_dir)
     for row in history.epochs:
         row["stage"] = 1
     if recipe.fine_tune_blocks:
@@ -57,7 +90,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
 
 
 def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                    progress: bool = True) -> tuple[History, dict]:
+                    progress: bool = True, cache_dir=None) -> tuple[History, dict]:
     """Train `model.head` on the frozen backbone's features of each split; (history, test metrics)."""
     model.to(device)
     if recipe.channels_last:
@@ -65,8 +98,8 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     preprocess = Preprocess.from_recipe(recipe)
     features = {}
     for split, images in dataset.splits().items():
-        values = extract_features(model, images.images, preprocess, recipe.precision, device, progress,
-                                  f"{recipe.backbone} features of {split}")
+        values = cached_features(model, images.images.cpu(), preprocess, recipe.precision, device, cache_dir,
+                                 progress, f"{recipe.backbone} features of {split}")
         features[split] = ImageSet(values, images.labels, images.class_names)
     # The head sees features as they are: no rescaling, normalisation or augmentation.
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,

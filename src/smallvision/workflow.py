@@ -86,7 +86,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     test_metrics = {}
     if recipe.backbone:
         model = BackboneClassifier(recipe.backbone, input_shape, len(dataset.class_names), recipe.dropout)
-        history, test_metrics = fit_backbone_classifier(model, dataset, recipe, device, progress)
+        history, test_metrics = fit_backbone_classifier(model, dataset, recipe, device, progress, cache_dir)
     else:
         model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout)
         history = fit(model, train_split, recipe, dataset.validation, device, progress)
