@@ -4,13 +4,13 @@ import os
 
 import pytest
 import torch
+from test_catsdogs import shared_slice
 
 import smallvision as sv
 from smallvision.errors import SmallvisionError
 from smallvision.models import backbones
 from smallvision.models.backbones import BackboneClassifier, create_backbone, load_offline_weights
 from smallvision.models.summary import count_parameters
-from test_catsdogs import shared_slice
 
 
 def test_the_offline_weights_fit_timm_and_know_cats_from_dogs(shared_catsdogs, tmp_path):
@@ -79,7 +79,7 @@ def test_feature_extraction_learns_and_leaves_the_backbone_unchanged(shared_cats
     reloaded = sv.load_run(run.path)
     assert isinstance(reloaded.model, BackboneClassifier)
     assert reloaded.evaluate(root)["accuracy"] == pytest.approx(run.metrics["test_accuracy"], abs=0.02)
-    picture = sorted(os.listdir(root / "test" / "cats"))[0]
+    picture = min(os.listdir(root / "test" / "cats"))
     assert reloaded.predict([root / "test" / "cats" / picture])[0]["label"] in ("cats", "dogs")
 
 
@@ -118,10 +118,11 @@ def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_
 
 def test_features_are_computed_once_and_reused(tmp_path, monkeypatch):
     from conftest import make_image_folder
+
     from smallvision import transfer
 
     root = make_image_folder(tmp_path / "pets", per_class=4)
-    options = dict(progress=False, cache_dir=tmp_path / "cache", image_size=32, epochs=2)
+    options = {"progress": False, "cache_dir": tmp_path / "cache", "image_size": 32, "epochs": 2}
     first = sv.train(root, "catsdogs-features", out=tmp_path / "first", **options)
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3  # train, validation, test
 

@@ -1,4 +1,6 @@
-"""Learning curves as the seed draws them: training as dots, validation as a line."""
+"""Pictures: learning curves as the seed draws them (training as dots, validation as a line), image grids."""
+
+from itertools import pairwise
 
 import matplotlib
 
@@ -17,8 +19,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
             axis.plot([row["epoch"] for row in validated], [row["val_" + metric] for row in validated], "b",
                       label=f"Validation {metric}")
         axis.set_title(f"Training{' and validation' if validated else ''} {metric}")
-        boundaries = [row["epoch"] - 0.5 for previous, row in zip(history, history[1:])
-                      if row.get("stage") != previous.get("stage")]
+        boundaries = [row["epoch"] - 0.5 for previous, row in pairwise(history) if row.get("stage") != previous.get("stage")]
         for boundary in boundaries:  # fine-tuning starts here
             axis.axvline(boundary, color="gray", linestyle="--")
             axis.annotate(" fine-tuning", (boundary, 0.98), xycoords=("data", "axes fraction"), va="top",

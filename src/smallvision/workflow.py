@@ -18,8 +18,8 @@ from smallvision.models import create_model, default_input_shape
 from smallvision.models.backbones import OFFLINE_WEIGHTS, BackboneClassifier, create_backbone
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
-from smallvision.transfer import fit_backbone_classifier
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
+from smallvision.transfer import fit_backbone_classifier
 
 
 def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: str | Path | None = None,
