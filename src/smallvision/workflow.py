@@ -15,7 +15,7 @@ from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
-from smallvision.models.backbones import OFFLINE_WEIGHTS, BackboneClassifier, create_backbone
+from smallvision.models.backbones import BackboneClassifier, create_backbone
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
@@ -53,7 +53,6 @@ def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
     if not recipe.backbone:
         return recipe
     _, config = create_backbone(recipe.backbone, pretrained=False)
-    config = {**config, **OFFLINE_WEIGHTS.get(recipe.backbone, (None, None, {}))[2]}
     return dataclasses.replace(recipe, image_size=recipe.image_size or config["input_size"][1],
                                mean=config["mean"] if recipe.mean is None else recipe.mean,
                                std=config["std"] if recipe.std is None else recipe.std)

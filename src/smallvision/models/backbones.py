@@ -28,8 +28,8 @@ def offline_names() -> list[str]:
 
 
 def create_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, dict]:
-    """timm's `name` without its classifier (it returns pooled features), and its preprocessing:
-    {"input_size": (C, H, W), "mean": [...], "std": [...], "interpolation": ...}."""
+    """timm's `name` without its classifier (it returns pooled features), and the preprocessing its
+    pretrained weights expect: {"input_size": (C, H, W), "mean": [...], "std": [...], "interpolation": ...}."""
     import timm  # imported here: only backbone runs pay for it
 
     if not timm.is_model(name):
@@ -37,17 +37,14 @@ def create_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, dict
     model = timm.create_model(name, pretrained=False, num_classes=0)
     config = {key: model.pretrained_cfg[key] for key in ("input_size", "mean", "std", "interpolation")}
     config["mean"], config["std"] = list(config["mean"]), list(config["std"])
+    config.update(OFFLINE_WEIGHTS.get(name, (None, None, {}))[2])  # the weights we load decide the scaling
     if pretrained:
-        if name in OFFLINE_WEIGHTS:
-            load_offline_weights(model, name)
-            config.update(OFFLINE_WEIGHTS[name][2])
-        else:
-            model = timm_pretrained(name)
+        model = load_offline_weights(model, name) if name in OFFLINE_WEIGHTS else timm_pretrained(name)
     return model, config
 
 
-def load_offline_weights(model: nn.Module, name: str) -> None:
-    """The packaged weights into `model`, tensor by tensor in order, every shape checked."""
+def load_offline_weights(model: nn.Module, name: str) -> nn.Module:
+    """The packaged weights into `model` (returned), tensor by tensor in order, every shape checked."""
     package, file, _ = OFFLINE_WEIGHTS[name]
     try:
         path = resources.files(package) / file
@@ -69,6 +66,7 @@ def load_offline_weights(model: nn.Module, name: str) -> None:
                                    f"{tuple(tensor.shape)}, {ours} is {tuple(target.shape)}")
         mapped[ours] = tensor
     model.load_state_dict(mapped)
+    return model
 
 
 def timm_pretrained(name: str) -> nn.Module:
