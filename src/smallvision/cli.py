@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     train = command(sub, "train", "train a model on a source and write a run directory",
-                    "smallvision train mnist --recipe seed-mnist --seed 1 --out runs/mnist-1", run_train)
+                    "smallvision train mnist --recipe seed-mnist --seed 1 --out runs/mnist-1\n"
+                    "  smallvision train my_photos/ --recipe catsdogs-finetune --val-split 0.15 --test-split 0.15",
+                    run_train)
     train.add_argument("source", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
                                       "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
     train.add_argument("--recipe", default="seed-mnist", help="a built-in recipe (see `smallvision recipes`) or a .toml file")
