@@ -149,9 +149,8 @@ class Run:
                            for_training=False).split(split)
         if data.class_names != self.class_names:
             raise SmallvisionError(f"{source}: its classes {data.class_names[:10]} differ from the run's {self.class_names[:10]}")
-        expected = tuple(self.meta["architecture"]["input_shape"])
-        if tuple(data.images.shape[1:]) != expected:
-            raise SmallvisionError(f"{source}: images are {tuple(data.images.shape[1:])}, the run expects {expected}")
+        if tuple(data.images.shape[1:]) != shape:
+            raise SmallvisionError(f"{source}: images are {tuple(data.images.shape[1:])}, the run expects {shape}")
         loss, accuracy = evaluate_imageset(self.model, data, self.preprocess, self.meta["precision"], self.device,
                                            self.test_time_flip)
         return {"source": str(source), "split": split, "images": len(data), "accuracy": accuracy, "loss": loss}

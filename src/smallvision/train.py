@@ -85,7 +85,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     binary = model.output_activation == "sigmoid"
     if recipe.loss == "binary_crossentropy" and not binary:
         raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
-                               f"{recipe.model} here ends in softmax over {train.num_classes} classes: "
+                               f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} classes: "
                                f"use loss = \"categorical_crossentropy\"")
     images, labels = train.images.to(device), train.labels.to(device)
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)

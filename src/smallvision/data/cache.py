@@ -57,7 +57,6 @@ class FileRecord:
 class DecodeStats:
     decoded: int = 0
     reused: int = 0
-    cache_file: Path | None = None
     cache_warning: str | None = None
 
 
@@ -79,7 +78,7 @@ def decode_files(root: Path, relative_paths: list[str], shape: tuple[int, int, i
     key = cache_key(root, shape)
     index_path, pixels_path = folder / f"{key}.json", folder / f"{key}.safetensors"
     cached_records, cached_pixels = read_cache(index_path, pixels_path, shape)
-    stats = DecodeStats(cache_file=pixels_path)
+    stats = DecodeStats()
 
     records: list[FileRecord | None] = [None] * len(relative_paths)
     cached_rows: dict[int, int] = {}  # file index -> its row in the cached pixels
@@ -129,17 +128,18 @@ def decode_files(root: Path, relative_paths: list[str], shape: tuple[int, int, i
 
     # Usable files keep the order given; cached rows are gathered in one indexed copy.
     usable = [i for i, record in enumerate(records) if record.usable]
-    images = torch.empty(len(usable), channels, height, width, dtype=torch.uint8)
     from_cache = [(position, cached_rows[i]) for position, i in enumerate(usable) if i in cached_rows]
-    if len(from_cache) == len(cached_pixels if cached_pixels is not None else ()) == len(usable) and all(
-            position == row for position, row in from_cache):
+    unchanged = cached_pixels is not None and not decoded and len(from_cache) == len(cached_pixels)
+    if unchanged and all(position == row for position, row in from_cache):
         images = cached_pixels  # nothing changed: the cached pixels are the answer, as they are
-    elif from_cache:
-        destination, source = (torch.tensor(column) for column in zip(*from_cache))
-        images[destination] = cached_pixels[source]
-    for position, i in enumerate(usable):
-        if i in decoded:
-            images[position] = torch.from_numpy(decoded[i]).permute(2, 0, 1)
+    else:
+        images = torch.empty(len(usable), channels, height, width, dtype=torch.uint8)
+        if from_cache:
+            destination, source = (torch.tensor(column) for column in zip(*from_cache))
+            images[destination] = cached_pixels[source]
+        for position, i in enumerate(usable):
+            if i in decoded:
+                images[position] = torch.from_numpy(decoded[i]).permute(2, 0, 1)
     if to_decode or set(cached_records) != set(relative_paths):
         stats.cache_warning = write_cache(index_path, pixels_path, root, shape, records, images)
     return records, images, stats

@@ -139,4 +139,3 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], cache_dir: 
         source.warnings.append(f"skipped {len(source.skipped)} unusable file{'s' if len(source.skipped) > 1 else ''}: "
                                f"{first}{more}")
     return source
-

@@ -20,7 +20,8 @@ class ImageSet:
     def __post_init__(self):
         # float32 [N, D, 1, 1] stands for a frozen backbone's features of the images (feature extraction)
         if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(f"images must be uint8 [N, C, H, W] (or float32 features [N, D, 1, 1]), "
+                             f"got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
         if self.paths is not None and len(self.paths) != len(self.labels):

@@ -19,6 +19,11 @@ def glorot_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def make_activation(name: str | None) -> nn.Module:
+    """Keras' activation by name; ReLU in place, since nothing downstream needs its input."""
+    return ACTIVATIONS[name](inplace=True) if name == "relu" else ACTIVATIONS[name]()
+
+
 class Conv2D(nn.Module):
     def __init__(self, in_channels: int, filters: int, kernel_size: int = 3, activation: str | None = "relu",
                  padding: str = "valid", strides: int = 1, use_bias: bool = True):
@@ -26,7 +31,7 @@ class Conv2D(nn.Module):
         pad = 0 if padding == "valid" else kernel_size // 2  # "same" for odd kernels, strided or not
         self.conv = nn.Conv2d(in_channels, filters, kernel_size, stride=strides, padding=pad, bias=use_bias)
         glorot_init(self.conv)
-        self.activation = ACTIVATIONS[activation](inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
+        self.activation = make_activation(activation)
 
     def forward(self, x):
         return self.activation(self.conv(x))
@@ -71,7 +76,7 @@ class Dropout(nn.Dropout):
 class Activation(nn.Module):
     def __init__(self, activation: str = "relu"):
         super().__init__()
-        self.activation = ACTIVATIONS[activation](inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
+        self.activation = make_activation(activation)
 
     def forward(self, x):
         return self.activation(x)

@@ -39,7 +39,7 @@ def mnist_convnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.0)
     if dropout:
         raise SmallvisionError("mnist_convnet has no Dropout layer; leave dropout at 0 for it")
     channels, height, width = input_shape
-    side_h, side_w = ((height - 2) // 2 - 2) // 2 - 2, ((width - 2) // 2 - 2) // 2 - 2
+    side_h, side_w = valid_side(height, 2) - 2, valid_side(width, 2) - 2  # two conv+pool rounds, then a conv
     return Sequential("mnist_convnet", input_shape, [
         Conv2D(channels, 32, 3),
         MaxPooling2D(2),
@@ -50,7 +50,6 @@ def mnist_convnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.0)
         Dense(side_h * side_w * 64, 64, "relu"),
         output_layer(64, num_classes),
     ])
-
 
 
 def catsdogs_convnet(input_shape=(3, 150, 150), num_classes=2, dropout: float = 0.0) -> Sequential:
