@@ -9,7 +9,12 @@ from test_catsdogs import shared_slice
 import smallvision as sv
 from smallvision.errors import SmallvisionError
 from smallvision.models import backbones
-from smallvision.models.backbones import BackboneClassifier, create_backbone, load_offline_weights
+from smallvision.models.backbones import (
+    BackboneClassifier,
+    backbone_preprocessing,
+    create_backbone,
+    load_offline_weights,
+)
 from smallvision.models.summary import count_parameters
 
 
@@ -22,7 +27,7 @@ def test_the_offline_weights_fit_timm_and_know_cats_from_dogs(shared_catsdogs, t
     assert not torch.equal(before, classifier.conv_stem.weight)
     source = sv.open_source(shared_slice(shared_catsdogs, tmp_path / "slice", 2, 40), image_shape=(3, 224, 224),
                             cache_dir=tmp_path / "cache")
-    _, config = create_backbone("efficientnet_lite0")
+    config = backbone_preprocessing("efficientnet_lite0")
     mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         predicted = classifier.eval()((source.test.images.float() / 255 - mean) / std).argmax(1)
@@ -102,7 +107,7 @@ def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_
         original(model, count)
 
     monkeypatch.setattr(backbones.BackboneClassifier, "unfreeze_last_blocks", at_the_stage_boundary)
-    pretrained, _ = backbones.create_backbone("efficientnet_lite0")
+    pretrained = backbones.create_backbone("efficientnet_lite0")
     run = sv.train(root, "catsdogs-finetune", out=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache",
                    image_size=96, epochs=1, steps_per_epoch=2, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
     before = pretrained.state_dict()

@@ -206,13 +206,10 @@ def run_summary(args) -> None:
         from smallvision.workflow import recipe_image_shape
 
         recipe = recipes[args.name]
+        model = create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout,
+                             backbone=recipe.backbone, pretrained=False)
         if recipe.backbone:
-            from smallvision.models.backbones import BackboneClassifier
-
-            model = BackboneClassifier(recipe.backbone, recipe_image_shape(recipe), 2, recipe.dropout, pretrained=False)
-            model.freeze_backbone()
-        else:
-            model = create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout)
+            model.freeze_backbone()  # as stage one trains it
         print(summary(model, fine_tune_blocks=recipe.fine_tune_blocks))
         print(f"Recipe: {recipe.name}: {recipe.one_line()}")
         print(recipe.to_toml().rstrip())

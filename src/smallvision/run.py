@@ -96,15 +96,9 @@ class Run:
         self.class_names: list[str] = self.meta["class_names"]
         self.device = resolve_device(device)
         architecture = self.meta["architecture"]
-        if architecture.get("backbone"):
-            from smallvision.models.backbones import BackboneClassifier  # timm is slow to import; only these need it
-
-            self.model = BackboneClassifier(architecture["backbone"], architecture["input_shape"],
-                                            architecture["num_classes"], architecture.get("dropout", 0.0),
-                                            pretrained=False)
-        else:
-            self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"],
-                                      architecture.get("dropout", 0.0))
+        # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
+        self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"],
+                                  architecture.get("dropout", 0.0), architecture.get("backbone"), pretrained=False)
         self.test_time_flip = bool(self.meta.get("test_time_flip", False))
         self.model.load_state_dict(load_file(str(self.path / "model.safetensors")))
         self.model.to(self.device).eval()

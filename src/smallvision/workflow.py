@@ -15,7 +15,7 @@ from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
-from smallvision.models.backbones import BackboneClassifier, create_backbone
+from smallvision.models.backbones import backbone_preprocessing
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
@@ -42,7 +42,10 @@ def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: s
 
 def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int]:
     """(channels, height, width) that image folders are decoded to for this recipe."""
-    channels, height, width = (3, 224, 224) if recipe.backbone else default_input_shape(recipe.model)
+    if recipe.backbone:
+        channels, height, width = backbone_preprocessing(recipe.backbone)["input_size"]
+    else:
+        channels, height, width = default_input_shape(recipe.model)
     if recipe.image_size:
         height = width = recipe.image_size
     return channels, height, width
@@ -52,7 +55,7 @@ def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
     """The recipe with the backbone's own input size, mean and std where it leaves them unset."""
     if not recipe.backbone:
         return recipe
-    _, config = create_backbone(recipe.backbone, pretrained=False)
+    config = backbone_preprocessing(recipe.backbone)
     return dataclasses.replace(recipe, image_size=recipe.image_size or config["input_size"][1],
                                mean=config["mean"] if recipe.mean is None else recipe.mean,
                                std=config["std"] if recipe.std is None else recipe.std)
@@ -83,11 +86,10 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device}",
               flush=True)
     test_metrics = {}
+    model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout, recipe.backbone)
     if recipe.backbone:
-        model = BackboneClassifier(recipe.backbone, input_shape, len(dataset.class_names), recipe.dropout)
         history, test_metrics = fit_backbone_classifier(model, dataset, recipe, device, progress, cache_dir)
     else:
-        model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout)
         history = fit(model, train_split, recipe, dataset.validation, device, progress)
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),

@@ -22,8 +22,17 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     return MODELS[name][1]
 
 
-def create_model(name: str, input_shape=None, num_classes: int | None = None, dropout: float = 0.0) -> Sequential:
-    """The network `name` for `input_shape` (channels, height, width) and `num_classes`; defaults: the seed's."""
+def create_model(name: str, input_shape=None, num_classes: int | None = None, dropout: float = 0.0,
+                 backbone: str | None = None, pretrained: bool = True):
+    """The network `name` for `input_shape` (channels, height, width) and `num_classes`; defaults: the seed's.
+
+    With `backbone`, timm's pretrained network of that name with a new head instead (`name` is unused).
+    """
+    if backbone:
+        from smallvision.models.backbones import BackboneClassifier, backbone_preprocessing  # timm is slow to import
+
+        shape = input_shape or backbone_preprocessing(backbone)["input_size"]
+        return BackboneClassifier(backbone, shape, num_classes or 2, dropout, pretrained)  # 2: the seed's cats and dogs
     if name not in MODELS:
         raise unknown_name("model", name, model_names())
     build, default_shape = MODELS[name]

@@ -27,20 +27,35 @@ def offline_names() -> list[str]:
     return sorted(OFFLINE_WEIGHTS)
 
 
-def create_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, dict]:
-    """timm's `name` without its classifier (it returns pooled features), and the preprocessing its
-    pretrained weights expect: {"input_size": (C, H, W), "mean": [...], "std": [...], "interpolation": ...}."""
+def backbone_preprocessing(name: str) -> dict:
+    """What the pretrained weights of timm's `name` expect, read without building the network:
+    {"input_size": (C, H, W), "mean": [...], "std": [...], "interpolation": ...}."""
     import timm  # imported here: only backbone runs pay for it
+
+    check_backbone_name(name)
+    pretrained = timm.get_pretrained_cfg(name)
+    config = {"input_size": tuple(pretrained.input_size), "mean": list(pretrained.mean), "std": list(pretrained.std),
+              "interpolation": pretrained.interpolation}
+    config.update(OFFLINE_WEIGHTS.get(name, (None, None, {}))[2])  # the weights we load decide the scaling
+    return config
+
+
+def check_backbone_name(name: str) -> None:
+    import timm
 
     if not timm.is_model(name):
         raise unknown_name("backbone", name, timm.list_models())
+
+
+def create_backbone(name: str, pretrained: bool = True) -> nn.Module:
+    """timm's `name` without its classifier (it returns pooled features), with its pretrained weights."""
+    import timm
+
+    check_backbone_name(name)
+    if pretrained and name not in OFFLINE_WEIGHTS:
+        return timm_pretrained(name)
     model = timm.create_model(name, pretrained=False, num_classes=0)
-    config = {key: model.pretrained_cfg[key] for key in ("input_size", "mean", "std", "interpolation")}
-    config["mean"], config["std"] = list(config["mean"]), list(config["std"])
-    config.update(OFFLINE_WEIGHTS.get(name, (None, None, {}))[2])  # the weights we load decide the scaling
-    if pretrained:
-        model = load_offline_weights(model, name) if name in OFFLINE_WEIGHTS else timm_pretrained(name)
-    return model, config
+    return load_offline_weights(model, name) if pretrained else model
 
 
 def load_offline_weights(model: nn.Module, name: str) -> nn.Module:
@@ -91,7 +106,7 @@ class BackboneClassifier(nn.Module):
         super().__init__()
         self.model_name = backbone
         self.input_shape = tuple(input_shape)
-        self.backbone, self.config = create_backbone(backbone, pretrained)
+        self.backbone = create_backbone(backbone, pretrained)
         features = self.backbone.num_features
         self.head = Sequential(f"{backbone}_head", (features, 1, 1),
                                [Flatten(), Dropout(dropout), Dense(features, num_classes, "softmax")])
