@@ -93,3 +93,42 @@ def shared_catsdogs() -> Path:
     if not (path / "train" / "cats").is_dir():
         pytest.skip(f"the shared cats-vs-dogs set is not at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """The synthetic Grad-CAM check: 2,000 training and 500 test images of a red square or a blue disk."""
+    from smallvision.data.shapes import write_shapes_folder
+
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "shapes", train=2000, test=500)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(shapes_folder, tmp_path_factory):
+    """small_convnet trained on the shapes with fast-mnist for 5 epochs (about 8 s). With these settings
+    the heatmap test passes with every seed tried (0 to 11); see benchmarks/gradcam_shapes.py."""
+    import smallvision as sv
+
+    out = tmp_path_factory.mktemp("runs") / "shapes"
+    return sv.train(shapes_folder, "fast-mnist", out=out, model="small_convnet", epochs=5, progress=False,
+                    cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def runs_of_every_kind(mnist_slice, shapes_run, tmp_path_factory) -> dict:
+    """One small run of each kind the earlier issues produce: the seed's MNIST network, the seed's
+    cats-vs-dogs network (one sigmoid unit) on a folder, small_convnet, a frozen pretrained backbone,
+    and a fine-tuned one."""
+    import smallvision as sv
+
+    base = tmp_path_factory.mktemp("kinds")
+    pets = make_image_folder(base / "pets", per_class=12)
+    options = dict(progress=False, cache_dir=base / "cache")
+    return {
+        "mnist": sv.train(mnist_slice, "seed-mnist", out=base / "mnist", epochs=1, **options),
+        "sigmoid": sv.train(pets, "seed-catsdogs", out=base / "sigmoid", image_size=48, epochs=2, **options),
+        "small_convnet": shapes_run,
+        "features": sv.train(pets, "catsdogs-features", out=base / "features", image_size=64, epochs=2, **options),
+        "finetune": sv.train(pets, "catsdogs-finetune", out=base / "finetune", image_size=64, epochs=1,
+                             fine_tune_epochs=1, **options),
+    }

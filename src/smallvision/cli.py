@@ -76,14 +76,55 @@ def build_parser() -> argparse.ArgumentParser:
                            help="any recipe field, VALUE as in TOML (repeatable), e.g. --set rotation_range=40 "
                                 "--set zoom_range=[0.8,1.2] --set horizontal_flip=true")
 
-    evaluate = command(sub, "evaluate", "score a run on a labelled source and print its accuracy",
-                       "smallvision evaluate runs/mnist-1 mnist", run_evaluate)
-    evaluate.add_argument("run", help="a run directory")
-    evaluate.add_argument("source", nargs="?", help="the source to score on (default: the one it was trained on)")
-    evaluate.add_argument("--split", default="test", help="which split (default: test)")
-    evaluate.add_argument("--data", help="where to look for the source's files first")
-    evaluate.add_argument("--device", default="auto")
-    add_cache_dir(evaluate)
+    evaluate = command(sub, "evaluate", "score a run on a labelled split: accuracy, per-class precision, recall "
+                       "and F1, log loss, ROC AUC (two classes), top-5 (over five), the confusion matrix and the most "
+                       "confident mistakes, written to RUN/eval-SOURCE-SPLIT/",
+                       "smallvision evaluate runs/mnist-1 mnist\n"
+                       "  smallvision evaluate runs/pets-1 --split validation", run_evaluate)
+    add_run_and_source(evaluate)
+
+    explain = command(sub, "explain", "Grad-CAM: a heatmap over each image of where the evidence for the "
+                      "predicted (or given) class lies, saved as a picture with the prediction in its title",
+                      "smallvision explain runs/pets-1 my_cat.jpg --class cats\n"
+                      "  smallvision explain runs/mnist-1 digit.png --layer conv2d_1", run_explain)
+    explain.add_argument("run", help="a run directory")
+    explain.add_argument("files", nargs="+", help="image files or directories of them")
+    explain.add_argument("--class", dest="class_name", help="explain this class (default: each image's prediction)")
+    explain.add_argument("--layer", help="the layer whose maps to weigh (default: the last convolutional one; "
+                                         "a wrong name lists them)")
+    explain.add_argument("-o", "--out", help="the folder for the pictures (default: RUN/explain/)")
+    explain.add_argument("--device", default="auto")
+
+    activations = command(sub, "activations", "every channel's activation for one image, a grid per layer, "
+                          "as in the chapter", "smallvision activations runs/pets-1 my_cat.jpg --layers conv2d conv2d_1",
+                          run_activations)
+    activations.add_argument("run", help="a run directory")
+    activations.add_argument("image", help="one image file")
+    activations.add_argument("--layers", nargs="+", help="which layers (default: every layer with a feature map)")
+    activations.add_argument("--max-channels", type=int, default=256, help="draw at most this many channels a layer")
+    activations.add_argument("-o", "--out", help="the folder for the pictures (default: RUN/activations/)")
+    activations.add_argument("--device", default="auto")
+
+    filters = command(sub, "filters", "the input pattern each filter of a layer responds to most, found by "
+                      "gradient ascent from noise, drawn as a grid",
+                      "smallvision filters runs/pets-1 --layer conv2d_2", run_filters)
+    filters.add_argument("run", help="a run directory")
+    filters.add_argument("--layer", required=True, help="a layer with a feature map (a wrong name lists them)")
+    filters.add_argument("--count", type=int, default=64, help="the first this many filters (default: 64)")
+    filters.add_argument("--steps", type=int, default=40, help="gradient ascent steps (default: 40, as the chapter)")
+    filters.add_argument("-o", "--out", help="the picture to write (default: RUN/filters/LAYER.png)")
+    filters.add_argument("--device", default="auto")
+
+    report = command(sub, "report", "one self-contained HTML page about a run: recipe, data, curves, "
+                     "evaluation, mistakes, Grad-CAM and timings", "smallvision report runs/pets-1", run_report)
+    add_run_and_source(report)
+    report.add_argument("-o", "--out", help="the HTML file to write (default: RUN/report.html)")
+    report.add_argument("--samples", type=int, default=8, help="how many images get a Grad-CAM heatmap")
+
+    compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
+                      "test accuracy", "smallvision compare runs/*/ --md", run_compare)
+    compare.add_argument("runs", nargs="+", help="run directories")
+    compare.add_argument("--md", action="store_true", help="print a Markdown table")
 
     predict = command(sub, "predict", "classify image files; one JSON object per image",
                       "smallvision predict runs/mnist-1 my_digit.png more_digits/", run_predict)
@@ -131,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_run_and_source(parser: argparse.ArgumentParser) -> None:
+    """A run, and the labelled split it is scored on."""
+    parser.add_argument("run", help="a run directory")
+    parser.add_argument("source", nargs="?", help="the source to score on (default: the one it was trained on)")
+    parser.add_argument("--split", default="test", help="which split (default: test)")
+    parser.add_argument("--data", help="where to look for the source's files first")
+    parser.add_argument("--device", default="auto")
+    add_cache_dir(parser)
+
+
 def add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="where decoded images are kept between runs "
                                             "(default: $SMALLVISION_CACHE or ~/.cache/smallvision)")
@@ -170,12 +221,54 @@ def run_train(args) -> None:
 
 
 def run_evaluate(args) -> None:
+    from smallvision.evaluation import evaluate_run
     from smallvision.run import load_run
 
     run = load_run(args.run, args.device)
-    result = run.evaluate(args.source or run.meta["source"], args.split, args.data, args.cache_dir)
-    print(f"{result['source']} {result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"({result['images']:,} images)")
+    evaluation = evaluate_run(run, args.source, args.split, args.data, args.cache_dir, progress=True)
+    metrics = evaluation.metrics
+    print(f"{metrics['source']} {metrics['split']}: accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
+          f"({metrics['images']:,} images)\n")
+    print(evaluation.report)
+    print(f"\n{evaluation.directory}")
+
+
+def run_explain(args) -> None:
+    from smallvision.explain import explain
+    from smallvision.run import load_run
+
+    for result in explain(load_run(args.run, args.device), args.files, args.class_name, args.layer, args.out):
+        print(json.dumps(result))
+
+
+def run_activations(args) -> None:
+    from smallvision.activations import activation_pictures
+    from smallvision.run import load_run
+
+    for path in activation_pictures(load_run(args.run, args.device), args.image, args.layers, args.out,
+                                    args.max_channels):
+        print(path)
+
+
+def run_filters(args) -> None:
+    from smallvision.filters import filter_picture
+    from smallvision.run import load_run
+
+    print(filter_picture(load_run(args.run, args.device), args.layer, args.out, args.count, args.steps))
+
+
+def run_report(args) -> None:
+    from smallvision.report import build_report
+    from smallvision.run import load_run
+
+    print(build_report(load_run(args.run, args.device), args.out, args.source, args.split, args.data, args.cache_dir,
+                       args.samples, progress=True))
+
+
+def run_compare(args) -> None:
+    from smallvision.compare import compare_runs, format_table
+
+    print(format_table(compare_runs(args.runs), markdown=args.md))
 
 
 def run_predict(args) -> None:

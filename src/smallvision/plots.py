@@ -1,4 +1,4 @@
-"""Pictures: learning curves as the seed draws them (training as dots, validation as a line), image grids."""
+"""Pictures: learning curves as the seed draws them (training as dots, validation as a line), image grids,\nheatmaps over images, activation grids and the confusion matrix."""
 
 from itertools import pairwise
 
@@ -28,25 +28,105 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    finish(figure, path, title)
 
 
-def plot_image_grid(images, titles: list[str], path, title: str = "", columns: int = 4) -> None:
-    """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title."""
+def plot_image_grid(images, titles: list[str], path, title: str = "", columns: int = 4, heatmaps=None) -> None:
+    """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title; with `heatmaps` [N, H, W]
+    in [0, 1], each image under its Grad-CAM heatmap."""
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, image, caption in zip(axes.flat, images, titles):
-        pixels = image.float().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-        axis.imshow(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, cmap="gray" if pixels.shape[2] == 1 else None)
-        axis.set_title(caption, fontsize=9)
+    for index, (axis, image, caption) in enumerate(zip(axes.flat, images, titles)):
+        if heatmaps is None:
+            pixels, colour_map = image_pixels(image)
+            axis.imshow(pixels, cmap=colour_map)
+        else:
+            show_overlay(axis, image, heatmaps[index])
+        axis.set_title(caption, fontsize=9 if heatmaps is None else 8)
+    finish(figure, path, title)
+
+
+def finish(figure, path, title: str = "") -> None:
+    """Title, tight layout, save as PNG at 100 dpi, and free the figure."""
     if title:
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def image_pixels(image):
+    """A uint8 or 0-255 float image [C, H, W] as what imshow takes, with the colour map it needs."""
+    pixels = image.float().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    return (pixels[:, :, 0], "gray") if pixels.shape[2] == 1 else (pixels, None)
+
+
+def show_overlay(axis, image, heatmap) -> None:
+    pixels, colour_map = image_pixels(image)
+    axis.imshow(pixels, cmap=colour_map)
+    axis.imshow(heatmap.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axis.axis("off")
+
+
+def plot_explanation(image, heatmap, path, title: str, caption: str) -> None:
+    """The image beside the image under its Grad-CAM heatmap (red: most evidence for the class)."""
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    pixels, colour_map = image_pixels(image)
+    axes[0].imshow(pixels, cmap=colour_map)
+    axes[0].axis("off")
+    show_overlay(axes[1], image, heatmap)
+    axes[1].set_title(caption, fontsize=9)
+    finish(figure, path, title)
+
+
+def plot_channel_grid(maps, path, title: str, columns: int = 16) -> None:
+    """Every channel of one layer's activations [C, H, W] side by side, each scaled as the chapter does
+    (centred, 64 grey levels per standard deviation around mid grey), so weak channels still show."""
+    import numpy as np
+
+    channels, height, width = maps.shape
+    columns = min(columns, channels)
+    rows = -(-channels // columns)
+    centred = maps - maps.mean(dim=(1, 2), keepdim=True)
+    scaled = (centred / (maps.std(dim=(1, 2), keepdim=True) + 1e-5) * 64 + 128).clamp(0, 255).numpy()
+    gap = 1 if height > 4 else 0
+    canvas = np.full((rows * (height + gap), columns * (width + gap)), np.nan)
+    for index in range(channels):
+        row, column = divmod(index, columns)
+        canvas[row * (height + gap):row * (height + gap) + height, column * (width + gap):column * (width + gap) + width] = scaled[index]
+    zoom = max(1.0, 40 / width)  # a 3x3 map is drawn as large as a 40x40 one
+    width_inches = min(18.0, max(6.0, canvas.shape[1] * zoom / 100))
+    height_inches = width_inches * canvas.shape[0] / canvas.shape[1]
+    figure = plt.figure(figsize=(width_inches, height_inches / 0.93 + 0.3))
+    axis = figure.add_axes((0, 0, 1, 0.93))
+    axis.imshow(canvas, cmap="viridis", vmin=0, vmax=255, interpolation="nearest", aspect="equal")
+    axis.axis("off")
+    figure.suptitle(title, fontsize=10)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(confusion, class_names: list[str], path, title: str = "") -> None:
+    """The confusion matrix, rows true and columns predicted, coloured by each row's share, with counts."""
+    import numpy as np
+
+    counts = np.asarray(confusion)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = len(class_names)
+    side = min(14, 2.5 + 0.55 * size)
+    figure, axis = plt.subplots(figsize=(side + 1.2, side))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
+    axis.set_xticks(range(size), class_names, rotation=45 if size > 4 else 0, ha="right" if size > 4 else "center")
+    axis.set_yticks(range(size), class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if size <= 25:
+        for (row, column), value in np.ndenumerate(counts):
+            axis.text(column, row, str(value), ha="center", va="center", fontsize=9 if size <= 12 else 6,
+                      color="white" if shares[row, column] > 0.5 else "black")
+    if title:
+        axis.set_title(title)
+    finish(figure, path)

@@ -37,8 +37,10 @@ class Recipe:
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
     dropout: float = 0.0
-    # image folders are decoded to image_size x image_size (unset: the model's own input size)
+    # image folders are decoded to image_size x image_size, in color_mode "rgb" or "grayscale"
+    # (unset: the model's own input size and channels)
     image_size: int | None = None
+    color_mode: str | None = None
     # data: fractions held out, stratified and seeded, when the source has no such split; 0 means none
     val_split: float = 0.0
     test_split: float = 0.0
@@ -95,6 +97,10 @@ class Recipe:
         for field, allowed in CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise unknown_name(field, str(getattr(self, field)), list(allowed))
+        if self.color_mode not in (None, "rgb", "grayscale"):
+            raise unknown_name("color_mode", str(self.color_mode), ["rgb", "grayscale"])
+        if self.backbone and self.color_mode == "grayscale":
+            raise SmallvisionError("a pretrained backbone takes colour images; leave color_mode unset or \"rgb\"")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 0:
             raise SmallvisionError("fine_tune_blocks and fine_tune_epochs must not be negative")
         if self.fine_tune_blocks and not (self.backbone and self.fine_tune_epochs):

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from smallvision.data.imageset import ImageSet
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import expand_image_paths, load_image
 from smallvision.models import create_model
 from smallvision.recipe import Recipe
-from smallvision.train import Preprocess, evaluate_imageset, predict_probabilities, resolve_device
+from smallvision.train import Preprocess, predict_probabilities, resolve_device
 
 RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
 
@@ -49,6 +50,16 @@ def prepare_run_dir(out: str | Path | None, label: str, force: bool = False) -> 
     except OSError as err:
         raise SmallvisionError(f"{out}: cannot write there ({err.strerror or err})") from None
     return out
+
+
+def writable_directory(path: str | Path) -> Path:
+    """`path` as a directory that exists, or one clear error saying why it cannot be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SmallvisionError(f"{path}: cannot write there ({err.strerror or err})") from None
+    return path
 
 
 def write_atomically(path: Path, write) -> None:
@@ -133,21 +144,36 @@ class Run:
             results.append({"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked})
         return results
 
-    def evaluate(self, source: str | Path, split: str = "test", data_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None) -> dict:
-        """Accuracy and log loss on a labelled source whose classes match the run's."""
+    def labelled_split(self, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
+                       cache_dir: str | Path | None = None, progress: bool = False) -> ImageSet:
+        """One split of a labelled source (default: the run's own), checked against the run's classes and input."""
+        source = source or self.meta["source"]
         shape = tuple(self.meta["architecture"]["input_shape"])
         # The run's own source is split again by the run's rule, so its held-out images are the same ones.
-        rule = self.recipe if str(source) == self.meta["source"] else Recipe()
+        own = str(source) == self.meta["source"]
+        rule = self.recipe if own else Recipe()
+        if own and not Path(source).exists():
+            source = self.trained_root() or source  # a relative path given from another directory
         data = open_source(source, data_dir, rule.val_split, self.recipe.seed, rule.test_split, shape, cache_dir,
-                           for_training=False).split(split)
+                           progress=progress, for_training=False).split(split)
         if data.class_names != self.class_names:
             raise SmallvisionError(f"{source}: its classes {data.class_names[:10]} differ from the run's {self.class_names[:10]}")
         if tuple(data.images.shape[1:]) != shape:
             raise SmallvisionError(f"{source}: images are {tuple(data.images.shape[1:])}, the run expects {shape}")
-        loss, accuracy = evaluate_imageset(self.model, data, self.preprocess, self.meta["precision"], self.device,
-                                           self.test_time_flip)
-        return {"source": str(source), "split": split, "images": len(data), "accuracy": accuracy, "loss": loss}
+        return data
+
+    def trained_root(self) -> str | None:
+        """The absolute path of the image folder the run was trained on, when it still exists."""
+        root = json.loads((self.path / "data.json").read_text()).get("root") if (self.path / "data.json").is_file() else None
+        return root if root and Path(root).is_dir() else None
+
+    def evaluate(self, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> dict:
+        """Accuracy, log loss, per-class scores and the confusion matrix on a labelled source whose classes
+        match the run's. Writes nothing: `smallvision.evaluation.evaluate_run` writes the pictures too."""
+        from smallvision.evaluation import evaluate_run  # it builds on this module
+
+        return evaluate_run(self, source, split, data_dir, cache_dir, write=False).metrics
 
 
 def load_run(path: str | Path, device: str = "auto") -> Run:

@@ -39,7 +39,7 @@ class Preprocess:
         return cls(recipe.rescale, recipe.mean, recipe.std, recipe.channels_last)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float().mul_(self.rescale)
+        x = pixels.float() * self.rescale  # not in place: inspection passes float pixels that need gradients
         if self.mean is not None:
             x = x.sub_(per_channel(self.mean, x)).div_(per_channel(self.std, x))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -58,11 +58,12 @@ def autocast(device: torch.device, precision: str):
 @dataclass
 class History:
     """One dict per epoch: epoch, loss, accuracy, seconds (training), learning_rate, and with validation
-    val_loss, val_accuracy, val_seconds."""
+    val_loss, val_accuracy, val_seconds; the training seconds and images of all epochs together."""
 
     epochs: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     images_seen: int = 0
+    features_seconds: float = 0.0  # computing a frozen backbone's features before the head trains on them
 
     @property
     def images_per_second(self) -> float:

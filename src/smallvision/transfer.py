@@ -9,6 +9,7 @@ when the recipe asks for it, lets the backbone's last blocks train too, at a low
 import dataclasses
 import hashlib
 import os
+import time
 
 import torch
 from safetensors import SafetensorError
@@ -84,7 +85,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
         for row in second.epochs:
             row.update(epoch=row["epoch"] + len(history.epochs), stage=2)
         history = History(history.epochs + second.epochs, history.train_seconds + second.train_seconds,
-                          history.images_seen + second.images_seen)
+                          history.images_seen + second.images_seen, history.features_seconds)
         test = {}  # the head's test score no longer describes the tuned network
     return history, test
 
@@ -97,6 +98,7 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
         model.to(memory_format=torch.channels_last)
     preprocess = Preprocess.from_recipe(recipe)
     features = {}
+    started = time.perf_counter()
     for split, images in dataset.splits().items():
         values = cached_features(model, images.images.cpu(), preprocess, recipe.precision, device, cache_dir,
                                  progress, f"{recipe.backbone} features of {split}")
@@ -104,7 +106,9 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     # The head sees features as they are: no rescaling, normalisation or augmentation.
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
                                       channels_last=False)
+    features_seconds = time.perf_counter() - started
     history = fit(model.head, features["train"], head_recipe, features.get("validation"), device, progress)
+    history.features_seconds = features_seconds
     test = {}
     if "test" in features:
         loss, accuracy = evaluate_imageset(model.head, features["test"], Preprocess.from_recipe(head_recipe),

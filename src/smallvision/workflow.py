@@ -48,6 +48,8 @@ def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int]:
         channels, height, width = default_input_shape(recipe.model)
     if recipe.image_size:
         height = width = recipe.image_size
+    if recipe.color_mode:
+        channels = 3 if recipe.color_mode == "rgb" else 1
     return channels, height, width
 
 
@@ -94,6 +96,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
+    if history.features_seconds:
+        metrics["features_seconds"] = round(history.features_seconds, 3)  # from the cache: near 0
     if history.epochs and "val_accuracy" in history.epochs[-1]:
         metrics["val_accuracy"] = history.epochs[-1]["val_accuracy"]
         metrics["val_loss"] = history.epochs[-1]["val_loss"]
@@ -128,7 +132,8 @@ def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> No
     """What the run was trained on, for audit and repetition: counts per split and class, the warnings,
     every skipped file with its reason (skipped.csv), and each split's file list (splits/SPLIT.txt)."""
     counts = {split: dict(zip(dataset.class_names, images.class_counts())) for split, images in dataset.splits().items()}
-    summary = {"source": dataset.name, "root": dataset.root, "layout": dataset.layout, "seed": recipe.seed,
+    root = str(Path(dataset.root).resolve()) if dataset.root else None  # found again from anywhere
+    summary = {"source": dataset.name, "root": root, "layout": dataset.layout, "seed": recipe.seed,
                "val_split": recipe.val_split, "test_split": recipe.test_split, "class_names": dataset.class_names,
                "counts": counts, "skipped": len(dataset.skipped), "warnings": dataset.warnings}
     (directory / "data.json").write_text(json.dumps(summary, indent=2))

@@ -2,12 +2,13 @@
 
 from smallvision.errors import unknown_name
 from smallvision.models.layers import Sequential
-from smallvision.models.presets import catsdogs_convnet, mnist_convnet, small_resnet
+from smallvision.models.presets import catsdogs_convnet, mnist_convnet, small_convnet, small_resnet
 from smallvision.models.summary import count_parameters, summary
 
 MODELS = {
     "mnist_convnet": (mnist_convnet, (1, 28, 28)),
     "catsdogs_convnet": (catsdogs_convnet, (3, 150, 150)),
+    "small_convnet": (small_convnet, (3, 64, 64)),
     "small_resnet": (small_resnet, (3, 112, 112)),
 }
 

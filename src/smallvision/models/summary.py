@@ -53,7 +53,8 @@ def stage_lines(model, fine_tune_blocks: int = 0) -> list[str]:
 
 def summary(model: Sequential, width: int = 72, fine_tune_blocks: int = 0) -> str:
     rows = backbone_table(model) if hasattr(model, "backbone") else layer_table(model)
-    name_w, shape_w = 34, 24
+    name_w, shape_w = max(34, *(len(name) + 1 for name, _, _ in rows)), 24
+    width = max(width, name_w + shape_w + 12)  # long layer names widen the table rather than break it
     rule = "─" * width
     lines = [f'Model: "{model.model_name}"', rule,
              f"{'Layer (type)':<{name_w}}{'Output Shape':<{shape_w}}{'Param #':>{width - name_w - shape_w}}", "═" * width]

@@ -1,0 +1,42 @@
+"""`compare`: runs side by side in one table (text or Markdown): recipe, model, parameters, epochs,
+training time and test accuracy; the chapter's progression from scratch to fine-tuned in one view."""
+
+from pathlib import Path
+
+from smallvision.models.summary import count_parameters
+from smallvision.run import load_run
+
+COLUMNS = ("run", "recipe", "model", "parameters", "epochs", "training time", "test accuracy")
+
+
+def compare_runs(paths: list[str | Path]) -> list[dict]:
+    """One row per run directory, in the order given."""
+    rows = []
+    for path in paths:
+        run = load_run(path, device="cpu")
+        metrics, recipe = run.metrics, run.recipe
+        epochs = str(recipe.epochs) + (f"+{recipe.fine_tune_epochs}" if recipe.backbone and recipe.fine_tune_epochs else "")
+        seconds = metrics.get("train_seconds")
+        if seconds is not None:
+            seconds += metrics.get("features_seconds", 0.0)  # a frozen backbone's features are part of its training
+        accuracy = metrics.get("test_accuracy")
+        rows.append({"run": run.path.name, "recipe": recipe.name, "model": run.meta["architecture"]["model"],
+                     "parameters": f"{count_parameters(run.model):,}", "epochs": epochs,
+                     "training time": "—" if seconds is None else f"{seconds:,.1f} s",
+                     "test accuracy": "—" if accuracy is None else f"{accuracy:.4f}"})
+    return rows
+
+
+def format_table(rows: list[dict], markdown: bool = False) -> str:
+    numeric = {"parameters", "epochs", "training time", "test accuracy"}
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |",
+                 "| " + " | ".join("---:" if column in numeric else "---" for column in COLUMNS) + " |"]
+        lines += ["| " + " | ".join(row[column].replace("|", "\\|") for column in COLUMNS) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in COLUMNS}
+
+    def line(cells: dict) -> str:
+        return "  ".join(cells[c].rjust(widths[c]) if c in numeric else cells[c].ljust(widths[c]) for c in COLUMNS).rstrip()
+
+    return "\n".join([line({c: c for c in COLUMNS}), line({c: "-" * widths[c] for c in COLUMNS}), *map(line, rows)])

@@ -1,0 +1,105 @@
+"""`evaluate`: score a run on a labelled split and write what a person needs to trust it, under the run
+directory (RUN/eval-SOURCE-SPLIT/), never into the source: metrics.json, report.txt, predictions.csv,
+confusion.png and mistakes.png (the most confident mistakes)."""
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from smallvision.data.imageset import ImageSet
+from smallvision.metrics import classification_metrics, format_classification_report, most_confident_mistakes
+from smallvision.run import writable_directory, write_atomically
+
+MISTAKES_SHOWN = 16
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    data: ImageSet
+    probabilities: torch.Tensor
+    directory: Path | None = None
+
+    @property
+    def report(self) -> str:
+        return format_classification_report(self.metrics)
+
+    def mistakes(self, count: int = MISTAKES_SHOWN) -> list[int]:
+        return most_confident_mistakes(self.data.labels, self.probabilities, count)
+
+
+def source_label(source: str | Path) -> str:
+    """A folder-name-safe label for a source: `mnist`, or the last part of its path."""
+    name = Path(str(source)).name or str(source)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "source"
+
+
+def evaluate_run(run, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, write: bool = True, progress: bool = False) -> Evaluation:
+    """Score `run` on `split` of `source` (default: the source it was trained on); with `write`, also
+    write the evaluation's files into RUN/eval-SOURCE-SPLIT/."""
+    source = source or run.meta["source"]
+    data = run.labelled_split(source, split, data_dir, cache_dir, progress)
+    probabilities = run.probabilities(data.images)
+    metrics = {"source": str(source), "split": split,
+               **classification_metrics(data.labels, probabilities, run.class_names)}
+    evaluation = Evaluation(metrics, data, probabilities)
+    if write:
+        evaluation.directory = write_evaluation(run.path / f"eval-{source_label(source)}-{split}", evaluation,
+                                                run.class_names)
+    return evaluation
+
+
+def write_evaluation(directory: Path, evaluation: Evaluation, class_names: list[str]) -> Path:
+    from smallvision.plots import plot_confusion  # matplotlib is slow to import
+
+    directory = writable_directory(directory)
+    metrics = evaluation.metrics
+    mistakes = evaluation.mistakes()
+    write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    write_atomically(directory / "report.txt", lambda p: p.write_text(evaluation.report + "\n"))
+    write_atomically(directory / "predictions.csv", lambda p: write_predictions(p, evaluation, class_names))
+    title = f"{source_label(metrics['source'])} · {metrics['split']}: accuracy {metrics['accuracy']:.4f} of {metrics['images']:,}"
+    write_atomically(directory / "confusion.png",
+                     lambda p: plot_confusion(metrics["confusion"], class_names, p, title))
+    gallery = directory / "mistakes.png"
+    if mistakes:
+        write_atomically(gallery, lambda p: plot_mistakes(evaluation, mistakes, class_names, p))
+    elif gallery.exists():
+        gallery.unlink()  # an earlier evaluation's mistakes are not this one's
+    return directory
+
+
+def mistake_titles(evaluation: Evaluation, indices: list[int], class_names: list[str]) -> list[str]:
+    """'true cats / predicted dogs 97%' for each image."""
+    titles = []
+    for index in indices:
+        probabilities = evaluation.probabilities[index]
+        predicted = int(probabilities.argmax())
+        true = class_names[int(evaluation.data.labels[index])]
+        titles.append(f"true {true}\npredicted {class_names[predicted]} {probabilities[predicted]:.0%}")
+    return titles
+
+
+def plot_mistakes(evaluation: Evaluation, indices: list[int], class_names: list[str], path) -> None:
+    from smallvision.plots import plot_image_grid  # matplotlib is slow to import
+
+    plot_image_grid(evaluation.data.images[indices], mistake_titles(evaluation, indices, class_names), path,
+                    f"The {len(indices)} most confident mistakes", columns=4 if len(indices) <= 8 else 8)
+
+
+def write_predictions(path: Path, evaluation: Evaluation, class_names: list[str]) -> None:
+    """One row per image: its file (or index), true and predicted class, and every class's probability."""
+    data = evaluation.data
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "true", "predicted", "probability", *(f"p_{name}" for name in class_names)])
+        for index, (label, probabilities) in enumerate(zip(data.labels.tolist(), evaluation.probabilities)):
+            predicted = int(probabilities.argmax())
+            image = data.paths[index] if data.paths else str(index)
+            writer.writerow([image, class_names[label], class_names[predicted], f"{probabilities[predicted]:.6f}",
+                             *(f"{p:.6f}" for p in probabilities.tolist())])

@@ -1,0 +1,98 @@
+import json
+import os
+import shutil
+
+import pytest
+
+from smallvision.cli import main
+from smallvision.compare import compare_runs, format_table
+from smallvision.report import build_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# .ci/run installs Chromium and sets this, so that CI fails rather than skips when the browser is missing.
+BROWSER_REQUIRED = os.environ.get("SMALLVISION_REQUIRE_BROWSER") == "1"
+
+
+def test_evaluate_writes_its_files_under_the_run_not_the_source(shapes_run, shapes_folder, capsys):
+    before = sorted(p.name for p in shapes_folder.iterdir())
+    assert main(["evaluate", str(shapes_run.path), "--cache-dir", str(shapes_run.path.parent / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "ROC AUC" in out and "confusion (rows: true" in out
+    directory = shapes_run.path / "eval-shapes-test"
+    assert out.strip().endswith(str(directory))
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics["images"] == 500 and metrics["accuracy"] == pytest.approx(shapes_run.metrics["test_accuracy"])
+    assert sum(map(sum, metrics["confusion"])) == 500
+    assert (directory / "confusion.png").stat().st_size > 5000
+    rows = (directory / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "image,true,predicted,probability,p_blue_disk,p_red_square" and len(rows) == 501
+    assert sorted(p.name for p in shapes_folder.iterdir()) == before  # nothing written into the source
+
+
+def test_a_report_opens_in_a_browser_with_every_picture_and_no_errors(runs_of_every_kind, tmp_path):
+    if not CHROMIUM:
+        if BROWSER_REQUIRED:
+            pytest.fail("SMALLVISION_REQUIRE_BROWSER=1 but no chromium on PATH")
+        pytest.skip("no chromium here (.ci/run installs Debian's)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    run = runs_of_every_kind["sigmoid"]  # an image folder run: data, curves, evaluation, mistakes, Grad-CAM
+    report = build_report(run, tmp_path / "report.html", cache_dir=tmp_path / "cache")
+    page_text = report.read_text()
+    assert "http://" not in page_text and "https://" not in page_text  # self-contained: nothing to fetch
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            for width, name in ((1280, "laptop"), (390, "phone")):
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                problems = []
+                page.on("console", lambda message, problems=problems:
+                        problems.append(message.text) if message.type == "error" else None)
+                page.on("pageerror", lambda error, problems=problems: problems.append(str(error)))
+                page.goto(report.as_uri())
+                assert problems == []
+                loaded = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+                assert len(loaded) == page_text.count("<img ") >= 3 and all(loaded)  # curves, confusion, Grad-CAM
+                assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing runs off the side
+                shot = tmp_path / f"{name}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert_not_blank(shot)
+        finally:
+            browser.close()
+
+
+def assert_not_blank(path):
+    from PIL import Image, ImageStat
+
+    image = Image.open(path).convert("L")
+    assert image.height > 1500  # the whole page, not one screen
+    assert ImageStat.Stat(image).stddev[0] > 20  # text and pictures, not one colour
+    assert len(image.getcolors(1 << 16) or range(1 << 16)) > 50
+
+
+def test_reports_build_for_every_kind_of_run(runs_of_every_kind, tmp_path):
+    for kind, run in runs_of_every_kind.items():
+        text = build_report(run, tmp_path / f"{kind}.html", cache_dir=tmp_path / "cache").read_text()
+        assert "Not evaluated" not in text and text.count("<img ") >= 3, kind
+        assert run.recipe.name in text
+
+
+def test_a_report_without_its_source_says_so_and_shows_the_rest(runs_of_every_kind, tmp_path):
+    run = runs_of_every_kind["sigmoid"]
+    text = build_report(run, tmp_path / "r.html", source=tmp_path / "gone").read_text()
+    assert "Not evaluated" in text and "gone" in text and "Learning curves" in text
+
+
+def test_compare_reads_runs_of_every_kind(runs_of_every_kind, capsys):
+    runs = runs_of_every_kind
+    rows = compare_runs([run.path for run in runs.values()])
+    assert [row["model"] for row in rows] == ["mnist_convnet", "catsdogs_convnet", "small_convnet",
+                                              "efficientnet_lite0", "efficientnet_lite0"]
+    assert rows[0]["parameters"] == "93,322" and rows[-1]["epochs"] == "1+1"
+    assert rows[0]["test accuracy"] == f"{runs['mnist'].metrics['test_accuracy']:.4f}"
+    assert main(["compare", *(str(run.path) for run in runs.values()), "--md"]) == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert markdown[0].startswith("| run | recipe | model | parameters") and len(markdown) == 2 + len(runs)
+    text = format_table(rows).splitlines()
+    assert len({len(line) for line in text[:2]}) == 1 and "catsdogs-finetune" in text[-1]
