@@ -97,16 +97,17 @@ def shared_catsdogs() -> Path:
 
 @pytest.fixture(scope="session")
 def shapes_folder(tmp_path_factory) -> Path:
-    """The synthetic Grad-CAM check: 2,000 training and 500 test images of a red square or a blue disk."""
+    """The synthetic Grad-CAM check: 2,000 training and 500 test images of a red square or a blue disk,
+    and half as many again of background alone (a third class, so that each shape needs evidence of its own)."""
     from smallvision.data.shapes import write_shapes_folder
 
-    return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "shapes", train=2000, test=500)
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "shapes", train=2000, test=500, with_empty=True)
 
 
 @pytest.fixture(scope="session")
 def shapes_run(shapes_folder, tmp_path_factory):
-    """small_convnet trained on the shapes with fast-mnist for 5 epochs (about 8 s). With these settings
-    the heatmap test passes with every seed tried (0 to 11); see benchmarks/gradcam_shapes.py."""
+    """small_convnet trained on the shapes with fast-mnist for 5 epochs (about 10 s); see
+    benchmarks/gradcam_shapes.py for other seeds and recipes."""
     import smallvision as sv
 
     out = tmp_path_factory.mktemp("runs") / "shapes"

@@ -79,7 +79,8 @@ def test_feature_extraction_learns_and_leaves_the_backbone_unchanged(shared_cats
                    image_size=160, epochs=15)
     assert run.metrics["test_accuracy"] > 0.9
     trained = frozen.pop("model")
-    assert all(torch.equal(trained.backbone.state_dict()[k], v) for k, v in frozen.items())  # weights and BN statistics
+    after = trained.backbone.state_dict()
+    assert all(torch.equal(after[k].cpu(), v.cpu()) for k, v in frozen.items())  # weights and BN statistics
     assert run.meta["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)
     reloaded = sv.load_run(run.path)
     assert isinstance(reloaded.model, BackboneClassifier)
@@ -102,7 +103,7 @@ def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_
     original = backbones.BackboneClassifier.unfreeze_last_blocks
 
     def at_the_stage_boundary(model, count):
-        snapshots["stage one"] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        snapshots["stage one"] = {k: v.cpu().clone() for k, v in model.backbone.state_dict().items()}
         snapshots["model"] = model
         original(model, count)
 
@@ -112,7 +113,7 @@ def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_
                    image_size=96, epochs=1, steps_per_epoch=2, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
     before = pretrained.state_dict()
     assert all(torch.equal(before[k], v) for k, v in snapshots["stage one"].items())  # stage one: frozen
-    after = snapshots["model"].backbone.state_dict()
+    after = {k: v.cpu() for k, v in snapshots["model"].backbone.state_dict().items()}  # trained on any device
     assert torch.equal(after["blocks.4.0.conv_pw.weight"], before["blocks.4.0.conv_pw.weight"])  # still frozen
     assert torch.equal(after["blocks.6.0.bn1.running_mean"], before["blocks.6.0.bn1.running_mean"])  # statistics kept
     assert not torch.equal(after["blocks.6.0.conv_pw.weight"], before["blocks.6.0.conv_pw.weight"])  # tuned

@@ -12,17 +12,18 @@ from smallvision.taps import default_cam_layer, map_geometry, map_shapes
 
 
 def test_grad_cam_points_at_the_shape_that_decides_the_class(shapes_run, shapes_folder):
-    """The issue's figure: the heatmap's peak inside the 12x12 shape for at least 90% of 500 test images
-    (a uniform guess would manage about 144 / 4096, 4%)."""
-    assert shapes_run.metrics["test_accuracy"] > 0.95
+    """The issue's figure: the heatmap's peak inside the 12x12 shape for at least 90% of 500 test shape
+    images (a uniform guess would manage about 144 / 4096, 4%)."""
+    assert shapes_run.metrics["test_accuracy"] > 0.9
     test = shapes_run.labelled_split(split="test", cache_dir=shapes_run.path.parent / "no-cache")
-    assert len(test) == 500
-    heatmaps, classes, layer = run_heatmaps(shapes_run, test.images)
+    boxes = read_boxes(shapes_folder)
+    shapes = [index for index, path in enumerate(test.paths) if path in boxes]
+    assert len(test) == 750 and len(shapes) == 500
+    heatmaps, classes, layer = run_heatmaps(shapes_run, test.images[shapes])
     assert layer == "conv2d_2" and heatmaps.shape == (500, 64, 64)
     peaks = heatmaps.amax(dim=(1, 2))  # 1 at a cell's centre, which may fall between pixels
     assert heatmaps.min() >= 0 and (peaks <= 1).all() and (peaks > 0.9).all()
-    boxes = read_boxes(shapes_folder)
-    hits = peak_inside_box(heatmaps, [boxes[path] for path in test.paths])
+    hits = peak_inside_box(heatmaps, [boxes[test.paths[index]] for index in shapes])
     assert sum(hits) / len(hits) >= 0.9
 
 

@@ -17,15 +17,16 @@ def test_evaluate_writes_its_files_under_the_run_not_the_source(shapes_run, shap
     before = sorted(p.name for p in shapes_folder.iterdir())
     assert main(["evaluate", str(shapes_run.path), "--cache-dir", str(shapes_run.path.parent / "cache")]) == 0
     out = capsys.readouterr().out
-    assert "precision" in out and "ROC AUC" in out and "confusion (rows: true" in out
+    assert "precision" in out and "background_only" in out and "confusion (rows: true" in out
     directory = shapes_run.path / "eval-shapes-test"
     assert out.strip().endswith(str(directory))
     metrics = json.loads((directory / "metrics.json").read_text())
-    assert metrics["images"] == 500 and metrics["accuracy"] == pytest.approx(shapes_run.metrics["test_accuracy"])
-    assert sum(map(sum, metrics["confusion"])) == 500
+    assert metrics["images"] == 750 and metrics["accuracy"] == pytest.approx(shapes_run.metrics["test_accuracy"])
+    assert sum(map(sum, metrics["confusion"])) == 750 and "top5_accuracy" not in metrics
     assert (directory / "confusion.png").stat().st_size > 5000
     rows = (directory / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "image,true,predicted,probability,p_blue_disk,p_red_square" and len(rows) == 501
+    assert rows[0] == "image,true,predicted,probability,p_background_only,p_blue_disk,p_red_square"
+    assert len(rows) == 751
     assert sorted(p.name for p in shapes_folder.iterdir()) == before  # nothing written into the source
 
 
