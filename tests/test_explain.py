@@ -58,6 +58,12 @@ def test_a_wrong_layer_or_class_gets_a_clear_error(shapes_run, shapes_folder, ca
     assert "layers with maps are: conv2d (64x64x32)" in capsys.readouterr().err
     assert main(["explain", str(shapes_run.path), image, "--class", "red_squares"]) == 2
     assert "did you mean 'red_square'" in capsys.readouterr().err
+    assert main(["explain", str(shapes_run.path), image + ".missing"]) == 2
+    assert ".missing" in capsys.readouterr().err
+    assert main(["filters", str(shapes_run.path), "--layer", "conv2d", "--count", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert main(["compare", str(shapes_run.path), str(shapes_run.path.parent)]) == 2
+    assert "not a smallvision run" in capsys.readouterr().err
 
 
 def test_activations_have_the_layers_shapes(shapes_run, shapes_folder, tmp_path, capsys):

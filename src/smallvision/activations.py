@@ -24,6 +24,8 @@ def activation_pictures(run, image_path: str | Path, layers: list[str] | None = 
     """One grid picture per layer, written to `out_dir` (default RUN/activations/); their paths."""
     from smallvision.plots import plot_channel_grid  # matplotlib is slow to import
 
+    if max_channels < 1:
+        raise SmallvisionError(f"--max-channels must be at least 1, got {max_channels}")
     files, images = run.load_images([image_path])
     if len(files) != 1:
         raise SmallvisionError(f"{image_path}: activations are drawn for one image; name one file, not a folder")

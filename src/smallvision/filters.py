@@ -9,6 +9,7 @@ import torch
 
 from smallvision.progress import progress_bar
 from smallvision.run import writable_directory
+from smallvision.errors import SmallvisionError
 from smallvision.models.layers import Conv2D
 from smallvision.taps import candidate_layers, check_layers, run_with_taps
 
@@ -17,6 +18,8 @@ def filter_patterns(run, layer: str, count: int = 64, steps: int = 40, step_size
                     batch_size: int = 16, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(patterns [F, C, H, W] as float pixels, objective before [F], objective after [F]) for the
     layer's first `count` filters. The objective is the filter's mean activation over its map."""
+    if count < 1 or steps < 1:
+        raise SmallvisionError(f"filters needs --count and --steps of at least 1, got {count} and {steps}")
     channels = check_layers(run.model, [layer])[layer][0]
     filters = torch.arange(min(count, channels))
     generator = torch.Generator().manual_seed(seed)

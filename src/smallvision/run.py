@@ -164,7 +164,8 @@ class Run:
 
     def trained_root(self) -> str | None:
         """The absolute path of the image folder the run was trained on, when it still exists."""
-        root = json.loads((self.path / "data.json").read_text()).get("root") if (self.path / "data.json").is_file() else None
+        summary = self.path / "data.json"
+        root = json.loads(summary.read_text()).get("root") if summary.is_file() else None
         return root if root and Path(root).is_dir() else None
 
     def evaluate(self, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
