@@ -77,6 +77,10 @@ def test_reports_build_for_every_kind_of_run(runs_of_every_kind, tmp_path):
         text = build_report(run, tmp_path / f"{kind}.html", cache_dir=tmp_path / "cache").read_text()
         assert "Not evaluated" not in text and text.count("<img ") >= 3, kind
         assert run.recipe.name in text
+    mnist = runs_of_every_kind["mnist"]
+    assert "only 3x3, so the heatmaps are coarse" in (tmp_path / "mnist.html").read_text()  # the seed's last map
+    finer = build_report(mnist, tmp_path / "finer.html", layer="conv2d_1").read_text()
+    assert "<b>conv2d_1</b>" in finer and "coarse" not in finer
 
 
 def test_a_report_without_its_source_says_so_and_shows_the_rest(runs_of_every_kind, tmp_path):

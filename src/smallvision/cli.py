@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_and_source(report)
     report.add_argument("-o", "--out", help="the HTML file to write (default: RUN/report.html)")
     report.add_argument("--samples", type=int, default=8, help="how many images get a Grad-CAM heatmap")
+    report.add_argument("--layer", help="the layer for Grad-CAM (default: the last convolutional one)")
 
     compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
                       "test accuracy", "smallvision compare runs/*/ --md", run_compare)
@@ -262,7 +263,7 @@ def run_report(args) -> None:
     from smallvision.run import load_run
 
     print(build_report(load_run(args.run, args.device), args.out, args.source, args.split, args.data, args.cache_dir,
-                       args.samples, progress=True))
+                       args.samples, args.layer, progress=True))
 
 
 def run_compare(args) -> None:

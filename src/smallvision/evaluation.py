@@ -89,7 +89,7 @@ def plot_mistakes(evaluation: Evaluation, indices: list[int], class_names: list[
     from smallvision.plots import plot_image_grid  # matplotlib is slow to import
 
     plot_image_grid(evaluation.data.images[indices], mistake_titles(evaluation, indices, class_names), path,
-                    f"The {len(indices)} most confident mistakes", columns=4 if len(indices) <= 8 else 8)
+                    f"The {len(indices)} most confident mistakes", columns=4)
 
 
 def write_predictions(path: Path, evaluation: Evaluation, class_names: list[str]) -> None:

@@ -16,6 +16,7 @@ from smallvision.evaluation import Evaluation, evaluate_run, mistake_titles
 from smallvision.explain import run_heatmaps
 from smallvision.models.summary import count_parameters
 from smallvision.run import write_atomically
+from smallvision.taps import map_shapes
 
 STYLE = """
 :root { color-scheme: light; --ink: #1d2330; --muted: #5b6475; --line: #d9dee7; --accent: #2457c5; }
@@ -141,7 +142,7 @@ def mistakes_section(evaluation: Evaluation) -> str:
             "or a kind of image the training set lacks.</p>" + picture(gallery.read_bytes(), "most confident mistakes"))
 
 
-def gradcam_section(run, evaluation: Evaluation, samples: int) -> str:
+def gradcam_section(run, evaluation: Evaluation, samples: int, layer: str | None = None) -> str:
     """Heatmaps for the most confident mistakes (up to half the sample) and, for the rest, a seeded random
     choice of the other images."""
     from smallvision.plots import plot_image_grid  # matplotlib is slow to import
@@ -153,11 +154,14 @@ def gradcam_section(run, evaluation: Evaluation, samples: int) -> str:
     if not chosen:
         return "<p class=muted>No images to explain.</p>"
     images = evaluation.data.images[chosen]
-    heatmaps, _, layer = run_heatmaps(run, images)
+    heatmaps, _, layer = run_heatmaps(run, images, layer=layer)
     titles = [title.replace("\n", " · ") for title in mistake_titles(evaluation, chosen, run.class_names)]
     png = rendered(lambda f: plot_image_grid(images, titles, f, columns=4, heatmaps=heatmaps))
+    _, height, width = map_shapes(run.model)[layer]
+    coarse = (f" This layer's map is only {height}x{width}, so the heatmaps are coarse: <code>smallvision report "
+              f"RUN --layer L</code> takes an earlier layer." if max(height, width) <= 4 else "")
     return (f"<p>Where the evidence for the predicted class lies (red: most), at layer <b>{html.escape(layer)}</b>; "
-            f"the first {len(mistakes)} are mistakes.</p>" + picture(png, "Grad-CAM heatmaps"))
+            f"the first {len(mistakes)} are mistakes.{coarse}</p>" + picture(png, "Grad-CAM heatmaps"))
 
 
 def timings_section(run, evaluation_seconds: float | None) -> str:
@@ -174,7 +178,7 @@ def timings_section(run, evaluation_seconds: float | None) -> str:
 
 def build_report(run, out: str | Path | None = None, source: str | Path | None = None, split: str = "test",
                  data_dir: str | Path | None = None, cache_dir: str | Path | None = None, samples: int = 8,
-                 progress: bool = False) -> Path:
+                 layer: str | None = None, progress: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path. The evaluation is made fresh
     (and written under RUN/eval-SOURCE-SPLIT/); when the source cannot be read, the report says why and
     shows everything else."""
@@ -186,7 +190,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
         evaluation_seconds = time.perf_counter() - started
         evaluated = evaluation_section(evaluation)
         mistakes = mistakes_section(evaluation)
-        gradcam = gradcam_section(run, evaluation, samples)
+        gradcam = gradcam_section(run, evaluation, samples, layer)
     except SmallvisionError as err:
         evaluation_seconds = None
         evaluated = mistakes = gradcam = f"<p>⚠ Not evaluated: {html.escape(str(err))}</p>"
