@@ -126,7 +126,7 @@ class Sequential(nn.Module):
         return x
 
     def layer_outputs(self, x) -> dict[str, torch.Tensor]:
-        """Every layer's output, layer by layer as declared (for inspection, not speed)."""
+        """Every layer's output, layer by layer as declared (for the summary, not speed)."""
         outputs = {}
         for name, layer in self.layers.items():
             x = outputs[name] = layer(x)
