@@ -15,6 +15,9 @@ def test_toml_round_trip_and_file_loading(tmp_path):
     recipe = Recipe(name="mine", optimizer="adamw", learning_rate=3e-3, epochs=2, schedule="onecycle", warmup=0.2)
     (tmp_path / "mine.toml").write_text(recipe.to_toml())
     assert load_recipe(str(tmp_path / "mine.toml")) == recipe
+    finetune = load_recipe("catsdogs-finetune")
+    assert "model =" not in finetune.to_toml() and 'backbone = "efficientnet_lite0"' in finetune.to_toml()
+    assert Recipe.from_toml(finetune.to_toml()) == finetune
 
 
 def test_overrides_and_their_checks():

@@ -161,7 +161,10 @@ class Recipe:
         return dataclasses.replace(self, **{k: coerce(self, k, v) for k, v in changes.items()})
 
     def to_toml(self) -> str:
-        return tomli_w.dumps({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.backbone and self.model == Recipe.model:
+            del values["model"]  # unused beside a backbone; the default would only mislead a reader
+        return tomli_w.dumps(values)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_toml(), encoding="utf-8")
