@@ -11,8 +11,10 @@ from smallvision.taps import check_layers, map_shapes, run_with_taps
 
 def layer_activations(run, image: torch.Tensor, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
     """{layer: activations [C, H, W]} for one uint8 image [C, H, W]; by default every layer with a map."""
-    layers = layers or list(map_shapes(run.model))
-    check_layers(run.model, layers)
+    if layers:
+        check_layers(run.model, layers)
+    else:
+        layers = list(map_shapes(run.model))
     run.model.eval()
     with torch.no_grad():
         _, taps = run_with_taps(run.model, run.preprocess(image[None].to(run.device)), layers, stop_early=True)

@@ -25,6 +25,10 @@ class Evaluation:
     directory: Path | None = None
 
     @property
+    def class_names(self) -> list[str]:
+        return self.metrics["class_names"]
+
+    @property
     def report(self) -> str:
         return format_classification_report(self.metrics)
 
@@ -49,12 +53,11 @@ def evaluate_run(run, source: str | Path | None = None, split: str = "test", dat
                **classification_metrics(data.labels, probabilities, run.class_names)}
     evaluation = Evaluation(metrics, data, probabilities)
     if write:
-        evaluation.directory = write_evaluation(run.path / f"eval-{source_label(source)}-{split}", evaluation,
-                                                run.class_names)
+        evaluation.directory = write_evaluation(run.path / f"eval-{source_label(source)}-{split}", evaluation)
     return evaluation
 
 
-def write_evaluation(directory: Path, evaluation: Evaluation, class_names: list[str]) -> Path:
+def write_evaluation(directory: Path, evaluation: Evaluation) -> Path:
     from smallvision.plots import plot_confusion  # matplotlib is slow to import
 
     directory = writable_directory(directory)
@@ -62,20 +65,21 @@ def write_evaluation(directory: Path, evaluation: Evaluation, class_names: list[
     mistakes = evaluation.mistakes()
     write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     write_atomically(directory / "report.txt", lambda p: p.write_text(evaluation.report + "\n"))
-    write_atomically(directory / "predictions.csv", lambda p: write_predictions(p, evaluation, class_names))
+    write_atomically(directory / "predictions.csv", lambda p: write_predictions(p, evaluation))
     title = f"{source_label(metrics['source'])} · {metrics['split']}: accuracy {metrics['accuracy']:.4f} of {metrics['images']:,}"
     write_atomically(directory / "confusion.png",
-                     lambda p: plot_confusion(metrics["confusion"], class_names, p, title))
+                     lambda p: plot_confusion(metrics["confusion"], evaluation.class_names, p, title))
     gallery = directory / "mistakes.png"
     if mistakes:
-        write_atomically(gallery, lambda p: plot_mistakes(evaluation, mistakes, class_names, p))
+        write_atomically(gallery, lambda p: plot_mistakes(evaluation, mistakes, p))
     elif gallery.exists():
         gallery.unlink()  # an earlier evaluation's mistakes are not this one's
     return directory
 
 
-def mistake_titles(evaluation: Evaluation, indices: list[int], class_names: list[str]) -> list[str]:
+def mistake_titles(evaluation: Evaluation, indices: list[int]) -> list[str]:
     """'true cats / predicted dogs 97%' for each image."""
+    class_names = evaluation.class_names
     titles = []
     for index in indices:
         probabilities = evaluation.probabilities[index]
@@ -85,16 +89,16 @@ def mistake_titles(evaluation: Evaluation, indices: list[int], class_names: list
     return titles
 
 
-def plot_mistakes(evaluation: Evaluation, indices: list[int], class_names: list[str], path) -> None:
+def plot_mistakes(evaluation: Evaluation, indices: list[int], path) -> None:
     from smallvision.plots import plot_image_grid  # matplotlib is slow to import
 
-    plot_image_grid(evaluation.data.images[indices], mistake_titles(evaluation, indices, class_names), path,
+    plot_image_grid(evaluation.data.images[indices], mistake_titles(evaluation, indices), path,
                     f"The {len(indices)} most confident mistakes", columns=4)
 
 
-def write_predictions(path: Path, evaluation: Evaluation, class_names: list[str]) -> None:
+def write_predictions(path: Path, evaluation: Evaluation) -> None:
     """One row per image: its file (or index), true and predicted class, and every class's probability."""
-    data = evaluation.data
+    data, class_names = evaluation.data, evaluation.class_names
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "true", "predicted", "probability", *(f"p_{name}" for name in class_names)])

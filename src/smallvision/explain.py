@@ -59,8 +59,10 @@ def run_heatmaps(run, images: torch.Tensor, classes: torch.Tensor | None = None,
     """(heatmaps [N, H, W] at the images' size, the class explained for each, the layer used) for uint8
     images [N, C, H, W] of the run's input shape. Without `classes`, each image's predicted class."""
     model = run.model
-    layer = layer or default_cam_layer(model)
-    check_layers(model, [layer])
+    if layer:
+        check_layers(model, [layer])
+    else:
+        layer = default_cam_layer(model)
     if classes is None:
         classes = run.probabilities(images).argmax(1)
     chunks = []
@@ -87,7 +89,7 @@ def explain(run, paths: list[str | Path], class_name: str | None = None, layer: 
 
     files, images = run.load_images(paths)
     probabilities = run.probabilities(images)
-    classes = None
+    classes = probabilities.argmax(1)
     if class_name is not None:
         classes = torch.full((len(images),), class_index(run, class_name), dtype=torch.long)
     heatmaps, classes, layer = run_heatmaps(run, images, classes, layer)

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import torch
 
-from smallvision.progress import progress_bar
-from smallvision.run import writable_directory
 from smallvision.errors import SmallvisionError
 from smallvision.models.layers import Conv2D
+from smallvision.progress import progress_bar
+from smallvision.run import writable_directory
 from smallvision.taps import candidate_layers, check_layers, run_with_taps
 
 
 def filter_patterns(run, layer: str, count: int = 64, steps: int = 40, step_size: float = 10.0, seed: int = 0,
                     batch_size: int = 16, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(patterns [F, C, H, W] as float pixels, objective before [F], objective after [F]) for the
-    layer's first `count` filters. The objective is the filter's mean activation over its map."""
+    layer's first `count` filters. The objective is the filter's mean response over its map (see
+    filter_objective)."""
     if count < 1 or steps < 1:
         raise SmallvisionError(f"filters needs --count and --steps of at least 1, got {count} and {steps}")
     channels = check_layers(run.model, [layer])[layer][0]
@@ -86,5 +87,5 @@ def filter_picture(run, layer: str, out: str | Path | None = None, count: int = 
     titles = [f"filter {i}: {a:.2g}" for i, a in enumerate(after.tolist())]
     columns = 8 if len(patterns) > 16 else 4
     plot_image_grid(displayable(patterns), titles, out, f"{run.model.model_name} · layer {layer}: what each filter "
-                    f"responds to most (mean activation after {steps} steps)", columns=columns)
+                    f"responds to most (its mean response after {steps} steps)", columns=columns)
     return out

@@ -47,6 +47,14 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def log_loss(labels: torch.Tensor, probabilities: torch.Tensor) -> float:
+    """The mean negative log-probability of each image's true class, clipped at 1e-7 as Keras clips."""
+    if not len(labels):
+        return 0.0
+    picked = probabilities[torch.arange(len(labels)), labels.long()].clamp_min(1e-7)
+    return float(-picked.double().log().mean())
+
+
 def classification_metrics(labels: torch.Tensor, probabilities: torch.Tensor, class_names: list[str]) -> dict:
     """Everything `evaluate` reports: accuracy, log loss, per-class precision/recall/F1/support with macro
     and weighted averages, the confusion matrix, ROC AUC for two classes, top-5 accuracy beyond five."""
@@ -58,11 +66,10 @@ def classification_metrics(labels: torch.Tensor, probabilities: torch.Tensor, cl
     scores = per_class_scores(confusion)
     support = scores["support"]
     total = support.sum().clamp_min(1)
-    picked = probabilities[torch.arange(len(labels)), labels].clamp_min(1e-7)
     result = {
         "images": len(labels),
         "accuracy": float((predicted == labels).double().mean()) if len(labels) else 0.0,
-        "loss": float(-picked.double().log().mean()) if len(labels) else 0.0,
+        "loss": log_loss(labels, probabilities),
         "per_class": {name: {key: float(values[i]) if key != "support" else int(values[i])
                              for key, values in scores.items()} for i, name in enumerate(class_names)},
         "macro_avg": {key: float(scores[key].mean()) for key in ("precision", "recall", "f1")},

@@ -154,8 +154,9 @@ def gradcam_section(run, evaluation: Evaluation, samples: int, layer: str | None
     if not chosen:
         return "<p class=muted>No images to explain.</p>"
     images = evaluation.data.images[chosen]
-    heatmaps, _, layer = run_heatmaps(run, images, layer=layer)
-    titles = [title.replace("\n", " · ") for title in mistake_titles(evaluation, chosen, run.class_names)]
+    predicted = evaluation.probabilities[chosen].argmax(1)  # the evaluation has them: no second forward pass
+    heatmaps, _, layer = run_heatmaps(run, images, predicted, layer)
+    titles = [title.replace("\n", " · ") for title in mistake_titles(evaluation, chosen)]
     png = rendered(lambda f: plot_image_grid(images, titles, f, columns=4, heatmaps=heatmaps))
     _, height, width = map_shapes(run.model)[layer]
     coarse = (f" This layer's map is only {height}x{width}, so the heatmaps are coarse: <code>smallvision report "

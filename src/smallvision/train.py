@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from smallvision.augment import Augment
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError
+from smallvision.metrics import log_loss
 from smallvision.models.layers import Sequential
 from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
 from smallvision.progress import progress_bar
@@ -183,5 +184,4 @@ def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess,
     """(log loss, accuracy) on a labelled split."""
     probabilities = predict_probabilities(model, data.images, preprocess, precision, device, test_time_flip)
     labels = data.labels.cpu()
-    picked = probabilities[torch.arange(len(labels)), labels].clamp_min(1e-7)
-    return float(-picked.log().mean()), float((probabilities.argmax(1) == labels).float().mean())
+    return log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).float().mean())
