@@ -31,10 +31,10 @@ def run_keras(python: str, data: Path) -> dict:
     return {"train_seconds": float(found[1]), "test_accuracy": float(found[2])}
 
 
-def run_smallvision(recipe: str, data: Path, seed: int, scratch: Path) -> dict:
+def run_smallvision(recipe: str, data: Path, seed: int, scratch: Path, extra: list[str] = ()) -> dict:
     out = scratch / f"{recipe}-{seed}-{time.monotonic_ns()}"
     subprocess.run([sys.executable, "-m", "smallvision.cli", "train", "mnist", "--data", str(data), "--recipe", recipe,
-                    "--seed", str(seed), "--out", str(out), "--quiet"], check=True, capture_output=True, text=True)
+                    "--seed", str(seed), "--out", str(out), "--quiet", *extra], check=True, capture_output=True, text=True)
     metrics = json.loads((out / "metrics.json").read_text())
     return {"train_seconds": metrics["train_seconds"], "test_accuracy": metrics["test_accuracy"]}
 

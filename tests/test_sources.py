@@ -79,3 +79,13 @@ def test_unknown_and_missing_sources(tmp_path):
         open_source(str(tmp_path / "nothing"))
     with pytest.raises(SmallvisionError, match="no data source found here"):
         open_source(tmp_path)
+
+
+def test_without_a_recipe_digits_get_the_seeds_and_photos_a_pretrained_one(tiny_source, tmp_path):
+    from conftest import make_image_folder
+
+    from smallvision.workflow import default_recipe
+    assert default_recipe("mnist") == "seed-mnist"
+    assert default_recipe(tiny_source) == "seed-mnist"
+    assert default_recipe(make_image_folder(tmp_path / "photos")) == "catsdogs-finetune"
+    assert default_recipe(make_image_folder(tmp_path / "flat", splits=())) == "catsdogs-finetune"

@@ -12,8 +12,8 @@ PROG = "smallvision"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
+    if not getattr(args, "handler", None):  # a command group named without its command
+        getattr(args, "group", parser).print_help()
         return 2
     try:
         return args.handler(args) or 0
@@ -35,6 +35,14 @@ def command(subparsers, name: str, help_text: str, example: str, handler) -> arg
     return parser
 
 
+def command_group(subparsers, name: str, help_text: str, example: str):
+    """A command with commands of its own (`data check`); named alone, it shows its own help."""
+    parser = subparsers.add_parser(name, help=help_text, description=help_text,
+                                   epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(group=parser)
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Train convolutional image classifiers on small image data sets.",
@@ -49,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                     run_train)
     train.add_argument("source", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
                                       "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
-    train.add_argument("--recipe", default="seed-mnist", help="a built-in recipe (see `smallvision recipes`) or a .toml file")
+    train.add_argument("--recipe", help="a built-in recipe (see `smallvision recipes`) or a .toml file (default: "
+                                        "seed-mnist for MNIST-format digits, catsdogs-finetune for a folder of photos)")
     train.add_argument("--out", help="the run directory to write (default: a new one under runs/)")
     train.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     train.add_argument("--data", help="where to look for the source's files first")
@@ -143,9 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "smallvision recipes --show fast-mnist", run_recipes)
     recipes.add_argument("--show", metavar="NAME", help="print one recipe as TOML")
 
-    data = sub.add_parser("data", help="look at a data source before training on it",
-                          description="look at a data source before training on it")
-    data_sub = data.add_subparsers(title="commands", metavar="COMMAND")
+    data_sub = command_group(sub, "data", "look at a data source before training on it",
+                             "smallvision data check my_photos/")
     check = command(data_sub, "check", "counts per split and class, image sizes and modes, skipped files, "
                     "duplicates and imbalance; exits 1 when training on the source would fail",
                     "smallvision data check ../shared/datasets/cats_and_dogs_small", run_data_check)
@@ -156,9 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", help="where to look for the source's files first")
     add_cache_dir(check)
 
-    augment = sub.add_parser("augment", help="see what a recipe's augmentation does",
-                             description="see what a recipe's augmentation does")
-    augment_sub = augment.add_subparsers(title="commands", metavar="COMMAND")
+    augment_sub = command_group(sub, "augment", "see what a recipe's augmentation does",
+                                "smallvision augment preview my_photos/ --recipe seed-catsdogs-augment -o grid.png")
     preview = command(augment_sub, "preview", "draw one training image and a grid of its augmented versions",
                       "smallvision augment preview ../shared/datasets/cats_and_dogs_small "
                       "--recipe seed-catsdogs-augment -o grid.png", run_augment_preview)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from smallvision.data.imageset import DataSource
-from smallvision.data.sources import open_source
+from smallvision.data.sources import is_photo_folder, open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
@@ -22,11 +22,22 @@ from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
 from smallvision.transfer import fit_backbone_classifier
 
 
-def train(source: str | Path, recipe: str | Path | Recipe = "seed-mnist", out: str | Path | None = None,
+# With no recipe named: the seed's training for digits; for photos the most accurate recipe here
+# (a pretrained network fine-tuned), since the seed's 28x28 greyscale network would waste them.
+DEFAULT_RECIPE = "seed-mnist"
+DEFAULT_PHOTO_RECIPE = "catsdogs-finetune"
+
+
+def default_recipe(source: str | Path) -> str:
+    return DEFAULT_PHOTO_RECIPE if is_photo_folder(source) else DEFAULT_RECIPE
+
+
+def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
           data: str | Path | None = None, force: bool = False, progress: bool = True,
           cache_dir: str | Path | None = None, **overrides) -> Run:
-    """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it."""
-    recipe = load_recipe(recipe).replace(**overrides)
+    """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it.
+    Without a recipe: `default_recipe(source)`."""
+    recipe = load_recipe(recipe or default_recipe(source)).replace(**overrides)
     device = resolve_device(recipe.device)
     source_label = Path(str(source)).name or str(source)
     created = out is None or not Path(out).exists()

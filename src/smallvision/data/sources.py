@@ -53,6 +53,12 @@ def load_source(spec: str, data_dir: str | Path | None, image_shape: tuple[int, 
     raise unknown_name("source", spec, list(NAMED_SOURCES))
 
 
+def is_photo_folder(spec: str | Path) -> bool:
+    """Whether `spec` names a folder of image files (rather than `mnist` or IDX files)."""
+    path = Path(spec)
+    return str(spec) not in NAMED_SOURCES and is_image_folder(path) and not is_idx_directory(path)
+
+
 def training_problem(source: DataSource) -> str | None:
     """Why training on `source` would fail, or None. A class without training images is only a warning."""
     if source.train is None or len(source.train) == 0:
