@@ -119,7 +119,7 @@ def test_an_empty_class_is_a_warning_and_one_class_an_error(tmp_path):
 def test_no_class_folders_is_a_clear_error(tmp_path):
     (tmp_path / "flat").mkdir()
     write_image(tmp_path / "flat" / "a.png", COLOURS["cats"])
-    with pytest.raises(SmallvisionError, match="no data source found here"):
+    with pytest.raises(SmallvisionError, match="1 image.* but no class folders: put each class's images in a folder"):
         load(tmp_path / "flat", tmp_path)
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from smallvision.data.folders import is_image_folder, load_image_folder
+from smallvision.data.folders import image_files, is_image_folder, load_image_folder
 from smallvision.data.imageset import DataSource, stratified_split
 from smallvision.data.mnist import is_idx_directory, load_idx_source, locate_mnist
 from smallvision.errors import SmallvisionError, unknown_name
@@ -44,6 +44,10 @@ def load_source(spec: str, data_dir: str | Path | None, image_shape: tuple[int, 
             if image_shape is None:
                 raise SmallvisionError(f"{path}: an image folder needs an image size to decode to")
             return load_image_folder(path, image_shape, cache_dir, progress)
+        loose = len(image_files(path))
+        if loose:  # the usual first mistake: every image in one folder, the classes not separated
+            raise SmallvisionError(f"{path}: {loose} image(s) but no class folders: put each class's images in a "
+                                   f"folder named after it ({path}/CLASS_NAME/*.jpg), one folder per class")
         raise SmallvisionError(f"{path}: no data source found here: expected class folders (ROOT/CLASS/*.jpg or "
                                f"ROOT/train/CLASS/*.jpg) or the four MNIST-format IDX files")
     if path.exists():
