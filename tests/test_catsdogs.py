@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import make_image_folder, write_image
 
 import smallvision as sv
@@ -83,9 +84,39 @@ def test_data_check_reports_and_exits_by_trainability(tmp_path, capsys):
     assert "train/cats/empty.jpg: empty file" in out.replace(os.sep, "/")
     assert "train:train/dogs/dogs0.png  =  test:test/dogs/copy.png" in out.replace(os.sep, "/")
     assert "classes are imbalanced" in out and "ready to train" in out
+    samples = tmp_path / "pictures" / "classes.png"
+    assert main(["data", "check", str(root), "--cache-dir", str(tmp_path / "cache"), "--image-size", "32",
+                 "--samples", str(samples)]) == 0
+    assert f"samples: {samples}" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(samples) as picture:  # 8 columns, a row per class
+        assert picture.width > 3 * picture.height
     one_class = make_image_folder(tmp_path / "one", classes=("cats",), per_class=2)
     assert main(["data", "check", str(one_class), "--cache-dir", str(tmp_path / "cache")]) == 1
     assert "cannot train: " in capsys.readouterr().out
+
+
+def test_class_samples_are_a_row_per_class_of_that_class_only(tmp_path, monkeypatch):
+    import smallvision.plots
+    from smallvision.data import open_source
+    from smallvision.datacheck import plot_class_samples
+
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    for i in range(9):
+        write_image(root / "train" / "dogs" / f"more{i}.png", (40, 90, 210), seed=100 + i)
+    source = open_source(root, image_shape=(3, 32, 32), cache_dir=tmp_path / "cache")
+    drawn = {}
+    monkeypatch.setattr(smallvision.plots, "plot_image_grid",
+                        lambda cells, titles, path, title, columns: drawn.update(cells=cells, titles=titles, columns=columns))
+    plot_class_samples(source, tmp_path / "x.png", per_class=5)
+    cats, dogs = drawn["cells"][:5], drawn["cells"][5:]
+    assert drawn["columns"] == 5 and drawn["titles"][0] == "cats" and drawn["titles"][5] == "dogs"
+    assert cats[3:] == [None, None]  # only 3 cats: the rest of the row stays empty
+    train = source.train
+    for row, label in ((cats[:3], 0), (dogs, 1)):
+        for cell in row:
+            assert any(torch.equal(cell, image) for image in train.images[train.labels == label])
 
 
 def test_augment_preview_draws_a_grid(tmp_path, capsys):

@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from smallvision.errors import SmallvisionError
 
@@ -156,11 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "smallvision data check my_photos/")
     check = command(data_sub, "check", "counts per split and class, image sizes and modes, skipped files, "
                     "duplicates and imbalance; exits 1 when training on the source would fail",
-                    "smallvision data check ../shared/datasets/cats_and_dogs_small", run_data_check)
+                    "smallvision data check ../shared/datasets/cats_and_dogs_small --samples classes.png", run_data_check)
     check.add_argument("source", help="an image folder, `mnist`, or a directory of IDX files")
     check.add_argument("--recipe", default="seed-catsdogs", help="decode at this recipe's image size and channels "
                                                                   "(shares the decode cache with training runs)")
     check.add_argument("--image-size", type=int, help="decode at this size instead")
+    check.add_argument("--samples", metavar="PNG", help="also draw 8 training images of each class, a row per class")
     check.add_argument("--data", help="where to look for the source's files first")
     add_cache_dir(check)
 
@@ -319,13 +321,18 @@ def run_summary(args) -> None:
 
 
 def run_data_check(args) -> int:
-    from smallvision.datacheck import check_source, format_report
+    from smallvision.datacheck import check_source, format_report, plot_class_samples
     from smallvision.recipe import load_recipe
+    from smallvision.run import writable_directory
     from smallvision.workflow import recipe_image_shape
 
     recipe = load_recipe(args.recipe).replace(image_size=args.image_size)
+    if args.samples:  # before the decoding, not after it
+        writable_directory(Path(args.samples).parent)
     report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True)
     print(format_report(report))
+    if args.samples and report.source.train is not None:
+        print(f"samples: {plot_class_samples(report.source, args.samples)}")
     return 0 if report.ok else 1
 
 

@@ -3,6 +3,9 @@
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import load_source, training_problem
@@ -38,6 +41,25 @@ def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, ca
                                f"the smallest {min(counts):,} ({max(counts) / min(counts):.1f}x); accuracy alone "
                                f"will flatter a model that favours the large ones")
     return report
+
+
+def plot_class_samples(source: DataSource, path: str | Path, per_class: int = 8, seed: int = 0) -> Path:
+    """A row per class of `per_class` training images drawn at random, as training will see them
+    (decoded and resized): the quickest way to spot a mislabelled or odd class."""
+    from smallvision.plots import plot_image_grid  # matplotlib is slow to import
+
+    images = source.train
+    generator = torch.Generator().manual_seed(seed)
+    cells, titles = [], []
+    for label, name in enumerate(source.class_names):
+        members = (images.labels == label).nonzero().flatten()
+        chosen = members[torch.randperm(len(members), generator=generator)[:per_class]]
+        cells += [images.images[i] for i in chosen] + [None] * (per_class - len(chosen))
+        titles += [name if column == 0 else "" for column in range(per_class)]
+    path = Path(path)
+    plot_image_grid(cells, titles, path, title=f"{source.root or source.name}: {per_class} training images per class "
+                    f"(a row each), as decoded for training", columns=per_class)
+    return path
 
 
 def duplicate_groups(source: DataSource) -> list[list[tuple[str, str]]]:

@@ -32,13 +32,15 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
 
 
 def plot_image_grid(images, titles: list[str], path, title: str = "", columns: int = 4, heatmaps=None) -> None:
-    """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title; with `heatmaps` [N, H, W]
-    in [0, 1], each image under its Grad-CAM heatmap."""
+    """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title (None leaves a cell empty);
+    with `heatmaps` [N, H, W] in [0, 1], each image under its Grad-CAM heatmap."""
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for index, (axis, image, caption) in enumerate(zip(axes.flat, images, titles)):
+        if image is None:
+            continue
         if heatmaps is None:
             pixels, colour_map = image_pixels(image)
             axis.imshow(pixels, cmap=colour_map)
