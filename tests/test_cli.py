@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from smallvision.cli import main
 
@@ -64,6 +65,26 @@ def test_predict_rejects_a_file_that_is_not_an_image(capsys, tiny_source, tmp_pa
     capsys.readouterr()
     (tmp_path / "digit.png").write_text("not a picture")
     fails_cleanly(capsys, ["predict", str(tmp_path / "run"), str(tmp_path / "digit.png")], "digit.png: cannot use as an image: not an image Pillow can read")
+
+
+def test_predict_answers_every_readable_file_in_order_and_names_the_unreadable(capsys, tiny_source, tmp_path, monkeypatch):
+    import smallvision.run
+    from PIL import Image
+
+    assert main(["train", str(tiny_source), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for name in ("a", "b", "d", "e", "f"):
+        Image.new("L", (28, 28), 40 * "abdef".index(name)).save(folder / f"{name}.png")
+    (folder / "c.png").write_bytes(b"\x89PNG broken")
+    monkeypatch.setattr(smallvision.run, "PREDICT_CHUNK", 4)  # the damaged file and the order across chunks
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(folder)]) == 2
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [Path(line["path"]).name for line in lines] == ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]
+    assert "error" in lines[2] and all("label" in line for i, line in enumerate(lines) if i != 2)
+    assert captured.err.count("\n") == 1 and "c.png: cannot use as an image" in captured.err
 
 
 def test_recipes_and_summary_print(capsys):

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", help="run directories")
     compare.add_argument("--md", action="store_true", help="print a Markdown table")
 
-    predict = command(sub, "predict", "classify image files; one JSON object per image",
+    predict = command(sub, "predict", "classify image files; one JSON object per image, in file order (a file that "
+                      "cannot be read gets one with its `error`, the others are still answered, and the exit status is 2)",
                       "smallvision predict runs/mnist-1 my_digit.png more_digits/", run_predict)
     predict.add_argument("run", help="a run directory")
     predict.add_argument("files", nargs="+", help="image files (PNG, JPEG, ...) or directories of them")
@@ -281,12 +282,21 @@ def run_compare(args) -> None:
     print(format_table(compare_runs(args.runs), markdown=args.md))
 
 
-def run_predict(args) -> None:
+def run_predict(args) -> int:
     from smallvision.run import load_run
 
     run = load_run(args.run, args.device)
-    for result in run.predict(args.files, top=args.top):
+    unreadable = []
+    for result in run.predict_each(args.files, top=args.top, progress=True):
         print(json.dumps(result))
+        if "error" in result:
+            unreadable.append(result["error"])
+    if len(unreadable) == 1:
+        print(f"{PROG}: error: {unreadable[0]}", file=sys.stderr)
+    elif unreadable:
+        print(f"{PROG}: error: {len(unreadable)} files could not be read, their lines say why; the first: "
+              f"{unreadable[0]}", file=sys.stderr)
+    return 2 if unreadable else 0
 
 
 def run_summary(args) -> None:

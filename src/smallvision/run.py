@@ -14,10 +14,12 @@ from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import expand_image_paths, load_image
 from smallvision.models import create_model
+from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 from smallvision.train import Preprocess, predict_probabilities, resolve_device
 
 RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
+PREDICT_CHUNK = 256  # image files decoded and classified together by predict
 
 
 def is_run(path: Path) -> bool:
@@ -128,21 +130,46 @@ class Run:
         return predict_probabilities(self.model, images, self.preprocess, self.meta["precision"], self.device,
                                      self.test_time_flip)
 
-    def load_images(self, paths: list[str | Path]) -> tuple[list[Path], torch.Tensor]:
-        files = expand_image_paths(paths)
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """One image file as uint8 [C, H, W], converted as the run's preprocessing says."""
         channels, height, width = self.meta["architecture"]["input_shape"]
         invert = self.meta["preprocessing"].get("invert_light_background", False)
-        return files, torch.stack([load_image(f, channels, height, width, invert) for f in files])
+        return load_image(path, channels, height, width, invert)
 
-    def predict(self, paths: list[str | Path], top: int = 5) -> list[dict]:
-        """One dict per image: path, label, probability, and the `top` labels with their probabilities."""
-        files, images = self.load_images(paths)
-        results = []
-        for path, probabilities in zip(files, self.probabilities(images)):
-            values, indices = probabilities.topk(min(top, len(self.class_names)))
-            ranked = [[self.class_names[i], round(float(v), 6)] for v, i in zip(values, indices)]
-            results.append({"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked})
-        return results
+    def load_images(self, paths: list[str | Path]) -> tuple[list[Path], torch.Tensor]:
+        files = expand_image_paths(paths)
+        return files, torch.stack([self.load_image(f) for f in files])
+
+    def predict(self, paths: list[str | Path], top: int = 5, progress: bool = False) -> list[dict]:
+        """One dict per image file (directories are searched): path, label, probability, and the `top`
+        labels with their probabilities; for a file that cannot be read, path and error instead."""
+        return list(self.predict_each(paths, top, progress))
+
+    def predict_each(self, paths: list[str | Path], top: int = 5, progress: bool = False):
+        """`predict`, one dict at a time in file order, a chunk of files at a time: the first answers come
+        at once and memory stays bounded however many files there are."""
+        files = expand_image_paths(paths)
+        bar = progress_bar(progress, total=len(files), desc="predicting", unit="img", delay=1.0)
+        for start in range(0, len(files), PREDICT_CHUNK):
+            chunk = files[start:start + PREDICT_CHUNK]
+            results, readable, images = [None] * len(chunk), [], []
+            for index, path in enumerate(chunk):
+                try:
+                    images.append(self.load_image(path))
+                    readable.append(index)
+                except SmallvisionError as err:  # one damaged file must not cost the answers for the others
+                    results[index] = {"path": str(path), "error": str(err)}
+            if images:
+                for index, probabilities in zip(readable, self.probabilities(torch.stack(images))):
+                    results[index] = self.ranked(chunk[index], probabilities, top)
+            bar.update(len(chunk))
+            yield from results
+        bar.close()
+
+    def ranked(self, path: Path, probabilities: torch.Tensor, top: int) -> dict:
+        values, indices = probabilities.topk(min(top, len(self.class_names)))
+        ranked = [[self.class_names[i], round(float(v), 6)] for v, i in zip(values, indices)]
+        return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
 
     def labelled_split(self, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
                        cache_dir: str | Path | None = None, progress: bool = False) -> ImageSet:
