@@ -68,8 +68,9 @@ def test_predict_rejects_a_file_that_is_not_an_image(capsys, tiny_source, tmp_pa
 
 
 def test_predict_answers_every_readable_file_in_order_and_names_the_unreadable(capsys, tiny_source, tmp_path, monkeypatch):
-    import smallvision.run
     from PIL import Image
+
+    import smallvision.run
 
     assert main(["train", str(tiny_source), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
     folder = tmp_path / "digits"

@@ -72,7 +72,9 @@ def write_atomically(path: Path, write) -> None:
 
 
 def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[dict], metrics: dict) -> None:
-    from smallvision.plots import plot_curves  # matplotlib is slow to import; only training needs it
+    from smallvision.plots import (
+        plot_curves,  # matplotlib is slow to import; only training needs it
+    )
 
     weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
     write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
