@@ -83,6 +83,30 @@ def test_exif_orientation_is_applied(tmp_path):
     assert upright[:, :15].mean() > 200 and upright[:, 25:].mean() < 50  # the white half is now on top
 
 
+def test_a_large_jpeg_is_decoded_small_when_that_loses_nothing(tmp_path):
+    import io
+
+    from smallvision.images import decode_image, open_image, resized_pixels
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, 1600)[None, :, None] * np.ones((1200, 1, 3))
+    pixels = np.clip(gradient + rng.normal(0, 20, gradient.shape), 0, 255).astype(np.uint8)
+    pixels[:, :400] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored on its side: displayed 1200 wide, 1600 high
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif)
+    content = buffer.getvalue()
+    full, _ = open_image(content, 3)
+    small, info = open_image(content, 3, at_least=128)
+    assert full.size == (1200, 1600) and small.size == (150, 200)  # libjpeg's 1/8, upright, both sides >= 128
+    assert (info["width"], info["height"]) == (1600, 1200)  # what the file is, not what was decoded
+    decoded, _ = decode_image(content, 3, 64, 48)
+    reference = resized_pixels(full, 48, 64)
+    assert np.abs(decoded.astype(int) - reference.astype(int)).mean() < 2
+    assert decoded[:8].mean() > 240  # the white band, now on top
+
+
 def test_damaged_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "pets", per_class=3)
     good = (root / "train" / "cats" / "cats0.png").read_bytes()

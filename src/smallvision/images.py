@@ -33,9 +33,11 @@ def expand_image_paths(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def open_image(content: bytes, channels: int) -> tuple[Image.Image, dict]:
+def open_image(content: bytes, channels: int, at_least: int | None = None) -> tuple[Image.Image, dict]:
     """Decode file bytes into an upright L or RGB image, and what the file was (format, mode, size).
 
+    With `at_least`, a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's own scaling,
+    several times faster for camera photos) while both sides stay at least that many pixels.
     Raises DamagedImage with the reason for empty, truncated, non-image and over-large files.
     """
     if not content:
@@ -49,6 +51,8 @@ def open_image(content: bytes, channels: int) -> tuple[Image.Image, dict]:
                 if limit and opened.width * opened.height > limit:
                     raise DamagedImage(f"refused: {opened.width}x{opened.height} pixels is over the limit of "
                                        f"{limit:,} (a decompression bomb?)")
+                if at_least:
+                    opened.draft(opened.mode, (at_least, at_least))
                 opened.load()  # decode now, so a truncated file fails here and not later
                 image = ImageOps.exif_transpose(opened)
                 image = to_mode(image, "L" if channels == 1 else "RGB")
@@ -74,7 +78,8 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
 
 def decode_image(content: bytes, channels: int, height: int, width: int) -> tuple[np.ndarray, dict]:
     """File bytes -> uint8 pixels [height, width, channels] and what the file was; DamagedImage if unusable."""
-    image, info = open_image(content, channels)
+    # Twice the target size keeps the final area-averaged resize as sharp as from the full image.
+    image, info = open_image(content, channels, at_least=2 * max(height, width))
     pixels = resized_pixels(image, width, height)
     return (pixels[:, :, None] if pixels.ndim == 2 else pixels), info
 
@@ -85,13 +90,14 @@ def load_image(path: Path, channels: int, height: int, width: int, invert_light_
     With `invert_light_background` (a model trained on light marks on black, like MNIST), dark ink on
     light paper is inverted and the marks are framed as MNIST frames its digits.
     """
+    framed = invert_light_background and channels == 1  # framing needs the marks at full resolution
     try:
-        image, _ = open_image(Path(path).read_bytes(), channels)
+        image, _ = open_image(Path(path).read_bytes(), channels, at_least=None if framed else 2 * max(height, width))
     except DamagedImage as err:
         raise SmallvisionError(f"{path}: cannot use as an image: {err}") from None
     except OSError as err:
         raise SmallvisionError(f"{path}: cannot read ({err.strerror or err})") from None
-    if invert_light_background and channels == 1:
+    if framed:
         pixels = np.asarray(image, dtype=np.uint8)
         if border_mean(pixels) > 127:
             pixels = 255 - pixels
