@@ -63,6 +63,18 @@ def test_an_image_folder_run_records_its_data_and_predicts(tmp_path):
     assert again["images"] == 6 and again["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
 
 
+def test_a_flat_folder_run_ends_with_a_test_score_and_its_split_saved(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "pets", splits=(), per_class=20)
+    run = sv.train(root, "seed-catsdogs", out=tmp_path / "run", cache_dir=tmp_path / "cache", image_size=48,
+                   epochs=1, steps_per_epoch=2)
+    assert "has no test and validation split of its own: holding out 15%" in capsys.readouterr().err
+    assert "test_accuracy" in run.metrics and "val_accuracy" in run.metrics
+    assert (run.recipe.test_split, run.recipe.val_split) == (0.15, 0.15)
+    counts = json.loads((run.path / "data.json").read_text())["counts"]
+    assert counts["test"] == {"cats": 3, "dogs": 3} and sum(counts["train"].values()) + sum(counts["validation"].values()) == 34
+    assert sv.load_run(run.path).evaluate()["images"] == 6  # the saved rule finds the same test images
+
+
 def test_binary_crossentropy_needs_a_sigmoid_output(tmp_path):
     root = make_image_folder(tmp_path / "pets", classes=("birds", "cats", "dogs"), per_class=2)
     with pytest.raises(sv.SmallvisionError, match="binary_crossentropy needs a network ending in one sigmoid unit"):

@@ -89,3 +89,20 @@ def test_without_a_recipe_digits_get_the_seeds_and_photos_a_pretrained_one(tiny_
     assert default_recipe(tiny_source) == "seed-mnist"
     assert default_recipe(make_image_folder(tmp_path / "photos")) == "catsdogs-finetune"
     assert default_recipe(make_image_folder(tmp_path / "flat", splits=())) == "catsdogs-finetune"
+
+
+def test_a_builtin_recipe_holds_out_what_a_photo_folder_lacks(tmp_path):
+    from conftest import make_image_folder
+
+    from smallvision.recipe import load_recipe
+    from smallvision.workflow import held_out_splits
+    flat = make_image_folder(tmp_path / "flat", splits=())
+    no_test = make_image_folder(tmp_path / "no_test", splits=("train", "validation"))
+    complete = make_image_folder(tmp_path / "complete")
+    recipe = load_recipe("seed-catsdogs")
+    assert held_out_splits(flat, "seed-catsdogs", recipe, {}) == {"test_split": 0.15, "val_split": 0.15}
+    assert held_out_splits(no_test, "seed-catsdogs", recipe, {}) == {"test_split": 0.15}
+    assert held_out_splits(complete, "seed-catsdogs", recipe, {}) == {}
+    assert held_out_splits(flat, "seed-catsdogs", recipe, {"val_split": 0.0}) == {"test_split": 0.15}  # chosen: kept
+    assert held_out_splits(flat, recipe, recipe, {}) == {}  # a recipe object or file is taken as written
+    assert held_out_splits(flat, "seed-catsdogs", recipe.replace(test_split=0.3), {}) == {"val_split": 0.15}

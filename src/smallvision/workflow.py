@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
+from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import is_photo_folder, open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
 from smallvision.models.backbones import backbone_preprocessing
-from smallvision.recipe import Recipe, load_recipe
+from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
 from smallvision.transfer import fit_backbone_classifier
@@ -26,10 +27,25 @@ from smallvision.transfer import fit_backbone_classifier
 # (a pretrained network fine-tuned), since the seed's 28x28 greyscale network would waste them.
 DEFAULT_RECIPE = "seed-mnist"
 DEFAULT_PHOTO_RECIPE = "catsdogs-finetune"
+# Held out of each class as test (then of the rest as validation) when a photo folder has no such
+# split of its own: a run should end with a score on images it never saw.
+HELD_OUT_FRACTION = 0.15
+SPLIT_FIELDS = {"test_split": "test", "val_split": "validation"}  # in the order they are carved
 
 
 def default_recipe(source: str | Path) -> str:
     return DEFAULT_PHOTO_RECIPE if is_photo_folder(source) else DEFAULT_RECIPE
+
+
+def held_out_splits(source: str | Path, recipe_named: str | Path | Recipe, recipe: Recipe, overrides: dict) -> dict:
+    """The split fractions to add when a built-in recipe meets a photo folder without validation/ or
+    test/: HELD_OUT_FRACTION for each missing one the caller did not choose. A recipe file or object is
+    taken as written."""
+    if not is_photo_folder(source) or not isinstance(recipe_named, str) or recipe_named not in builtin_recipes():
+        return {}
+    present = {split for split, files in scan_folder(Path(source)).files.items() if files}
+    return {field: HELD_OUT_FRACTION for field, split in SPLIT_FIELDS.items()
+            if split not in present and field not in overrides and getattr(recipe, field) == 0}
 
 
 def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
@@ -37,7 +53,16 @@ def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: st
           cache_dir: str | Path | None = None, **overrides) -> Run:
     """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it.
     Without a recipe: `default_recipe(source)`."""
-    recipe = load_recipe(recipe or default_recipe(source)).replace(**overrides)
+    recipe_named = recipe or default_recipe(source)
+    recipe = load_recipe(recipe_named).replace(**overrides)
+    held_out = held_out_splits(source, recipe_named, recipe, overrides)
+    if held_out:
+        recipe = recipe.replace(**held_out)
+        if progress:
+            missing = " and ".join(SPLIT_FIELDS[field] for field in held_out)
+            print(f"{source} has no {missing} split of its own: holding out {HELD_OUT_FRACTION:.0%} of each class "
+                  f"for {'each' if len(held_out) > 1 else 'it'} (--test-split and --val-split choose the fractions; "
+                  f"0 keeps the images for training)", file=sys.stderr, flush=True)
     device = resolve_device(recipe.device)
     source_label = Path(str(source)).name or str(source)
     created = out is None or not Path(out).exists()
