@@ -22,7 +22,6 @@ from smallvision.run import Run, prepare_run_dir, save_run
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
 from smallvision.transfer import fit_backbone_classifier
 
-
 # With no recipe named: the seed's training for digits; for photos the most accurate recipe here
 # (a pretrained network fine-tuned), since the seed's 28x28 greyscale network would waste them.
 DEFAULT_RECIPE = "seed-mnist"
