@@ -43,6 +43,22 @@ def test_val_split_is_stratified_and_seeded(tiny_source):
     assert not torch.equal(held, stratified_split(torch.arange(100) % 4, 0.25, seed=8)[1])
 
 
+def test_a_small_class_still_has_an_image_on_each_side_of_a_split():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    kept, held = stratified_split(labels, 0.15, seed=0)  # 15% of 2 or 3 images rounds to none
+    assert torch.bincount(labels[held], minlength=3).tolist() == [1, 1, 0]  # a lone image stays in train
+    assert torch.bincount(labels[kept], minlength=3).tolist() == [1, 2, 1]
+    kept, held = stratified_split(labels[:2], 0.9, seed=0)
+    assert len(kept) == 1 and len(held) == 1
+
+
+def test_holding_out_from_single_images_is_a_clear_error(tmp_path):
+    from conftest import make_image_folder
+    flat = make_image_folder(tmp_path / "flat", splits=(), per_class=1)
+    with pytest.raises(SmallvisionError, match="too few training images to hold out a test split .* --test-split 0"):
+        open_source(flat, test_split=0.2, image_shape=(3, 16, 16), cache_dir=tmp_path / "cache")
+
+
 def test_mnist_is_looked_for_in_order(tiny_source, tmp_path, monkeypatch):
     monkeypatch.setenv("SMALLVISION_DATA", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("SMALLVISION_CACHE", str(tmp_path / "cache"))

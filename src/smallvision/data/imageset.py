@@ -82,7 +82,8 @@ class DataSource:
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (kept, held_out) with `fraction` of every class held out, chosen by `seed`."""
+    """Indices (kept, held_out) with `fraction` of every class held out, chosen by `seed`; a class
+    of two or more images always has at least one on each side, however small the fraction."""
     if not 0.0 < fraction < 1.0:
         raise SmallvisionError(f"a split fraction must be between 0 and 1, got {fraction}")
     generator = torch.Generator().manual_seed(seed)
@@ -90,7 +91,9 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     for cls in torch.unique(labels):
         members = torch.nonzero(labels == cls).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        n_out = int(round(fraction * len(members)))
+        n_out = round(fraction * len(members))
+        if len(members) >= 2:
+            n_out = min(max(n_out, 1), len(members) - 1)
         held_out.append(members[:n_out])
         kept.append(members[n_out:])
     return torch.cat(kept).sort().values, torch.cat(held_out).sort().values

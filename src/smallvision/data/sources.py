@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from smallvision.data.folders import image_files, is_image_folder, load_image_folder
-from smallvision.data.imageset import DataSource, stratified_split
+from smallvision.data.imageset import DataSource, ImageSet, stratified_split
 from smallvision.data.mnist import is_idx_directory, load_idx_source, locate_mnist
 from smallvision.errors import SmallvisionError, unknown_name
 
@@ -21,15 +21,23 @@ def open_source(spec: str | Path, data_dir: str | Path | None = None, val_split:
     """
     source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
     if test_split and source.test is None:
-        kept, held_out = stratified_split(source.train.labels, test_split, seed)
-        source.train, source.test = source.train.subset(kept), source.train.subset(held_out)
+        source.train, source.test = hold_out(source, test_split, seed, "test")
     if val_split and source.validation is None:
-        kept, held_out = stratified_split(source.train.labels, val_split, seed)
-        source.train, source.validation = source.train.subset(kept), source.train.subset(held_out)
+        source.train, source.validation = hold_out(source, val_split, seed, "validation")
     problem = training_problem(source) if for_training else None
     if problem:
         raise SmallvisionError(problem)
     return source
+
+
+def hold_out(source: DataSource, fraction: float, seed: int, split: str) -> tuple[ImageSet, ImageSet]:
+    """(the rest of train, `fraction` of each class of train held out as `split`)."""
+    kept, held_out = stratified_split(source.train.labels, fraction, seed)
+    if len(held_out) == 0:
+        raise SmallvisionError(f"{source.root or source.name}: too few training images to hold out a {split} split "
+                               f"(no class has two); add images, or pass --{'val' if split == 'validation' else split}"
+                               f"-split 0")
+    return source.train.subset(kept), source.train.subset(held_out)
 
 
 def load_source(spec: str, data_dir: str | Path | None, image_shape: tuple[int, int, int] | None = None,
