@@ -128,6 +128,18 @@ def test_damaged_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     assert any(w.startswith("skipped 4 unusable files") for w in source.warnings)
 
 
+def test_a_split_of_only_damaged_files_is_dropped_with_a_warning(tmp_path):
+    import shutil
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    for name in ("cats", "dogs"):
+        shutil.rmtree(root / "test" / name)
+        (root / "test" / name).mkdir()
+        (root / "test" / name / "empty.jpg").write_bytes(b"")
+    source = load(root, tmp_path)
+    assert source.test is None and len(source.validation) == 6
+    assert any("the test split has no usable images" in warning for warning in source.warnings)
+
+
 def test_an_empty_class_is_a_warning_and_one_class_an_error(tmp_path):
     root = make_image_folder(tmp_path / "pets", splits=(), classes=("birds", "cats", "dogs"), per_class=2)
     for path in (root / "birds").iterdir():

@@ -20,6 +20,11 @@ def open_source(spec: str | Path, data_dir: str | Path | None = None, val_split:
     `val_split` of what is left: both stratified by class and chosen by `seed`.
     """
     source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
+    for split in ("validation", "test"):
+        if getattr(source, split) is not None and len(getattr(source, split)) == 0:  # every file in it unusable
+            setattr(source, split, None)
+            source.warnings.append(f"{source.root or source.name}: the {split} split has no usable images; "
+                                   f"the run goes on without it")
     if test_split and source.test is None:
         source.train, source.test = hold_out(source, test_split, seed, "test")
     if val_split and source.validation is None:
