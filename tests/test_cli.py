@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from smallvision.cli import main
+from smallvision.errors import SmallvisionError
 
 
 def fails_cleanly(capsys, argv, expected):
@@ -86,6 +89,11 @@ def test_predict_answers_every_readable_file_in_order_and_names_the_unreadable(c
     assert [Path(line["path"]).name for line in lines] == ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]
     assert "error" in lines[2] and all("label" in line for i, line in enumerate(lines) if i != 2)
     assert captured.err.count("\n") == 1 and "c.png: cannot use as an image" in captured.err
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", str(tmp_path / "run"), str(folder), "--top", "0"])
+    assert exited.value.code == 2 and "--top: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SmallvisionError, match="top must be at least 1"):
+        smallvision.run.load_run(tmp_path / "run").predict([folder], top=0)
 
 
 def test_recipes_and_summary_print(capsys):

@@ -29,6 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than `minimum`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its message when int() fails
+    return parse
+
+
 def command(subparsers, name: str, help_text: str, example: str, handler) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=help_text,
                                    epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "evaluation, mistakes, Grad-CAM and timings", "smallvision report runs/pets-1", run_report)
     add_run_and_source(report)
     report.add_argument("-o", "--out", help="the HTML file to write (default: RUN/report.html)")
-    report.add_argument("--samples", type=int, default=8, help="how many images get a Grad-CAM heatmap")
+    report.add_argument("--samples", type=at_least(0), default=8, help="how many images get a Grad-CAM heatmap")
     report.add_argument("--layer", help="the layer for Grad-CAM (default: the last convolutional one)")
 
     compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
@@ -142,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "smallvision predict runs/mnist-1 my_digit.png more_digits/", run_predict)
     predict.add_argument("run", help="a run directory")
     predict.add_argument("files", nargs="+", help="image files (PNG, JPEG, ...) or directories of them")
-    predict.add_argument("--top", type=int, default=5, help="how many labels to list in `top`")
+    predict.add_argument("--top", type=at_least(1), default=5, help="how many labels to list in `top`")
     predict.add_argument("--device", default="auto")
 
     summary = command(sub, "summary", "print a network's layers, output shapes and parameters, as Keras does",

@@ -150,6 +150,8 @@ class Run:
     def predict_each(self, paths: list[str | Path], top: int = 5, progress: bool = False):
         """`predict`, one dict at a time in file order, a chunk of files at a time: the first answers come
         at once and memory stays bounded however many files there are."""
+        if top < 1:
+            raise SmallvisionError(f"top must be at least 1, got {top}")
         files = expand_image_paths(paths)
         bar = progress_bar(progress, total=len(files), desc="predicting", unit="img", delay=1.0)
         for start in range(0, len(files), PREDICT_CHUNK):
