@@ -46,6 +46,31 @@ def test_reloading_gives_identical_predictions(slice_run, mnist_slice):
     assert reloaded.evaluate(mnist_slice)["accuracy"] == pytest.approx(slice_run.metrics["test_accuracy"])
 
 
+def test_a_damaged_run_is_a_clear_error_naming_the_file(slice_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from smallvision.errors import SmallvisionError
+    damaged = tmp_path / "run"
+    shutil.copytree(slice_run.path, damaged)
+    weights = (slice_run.path / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(weights[:1000])
+    with pytest.raises(SmallvisionError, match="model.safetensors: unreadable .* damaged or incomplete"):
+        sv.load_run(damaged)
+    tensors = load_file(str(slice_run.path / "model.safetensors"))
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, str(damaged / "model.safetensors"))
+    with pytest.raises(SmallvisionError, match="model.safetensors: its weights do not fit the network in model.json"):
+        sv.load_run(damaged)
+    (damaged / "model.safetensors").write_bytes(weights)
+    meta = json.loads((damaged / "model.json").read_text())
+    del meta["preprocessing"]
+    (damaged / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(SmallvisionError, match="model.json: not a run's model description \\(no 'preprocessing' field"):
+        sv.load_run(damaged)
+
+
 def test_predict_reads_files_of_any_size_and_mode(slice_run, mnist_slice, tmp_path):
     digits = read_idx(mnist_slice / "t10k-images-idx3-ubyte")[:20]
     labels = read_idx(mnist_slice / "t10k-labels-idx1-ubyte")[:20]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from smallvision.data.imageset import ImageSet
@@ -108,17 +109,28 @@ class Run:
         except (OSError, json.JSONDecodeError) as err:
             raise SmallvisionError(f"{self.path / 'model.json'}: unreadable ({err})") from None
         self.recipe = Recipe.from_toml((self.path / "recipe.toml").read_text(), str(self.path / "recipe.toml"))
-        self.class_names: list[str] = self.meta["class_names"]
         self.device = resolve_device(device)
-        architecture = self.meta["architecture"]
-        # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
-        self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"],
-                                  architecture.get("dropout", 0.0), architecture.get("backbone"), pretrained=False)
+        try:
+            self.class_names: list[str] = self.meta["class_names"]
+            architecture = self.meta["architecture"]
+            # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
+            self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"],
+                                      architecture.get("dropout", 0.0), architecture.get("backbone"), pretrained=False)
+            pre = self.meta["preprocessing"]
+            self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
+        except (KeyError, TypeError) as err:
+            what = f"no {err.args[0]!r} field" if isinstance(err, KeyError) else f"a field of the wrong kind: {err}"
+            raise SmallvisionError(f"{self.path / 'model.json'}: not a run's model description ({what})") from None
         self.test_time_flip = bool(self.meta.get("test_time_flip", False))
-        self.model.load_state_dict(load_file(str(self.path / "model.safetensors")))
+        weights = self.path / "model.safetensors"
+        try:
+            self.model.load_state_dict(load_file(str(weights)))
+        except (SafetensorError, OSError) as err:
+            raise SmallvisionError(f"{weights}: unreadable ({err}); the file is damaged or incomplete") from None
+        except RuntimeError as err:  # names or shapes that do not fit the network model.json describes
+            first = str(err).strip().splitlines()[-1].strip()
+            raise SmallvisionError(f"{weights}: its weights do not fit the network in model.json ({first})") from None
         self.model.to(self.device).eval()
-        pre = self.meta["preprocessing"]
-        self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
         if pre["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
 
