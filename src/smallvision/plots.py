@@ -35,7 +35,9 @@ def plot_image_grid(images, titles: list[str], path, title: str = "", columns: i
     """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title (None leaves a cell empty);
     with `heatmaps` [N, H, W] in [0, 1], each image under its Grad-CAM heatmap."""
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    # constrained layout keeps every row's titles clear of the row above, which tight_layout does not in wide grids
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows + (0.4 if title else 0)),
+                                squeeze=False, layout="constrained")
     for axis in axes.flat:
         axis.axis("off")
     for index, (axis, image, caption) in enumerate(zip(axes.flat, images, titles)):
@@ -54,7 +56,8 @@ def finish(figure, path, title: str = "") -> None:
     """Title, tight layout, save as PNG at 100 dpi, and free the figure."""
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
