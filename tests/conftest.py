@@ -14,11 +14,18 @@ def shared_datasets() -> Path:
     return Path(os.environ.get("SMALLVISION_DATA") or REPO.parent / "shared" / "datasets")
 
 
+def missing_shared_data(message: str) -> None:
+    """Skip a test that needs the shared data sets; fail it where they must be there (CI)."""
+    if os.environ.get("SMALLVISION_REQUIRE_DATA") == "1":
+        pytest.fail(f"{message}, and SMALLVISION_REQUIRE_DATA=1")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_mnist() -> Path:
     path = shared_datasets() / "mnist"
     if not (path / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the shared MNIST files are not at {path}")
+        missing_shared_data(f"the shared MNIST files are not at {path}")
     return path
 
 
@@ -91,7 +98,7 @@ def image_folder(tmp_path) -> Path:
 def shared_catsdogs() -> Path:
     path = shared_datasets() / "cats_and_dogs_small"
     if not (path / "train" / "cats").is_dir():
-        pytest.skip(f"the shared cats-vs-dogs set is not at {path}")
+        missing_shared_data(f"the shared cats-vs-dogs set is not at {path}")
     return path
 
 
