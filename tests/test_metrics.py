@@ -67,3 +67,12 @@ def test_the_most_confident_mistakes_come_first():
     assert most_confident_mistakes(labels, probabilities, 5) == [2, 0, 4]
     assert most_confident_mistakes(labels, probabilities, 2) == [2, 0]
     assert confusion_matrix(labels, probabilities.argmax(1), 2).tolist() == [[1, 2], [1, 1]]
+
+
+def test_the_text_confusion_numbers_its_columns_when_a_name_is_long():
+    from smallvision.metrics import format_confusion
+    short = format_confusion([[5, 1], [0, 4]], ["cats", "dogs"]).splitlines()
+    assert short[1].split() == ["cats", "dogs"] and short[2].split() == ["cats", "5", "1"]
+    long = format_confusion([[0, 2], [0, 4]], ["chat noir", "golden retriever"]).splitlines()
+    assert "by number" in long[0] and long[1].split() == ["0", "1"]
+    assert long[2].split() == ["0", "chat", "noir", "0", "2"] and long[3].split() == ["1", "golden", "retriever", "0", "4"]

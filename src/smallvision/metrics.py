@@ -115,12 +115,15 @@ def format_classification_report(metrics: dict) -> str:
 
 
 def format_confusion(confusion: list[list[int]], names: list[str]) -> str:
-    """Rows are the true classes, columns the predicted ones."""
-    short = [name[:8] for name in names]
-    cell = max(6, *(len(name) for name in short), *(len(str(v)) for row in confusion for v in row))
-    label_width = max(len(name) for name in names)
-    lines = ["confusion (rows: true, columns: predicted)",
-             f"{'':<{label_width}}  " + " ".join(f"{name:>{cell}}" for name in short)]
-    for name, row in zip(names, confusion):
-        lines.append(f"{name:<{label_width}}  " + " ".join(f"{value:>{cell}}" for value in row))
+    """Rows are the true classes, columns the predicted ones. Columns are headed by the class names when
+    they are short; otherwise by number, with each row's number before its name."""
+    numbered = any(len(name) > 8 for name in names)
+    headers = [str(i) for i in range(len(names))] if numbered else names
+    rows = [f"{i:>{len(str(len(names) - 1))}} {name}" for i, name in enumerate(names)] if numbered else names
+    cell = max(6, *(len(header) for header in headers), *(len(str(v)) for row in confusion for v in row))
+    label_width = max(len(row) for row in rows)
+    lines = [f"confusion (rows: true, columns: predicted{', by number' if numbered else ''})",
+             f"{'':<{label_width}}  " + " ".join(f"{header:>{cell}}" for header in headers)]
+    for label, row in zip(rows, confusion):
+        lines.append(f"{label:<{label_width}}  " + " ".join(f"{value:>{cell}}" for value in row))
     return "\n".join(lines)
