@@ -73,9 +73,7 @@ def write_atomically(path: Path, write) -> None:
 
 
 def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[dict], metrics: dict) -> None:
-    from smallvision.plots import (
-        plot_curves,  # matplotlib is slow to import; only training needs it
-    )
+    from smallvision.plots import plot_curves  # matplotlib is slow to import; only training needs it
 
     weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
     write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
@@ -144,7 +142,7 @@ class Run:
         return predict_probabilities(self.model, images, self.preprocess, self.meta["precision"], self.device,
                                      self.test_time_flip)
 
-    def load_image(self, path: str | Path) -> torch.Tensor:
+    def read_image(self, path: str | Path) -> torch.Tensor:
         """One image file as uint8 [C, H, W], converted as the run's preprocessing says."""
         channels, height, width = self.meta["architecture"]["input_shape"]
         invert = self.meta["preprocessing"].get("invert_light_background", False)
@@ -152,7 +150,7 @@ class Run:
 
     def load_images(self, paths: list[str | Path]) -> tuple[list[Path], torch.Tensor]:
         files = expand_image_paths(paths)
-        return files, torch.stack([self.load_image(f) for f in files])
+        return files, torch.stack([self.read_image(f) for f in files])
 
     def predict(self, paths: list[str | Path], top: int = 5, progress: bool = False) -> list[dict]:
         """One dict per image file (directories are searched): path, label, probability, and the `top`
@@ -171,18 +169,19 @@ class Run:
             results, readable, images = [None] * len(chunk), [], []
             for index, path in enumerate(chunk):
                 try:
-                    images.append(self.load_image(path))
+                    images.append(self.read_image(path))
                     readable.append(index)
                 except SmallvisionError as err:  # one damaged file must not cost the answers for the others
                     results[index] = {"path": str(path), "error": str(err)}
             if images:
                 for index, probabilities in zip(readable, self.probabilities(torch.stack(images))):
-                    results[index] = self.ranked(chunk[index], probabilities, top)
+                    results[index] = self.prediction(chunk[index], probabilities, top)
             bar.update(len(chunk))
             yield from results
         bar.close()
 
-    def ranked(self, path: Path, probabilities: torch.Tensor, top: int) -> dict:
+    def prediction(self, path: Path, probabilities: torch.Tensor, top: int) -> dict:
+        """predict's answer for one file: its `top` classes, most probable first."""
         values, indices = probabilities.topk(min(top, len(self.class_names)))
         ranked = [[self.class_names[i], round(float(v), 6)] for v, i in zip(values, indices)]
         return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
