@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+from mnist_vs_keras import ROOT, keras_python
 
-ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_catsdogs.py"
 KERAS_PARTS = ROOT / "benchmarks" / "keras_catsdogs_parts.py"
 BATCH, SHAPE = 32, (3, 150, 150)
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cats_and_dogs_small")
     args = parser.parse_args()
-    python = subprocess.run([str(ROOT / "benchmarks" / "keras-env")], capture_output=True, text=True, check=True).stdout.strip()
+    python = keras_python()
     results = {"keras": [], "smallvision": []}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)

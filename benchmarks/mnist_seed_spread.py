@@ -14,14 +14,13 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from itertools import combinations
 from pathlib import Path
 
-from mnist_vs_keras import ROOT, run_keras, run_smallvision
+from mnist_vs_keras import ROOT, keras_python, run_keras, run_smallvision
 
 BAR = 0.9915  # issue 2's figure for the mean of three seeds
 
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="also run seed-mnist with --precision fp32")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "mnist")
     args = parser.parse_args()
-    python = subprocess.run([str(ROOT / "benchmarks" / "keras-env")], capture_output=True, text=True, check=True).stdout.strip()
+    python = keras_python()
     systems = {"keras seed": lambda seed, scratch: run_keras(python, args.data),
                "sv seed-mnist": lambda seed, scratch: run_smallvision("seed-mnist", args.data, seed, scratch)}
     if args.fp32:

@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_mnist.py"
 
 
+def keras_python() -> str:
+    """The Keras baseline's own interpreter (benchmarks/keras-env makes its environment on first use)."""
+    made = subprocess.run([str(ROOT / "benchmarks" / "keras-env")], capture_output=True, text=True, check=True)
+    return made.stdout.strip()
+
+
 def run_keras(python: str, data: Path) -> dict:
     done = subprocess.run([python, str(ANCHOR), str(data)], capture_output=True, text=True, check=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -44,7 +50,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "mnist")
     args = parser.parse_args()
-    python = subprocess.run([str(ROOT / "benchmarks" / "keras-env")], capture_output=True, text=True, check=True).stdout.strip()
+    python = keras_python()
     systems = {"keras seed": lambda seed, scratch: run_keras(python, args.data),
                "sv seed-mnist": lambda seed, scratch: run_smallvision("seed-mnist", args.data, seed, scratch),
                "sv fast-mnist": lambda seed, scratch: run_smallvision("fast-mnist", args.data, seed, scratch)}
