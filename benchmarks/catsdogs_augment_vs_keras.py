@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from mnist_vs_keras import ROOT, keras_python
+from keras_baseline import ROOT, keras_python
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_catsdogs.py"
 KERAS_PARTS = ROOT / "benchmarks" / "keras_catsdogs_parts.py"

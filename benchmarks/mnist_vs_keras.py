@@ -20,14 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from keras_baseline import ROOT, keras_python
+
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_mnist.py"
-
-
-def keras_python() -> str:
-    """The Keras baseline's own interpreter (benchmarks/keras-env makes its environment on first use)."""
-    made = subprocess.run([str(ROOT / "benchmarks" / "keras-env")], capture_output=True, text=True, check=True)
-    return made.stdout.strip()
 
 
 def run_keras(python: str, data: Path) -> dict:
