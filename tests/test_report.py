@@ -89,6 +89,18 @@ def test_a_report_without_its_source_says_so_and_shows_the_rest(runs_of_every_ki
     assert "Not evaluated" in text and "gone" in text and "Learning curves" in text
 
 
+def test_a_run_without_a_test_split_is_reported_on_its_validation_split(tmp_path):
+    from conftest import make_image_folder
+
+    import smallvision as sv
+    root = make_image_folder(tmp_path / "pets", splits=("train", "validation"), per_class=6)
+    run = sv.train(root, "seed-catsdogs", out=tmp_path / "run", image_size=48, epochs=1, steps_per_epoch=1,
+                   test_split=0.0, progress=False, cache_dir=tmp_path / "cache")
+    assert "test_accuracy" not in run.metrics
+    text = build_report(run, cache_dir=tmp_path / "cache").read_text()
+    assert "Not evaluated" not in text and "On the <b>validation</b> split" in text
+
+
 def test_compare_reads_runs_of_every_kind(runs_of_every_kind, capsys):
     runs = runs_of_every_kind
     rows = compare_runs([run.path for run in runs.values()])

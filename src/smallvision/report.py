@@ -185,6 +185,10 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
     shows everything else."""
     metrics = run.metrics
     architecture = run.meta["architecture"]
+    trained_splits = read_json(run.path / "data.json").get("counts", {})
+    if source is None and split == "test" and trained_splits and "test" not in trained_splits \
+            and "validation" in trained_splits:
+        split = "validation"  # a run without a test split is still shown on images it never trained on
     started = time.perf_counter()
     try:
         evaluation = evaluate_run(run, source, split, data_dir, cache_dir, progress=progress)
