@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from keras_baseline import ROOT, keras_python
+from keras_baseline import ROOT, keras_python, save_results
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_catsdogs.py"
 KERAS_PARTS = ROOT / "benchmarks" / "keras_catsdogs_parts.py"
@@ -146,11 +146,9 @@ def main() -> None:
     print(f"  smallvision  augmentation {s['augment_img_per_s']:7.1f}   network step {s['network_img_per_s']:7.1f}"
           f"   decoding once: {s['decode_first_s']:.2f} s the first time, {s['decode_cached_s']:.2f} s from the cache"
           f" ({s['decode_first_s'] / s['decode_cached_s']:.0f}x)")
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(exist_ok=True)
     summary = {"means": means, "ratio_img_per_s": ours["train_img_per_s"] / keras["train_img_per_s"],
                "parts": parts, "runs": results, "threads": torch.get_num_threads()}
-    (results_dir / f"catsdogs_augment_vs_keras-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(summary, indent=2))
+    save_results("catsdogs_augment_vs_keras", summary)
 
 
 if __name__ == "__main__":

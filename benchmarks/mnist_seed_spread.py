@@ -11,16 +11,14 @@ and 95% interval, the difference from Keras with its interval, and the ratio of 
 """
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import tempfile
-import time
 from itertools import combinations
 from pathlib import Path
 
-from keras_baseline import ROOT, keras_python
+from keras_baseline import ROOT, keras_python, save_results
 from mnist_vs_keras import run_keras, run_smallvision
 
 BAR = 0.9915  # issue 2's figure for the mean of three seeds
@@ -82,9 +80,7 @@ def main() -> None:
         print(f"{name} - keras: {difference:+.4f} (95% interval {difference - 1.96 * error:+.4f} to "
               f"{difference + 1.96 * error:+.4f})")
         summary[name]["difference_from_keras"] = difference
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / f"mnist_seed_spread-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(summary, indent=2))
+    save_results("mnist_seed_spread", summary)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from keras_baseline import ROOT, keras_python
+from keras_baseline import ROOT, keras_python, save_results
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_mnist.py"
 
@@ -66,9 +66,7 @@ def main() -> None:
         summary[name] = {"train_seconds": seconds, "test_accuracy": accuracy, "ratio_to_keras": seconds / keras_seconds,
                          "runs": rows}
         print(f"{name:<14} {seconds:>14.1f} {accuracy:>16.4f} {seconds / keras_seconds:>12.2f}x")
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / f"mnist_vs_keras-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(summary, indent=2))
+    save_results("mnist_vs_keras", summary)
 
 
 if __name__ == "__main__":

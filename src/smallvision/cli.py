@@ -40,17 +40,21 @@ def at_least(minimum: int):
     return parse
 
 
+def described(subparsers, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    """A command's parser: its help line, and an example at the end of its --help."""
+    return subparsers.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def command(subparsers, name: str, help_text: str, example: str, handler) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text,
-                                   epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described(subparsers, name, help_text, example)
     parser.set_defaults(handler=handler)
     return parser
 
 
 def command_group(subparsers, name: str, help_text: str, example: str):
     """A command with commands of its own (`data check`); named alone, it shows its own help."""
-    parser = subparsers.add_parser(name, help=help_text, description=help_text,
-                                   epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described(subparsers, name, help_text, example)
     parser.set_defaults(group=parser)
     return parser.add_subparsers(title="commands", metavar="COMMAND")
 
