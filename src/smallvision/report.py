@@ -82,8 +82,8 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def data_section(run) -> str:
-    summary = read_json(run.path / "data.json")
+def data_section(run, summary: dict) -> str:
+    """The run's data.json (`summary`) as a table of counts, with its warnings and skipped files."""
     if not summary:
         return "<p class=muted>This run has no data.json (it was trained before smallvision wrote one).</p>"
     counts = summary.get("counts", {})
@@ -185,7 +185,8 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
     shows everything else."""
     metrics = run.metrics
     architecture = run.meta["architecture"]
-    trained_splits = read_json(run.path / "data.json").get("counts", {})
+    data_summary = read_json(run.path / "data.json")
+    trained_splits = data_summary.get("counts", {})
     if source is None and split == "test" and trained_splits and "test" not in trained_splits \
             and "validation" in trained_splits:
         split = "validation"  # a run without a test split is still shown on images it never trained on
@@ -210,7 +211,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
         ("Recipe", f"<p>{html.escape(run.recipe.description or run.recipe.one_line())}</p>"
                    f"<details><summary>every field (recipe.toml)</summary><pre>{html.escape(run.recipe.to_toml())}</pre>"
                    f"</details>"),
-        ("Data", data_section(run)),
+        ("Data", data_section(run, data_summary)),
         ("Learning curves", picture(curves.read_bytes(), "learning curves") if curves.is_file()
          else "<p class=muted>No curves.png in this run.</p>"),
         ("Evaluation", evaluated),
