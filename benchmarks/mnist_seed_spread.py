@@ -14,12 +14,11 @@ import argparse
 import math
 import statistics
 import sys
-import tempfile
 from itertools import combinations
 from pathlib import Path
 
 from keras_baseline import ROOT, keras_python, save_results
-from mnist_vs_keras import run_keras, run_smallvision
+from mnist_vs_keras import alternate, run_keras, run_smallvision
 
 BAR = 0.9915  # issue 2's figure for the mean of three seeds
 
@@ -49,14 +48,8 @@ def main() -> None:
     if args.fp32:
         systems["sv fp32"] = lambda seed, scratch: run_smallvision("seed-mnist", args.data, seed, scratch,
                                                                    extra=["--precision", "fp32"])
-    accuracies = {name: [] for name in systems}
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(args.runs):
-            for name, measure in systems.items():
-                result = measure(seed, Path(scratch))
-                accuracies[name].append(result["test_accuracy"])
-                print(f"run {seed + 1:>2}  {name:<14} train {result['train_seconds']:6.1f} s  "
-                      f"test accuracy {result['test_accuracy']:.4f}", flush=True)
+    accuracies = {name: [result["test_accuracy"] for result in results]
+                  for name, results in alternate(systems, args.runs).items()}
 
     keras_mean, _ = interval(accuracies["keras seed"])
     print(f"\n{'':<14} {'runs':>4} {'mean':>7} {'95% interval':>17} {'sd':>7} {'min':>7} {'max':>7} "

@@ -40,6 +40,20 @@ def run_smallvision(recipe: str, data: Path, seed: int, scratch: Path, extra: li
     return {"train_seconds": metrics["train_seconds"], "test_accuracy": metrics["test_accuracy"]}
 
 
+def alternate(systems: dict, rounds: int) -> dict[str, list[dict]]:
+    """Each system's results, measured in turn round after round (round i is seed i), so that the machine's
+    mood affects all alike; a line is printed as each one finishes."""
+    results = {name: [] for name in systems}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_index in range(rounds):
+            for name, measure in systems.items():
+                result = measure(round_index, Path(scratch))
+                results[name].append(result)
+                print(f"round {round_index + 1}  {name:<14} train {result['train_seconds']:6.1f} s  "
+                      f"test accuracy {result['test_accuracy']:.4f}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
@@ -49,14 +63,7 @@ def main() -> None:
     systems = {"keras seed": lambda seed, scratch: run_keras(python, args.data),
                "sv seed-mnist": lambda seed, scratch: run_smallvision("seed-mnist", args.data, seed, scratch),
                "sv fast-mnist": lambda seed, scratch: run_smallvision("fast-mnist", args.data, seed, scratch)}
-    results = {name: [] for name in systems}
-    with tempfile.TemporaryDirectory() as scratch:
-        for round_index in range(args.rounds):
-            for name, measure in systems.items():
-                result = measure(round_index, Path(scratch))
-                results[name].append(result)
-                print(f"round {round_index + 1}  {name:<14} train {result['train_seconds']:6.1f} s  "
-                      f"test accuracy {result['test_accuracy']:.4f}", flush=True)
+    results = alternate(systems, args.rounds)
     keras_seconds = statistics.mean(r["train_seconds"] for r in results["keras seed"])
     print(f"\n{'':<14} {'train s (mean)':>14} {'test acc (mean)':>16} {'time / Keras':>13}")
     summary = {}
