@@ -4,7 +4,7 @@ Issue 2 holds seed-mnist to a 3-seed mean of 0.9915. At that level one run diffe
 next by about a tenth of a percent, so a handful of runs cannot tell a faithful copy of the
 seed's training from an unfaithful one. This runs the seed's Keras program (unseeded, as it
 is written) and smallvision's seed-mnist (seeds 0, 1, ...) alternately, N times each, in
-bf16 (the recipe's precision) and optionally in fp32, then prints each one's mean, spread
+the recipe's precision (auto: bf16 on a CPU with native bf16) and optionally in fp32, then prints each one's mean, spread
 and 95% interval, the difference from Keras with its interval, and the ratio of the means.
 
     python benchmarks/mnist_seed_spread.py [--runs 10] [--fp32] [--data ../shared/datasets/mnist]

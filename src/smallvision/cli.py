@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "none (a photo folder with a built-in recipe: 0.15)")
     overrides.add_argument("--image-size", type=int, help="decode image folders to this many pixels square")
     overrides.add_argument("--dropout", type=float, help="the network's Dropout rate, where it has one")
-    overrides.add_argument("--precision", help="bf16 or fp32")
+    overrides.add_argument("--precision", help="auto (the built-in recipes: bf16 where this machine computes it "
+                                                            "natively, else fp32), bf16 or fp32")
     overrides.add_argument("--model", help="a network by name (see `smallvision summary --list`)")
     overrides.add_argument("--backbone", help="a pretrained timm network to build on (offline: efficientnet_lite0)")
     overrides.add_argument("--seed", type=int)

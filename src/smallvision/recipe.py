@@ -11,13 +11,14 @@ from pathlib import Path
 import tomli_w
 
 from smallvision.errors import SmallvisionError, unknown_name
+from smallvision.precision import PRECISIONS
 
 CHOICES = {
     "optimizer": ("rmsprop", "adam", "adamw", "sgd"),
     "schedule": ("constant", "onecycle", "cosine"),
     "loss": ("categorical_crossentropy", "binary_crossentropy"),
     "fill_mode": ("nearest", "reflect", "wrap", "constant"),
-    "precision": ("fp32", "bf16"),
+    "precision": PRECISIONS,
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -84,8 +85,9 @@ class Recipe:
     steps_per_epoch: int = 0
     # validate every validation_freq epochs (and after the last), as Keras' fit
     validation_freq: int = 1
-    # bf16 runs matrix work in bfloat16 with float32 weights (autocast)
-    precision: str = "bf16"
+    # bf16 runs matrix work in bfloat16 with float32 weights (autocast); auto: bf16 where the training
+    # device computes it natively, fp32 elsewhere (precision.py; the run records what it chose and why)
+    precision: str = "auto"
     channels_last: bool = True
     seed: int = 0
     device: str = "auto"

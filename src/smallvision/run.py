@@ -15,6 +15,7 @@ from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import expand_image_paths, load_image
 from smallvision.models import create_model
+from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 from smallvision.train import Preprocess, predict_probabilities, resolve_device
@@ -120,6 +121,8 @@ class Run:
             what = f"no {err.args[0]!r} field" if isinstance(err, KeyError) else f"a field of the wrong kind: {err}"
             raise SmallvisionError(f"{self.path / 'model.json'}: not a run's model description ({what})") from None
         self.test_time_flip = bool(self.meta.get("test_time_flip", False))
+        # Inference follows this machine, not the run: a bf16 run is scored in fp32 where bf16 is emulated.
+        self.precision = inference_precision(self.meta.get("precision", "fp32"), self.device)
         weights = self.path / "model.safetensors"
         try:
             self.model.load_state_dict(load_file(str(weights)))
@@ -139,7 +142,7 @@ class Run:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
-        return predict_probabilities(self.model, images, self.preprocess, self.meta["precision"], self.device,
+        return predict_probabilities(self.model, images, self.preprocess, self.precision, self.device,
                                      self.test_time_flip)
 
     def read_image(self, path: str | Path) -> torch.Tensor:

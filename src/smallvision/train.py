@@ -14,6 +14,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.metrics import log_loss
 from smallvision.models.layers import Sequential
 from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
+from smallvision.precision import inference_precision, training_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 
@@ -51,6 +52,7 @@ def per_channel(value: float | list[float], x: torch.Tensor) -> float | torch.Te
 
 
 def autocast(device: torch.device, precision: str):
+    """bf16 autocast for "bf16"; nothing for "fp32" (precision.py decides which a run uses)."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -75,6 +77,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         device: torch.device | None = None, progress: bool = True) -> History:
     """Train `model` in place on `train` as `recipe` says; validate after each epoch."""
     device = device or resolve_device(recipe.device)
+    precision = training_precision(recipe.precision, device).precision
     torch.manual_seed(recipe.seed)
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
     model.to(device)
@@ -110,7 +113,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                 group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, step, total_steps)
             pixels = images[batch] if augment is None else augment(images[batch], generator)
             x, y = preprocess(pixels), labels[batch]
-            with autocast(device, recipe.precision):
+            with autocast(device, precision):
                 logits = model(x)
             loss = cross_entropy(logits, y, binary, recipe.label_smoothing)
             flat_weights.grad.zero_()
@@ -133,7 +136,8 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                    seconds=seconds, learning_rate=optimizer.param_groups[0]["lr"])
         if validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
             val_start = time.perf_counter()
-            val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess, recipe.precision, device,
+            val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess,
+                                                       inference_precision(precision, device), device,
                                                        recipe.test_time_flip)
             row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from smallvision.data.cache import user_cache_dir
 from smallvision.data.imageset import DataSource, ImageSet
 from smallvision.models.backbones import BackboneClassifier
+from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 from smallvision.train import History, Preprocess, autocast, evaluate_imageset, fit
@@ -112,6 +113,6 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     test = {}
     if "test" in features:
         loss, accuracy = evaluate_imageset(model.head, features["test"], Preprocess.from_recipe(head_recipe),
-                                           recipe.precision, device)
+                                           inference_precision(recipe.precision, device), device)
         test = {"test_accuracy": accuracy, "test_loss": loss}
     return history, test

@@ -17,6 +17,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
 from smallvision.models import create_model, default_input_shape
 from smallvision.models.backbones import backbone_preprocessing
+from smallvision.precision import inference_precision, training_precision
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.run import Run, prepare_run_dir, save_run
 from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
@@ -119,15 +120,20 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                                f"{source} has {input_shape[0]} channels")
     torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
     model_name = recipe.backbone or recipe.model
+    choice = training_precision(recipe.precision, device)
+    if choice.warning():
+        print(f"warning: {choice.warning()}", file=sys.stderr, flush=True)
     if progress:
-        print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device}",
-              flush=True)
+        print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device} "
+              f"in {choice.precision} ({choice.reason})", flush=True)
+    # recipe.toml keeps what was asked ("auto" stays portable); the training and the run record the choice.
+    chosen = dataclasses.replace(recipe, precision=choice.precision)
     test_metrics = {}
     model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout, recipe.backbone)
     if recipe.backbone:
-        history, test_metrics = fit_backbone_classifier(model, dataset, recipe, device, progress, cache_dir)
+        history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir)
     else:
-        history = fit(model, train_split, recipe, dataset.validation, device, progress)
+        history = fit(model, train_split, chosen, dataset.validation, device, progress)
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
@@ -140,9 +146,10 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         metrics.update(test_metrics)
     elif dataset.test is not None:
         test_loss, test_accuracy = evaluate_imageset(model, dataset.test, Preprocess.from_recipe(recipe),
-                                                     recipe.precision, device, recipe.test_time_flip)
+                                                     inference_precision(choice.precision, device), device,
+                                                     recipe.test_time_flip)
         metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
-    metrics.update(seed=recipe.seed, device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+    metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.seed, device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                    machine=platform.machine(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     meta = {
         "format": "smallvision-run/1",
@@ -151,7 +158,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                          "num_classes": len(dataset.class_names), "dropout": recipe.dropout},
         "class_names": dataset.class_names,
         "output_activation": model.output_activation,
-        "precision": recipe.precision,
+        "precision": choice.precision,  # what the weights were trained in; inference follows the machine
+        "precision_reason": choice.reason,
         "test_time_flip": recipe.test_time_flip,
         "preprocessing": {"rescale": recipe.rescale, "mean": recipe.mean, "std": recipe.std,
                           "channels_last": recipe.channels_last,
