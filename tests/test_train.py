@@ -28,6 +28,10 @@ def test_the_run_directory_holds_everything(slice_run):
     names = {p.name for p in slice_run.path.iterdir()}
     assert {"recipe.toml", "model.safetensors", "model.json", "history.csv", "metrics.json", "curves.png"} <= names
     meta = json.loads((slice_run.path / "model.json").read_text())
+    layers = meta["architecture"].pop("layers")  # the network itself, in Keras' words
+    assert [entry["class_name"] for entry in layers] == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D",
+                                                         "Flatten", "Dense", "Dense"]
+    assert layers[-1]["config"] == {"units": 10, "activation": "softmax", "use_bias": True}
     assert meta["architecture"] == {"model": "mnist_convnet", "backbone": None, "input_shape": [1, 28, 28],
                                     "num_classes": 10, "dropout": 0.0}
     assert meta["class_names"] == [str(i) for i in range(10)]

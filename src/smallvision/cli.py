@@ -40,6 +40,35 @@ def at_least(minimum: int):
     return parse
 
 
+LAYER_WORDS = ("Input Rescaling Conv2D SeparableConv2D DepthwiseConv2D MaxPooling2D AveragePooling2D "
+               "GlobalAveragePooling2D GlobalMaxPooling2D Flatten Dense Dropout SpatialDropout2D BatchNormalization "
+               "Activation ReLU LeakyReLU Softmax ZeroPadding2D Residual")
+
+
+def layers_text(value: str) -> str:
+    """--layers: the layers themselves, or the path of a file that holds them."""
+    path = Path(value)
+    if "(" not in value and path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise argparse.ArgumentTypeError(f"{path}: cannot be read ({err})") from None
+    if "(" not in value and ("/" in value or value.endswith((".txt", ".py"))):
+        raise argparse.ArgumentTypeError(f"{path}: no such file")
+    return value
+
+
+def image_shape_text(value: str) -> tuple[int, int, int]:
+    """--input-shape H,W,C as Keras writes it -> (channels, height, width)."""
+    try:
+        height, width, channels = (int(part) for part in value.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be HEIGHT,WIDTH,CHANNELS such as 150,150,3, got {value!r}") from None
+    if min(height, width, channels) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+    return channels, height, width
+
+
 def described(subparsers, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
     """A command's parser: its help line, and an example at the end of its --help."""
     return subparsers.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
@@ -97,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--precision", help="auto (the built-in recipes: bf16 where this machine computes it "
                                                             "natively, else fp32), bf16 or fp32")
     overrides.add_argument("--model", help="a network by name (see `smallvision summary --list`)")
+    overrides.add_argument("--layers", type=layers_text, metavar="LAYERS|FILE",
+                           help="the network written as layers in Keras' words, or a file of them, e.g. "
+                                "--layers \"Conv2D(32, 3, activation='relu') MaxPooling2D(2) Flatten() "
+                                "Dense(10, activation='softmax')\" (see `smallvision summary --help`)")
     overrides.add_argument("--backbone", help="a pretrained timm network to build on (offline: efficientnet_lite0)")
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu or cuda")
@@ -150,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--samples", type=at_least(0), default=8, help="how many images get a Grad-CAM heatmap")
     report.add_argument("--layer", help="the layer for Grad-CAM (default: the last convolutional one)")
 
+    keras_in = command(sub, "import-keras", "turn a Keras model file (.h5 as the book saves it, or .keras) into a run "
+                       "directory that predict, evaluate, explain, report and the rest use; TensorFlow is not needed "
+                       "and nothing in the file is run",
+                       "smallvision import-keras cats_and_dogs_small_2.h5 --source ../shared/datasets/cats_and_dogs_small "
+                       "--out runs/book-2\n  smallvision evaluate runs/book-2 ../shared/datasets/cats_and_dogs_small",
+                       run_import_keras)
+    keras_in.add_argument("file", help="a Keras model file: .h5 (legacy HDF5) or .keras")
+    keras_in.add_argument("--out", help="the run directory to write (default: runs/keras-NAME-TIME)")
+    names = keras_in.add_mutually_exclusive_group()
+    names.add_argument("--classes", help="the class names in the network's order, comma-separated (default: numbers)")
+    names.add_argument("--source", help="a labelled source whose classes are the network's (an image folder: "
+                                        "its class folders, sorted, as Keras' flow_from_directory orders them)")
+    keras_in.add_argument("--rescale", type=float, help="what the pixels were multiplied by before the network "
+                                                        "(default 1/255, the book's; 1 when the network has Rescaling)")
+    keras_in.add_argument("--force", action="store_true", help="write into an existing directory")
+
+    export = command(sub, "export", "write a run's network in another format: a Keras 3 .keras archive that "
+                     "keras.models.load_model reads, its preprocessing inside (feed it 0-255 pixels)",
+                     "smallvision export runs/mnist-1 --format keras -o mnist.keras", run_export)
+    export.add_argument("run", help="a run directory")
+    export.add_argument("--format", choices=["keras"], default="keras", help="the file's format (default keras)")
+    export.add_argument("-o", "--out", help="the file to write (default RUN/model.keras)")
+
     compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
                       "test accuracy", "smallvision compare runs/*/ --md", run_compare)
     compare.add_argument("runs", nargs="+", help="run directories")
@@ -164,8 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
 
     summary = command(sub, "summary", "print a network's layers, output shapes and parameters, as Keras does",
-                      "smallvision summary mnist_convnet", run_summary)
-    summary.add_argument("name", nargs="?", help="a model name, a recipe name, or a run directory")
+                      "smallvision summary mnist_convnet\n"
+                      "  smallvision summary --layers \"Input(shape=(28, 28, 1)) Conv2D(32, 3, activation='relu') "
+                      "MaxPooling2D(2) Flatten() Dense(10, activation='softmax')\"\n\n"
+                      "layers, as `--layers` and a recipe's `layers` take them (Keras' names, arguments and defaults):\n"
+                      f"  {LAYER_WORDS}\n"
+                      "activations: relu sigmoid softmax tanh elu selu gelu swish silu leaky_relu linear\n"
+                      "Residual([...]) adds its layers' output to its input (our one word beyond Keras').",
+                      run_summary)
+    summary.add_argument("name", nargs="?", help="a model name, a recipe name, a run directory, or a file of layers")
+    summary.add_argument("--layers", type=layers_text, metavar="LAYERS|FILE", help="a network written as layers")
+    summary.add_argument("--input-shape", metavar="H,W,C", type=image_shape_text,
+                         help="the input's height, width and channels when the layers have no Input (default 28,28,1)")
+    summary.add_argument("--classes", type=at_least(1), help="the number of classes, to check the network's end")
     summary.add_argument("--list", action="store_true", help="list the model names")
 
     recipes = command(sub, "recipes", "list the built-in recipes, one line each",
@@ -249,6 +316,27 @@ def run_train(args) -> None:
     print(run.path)
 
 
+def run_import_keras(args) -> None:
+    from smallvision.keras_files import import_keras
+
+    classes = [name.strip() for name in args.classes.split(",")] if args.classes else None
+    run = import_keras(args.file, args.out, classes, args.source, args.rescale, args.force)
+    print(f"{args.file}: {run.model.model_name}, {len(run.class_names)} classes, input "
+          f"{'x'.join(map(str, run.meta['architecture']['input_shape'][1:]))}x{run.meta['architecture']['input_shape'][0]}")
+    print(run.path)
+
+
+def run_export(args) -> None:
+    from smallvision.keras_files import export_keras
+    from smallvision.run import load_run
+
+    run = load_run(args.run, "cpu")
+    if run.test_time_flip:
+        print("note: the run scores each image with its mirror image too; the Keras file scores the image alone",
+              file=sys.stderr)
+    print(export_keras(run, args.out or run.path / "model.keras"))
+
+
 def run_evaluate(args) -> None:
     from smallvision.evaluation import evaluate_run
     from smallvision.run import load_run
@@ -320,10 +408,19 @@ def run_predict(args) -> int:
 def run_summary(args) -> None:
     from pathlib import Path
 
-    from smallvision.models import create_model, model_names, summary
+    from smallvision.models import build_network, create_model, model_names, summary
+    from smallvision.models.layer_text import parse_layers
+    from smallvision.models.layers import declared_input_shape
     from smallvision.recipe import builtin_recipes
     from smallvision.run import load_run
 
+    if args.name and not args.layers and Path(args.name).is_file():
+        args.layers = layers_text(args.name)
+    if args.layers:
+        layers = parse_layers(args.layers)
+        shape = args.input_shape or (None if declared_input_shape(layers) else (1, 28, 28))
+        print(summary(build_network(layers, shape, args.classes)))
+        return
     if args.list or not args.name:
         print("\n".join(model_names()))
         return
@@ -334,11 +431,11 @@ def run_summary(args) -> None:
         return
     recipes = builtin_recipes()
     if args.name in recipes:
-        from smallvision.workflow import recipe_image_shape
+        from smallvision.workflow import recipe_image_shape, recipe_model
 
         recipe = recipes[args.name]
-        model = create_model(recipe.model, recipe_image_shape(recipe), dropout=recipe.dropout,
-                             backbone=recipe.backbone, pretrained=False)
+        classes = 2 if recipe.backbone else None  # a backbone's head: the seed's cats and dogs
+        model = recipe_model(recipe, recipe_image_shape(recipe), classes, pretrained=False)
         if recipe.backbone:
             model.freeze_backbone()  # as stage one trains it
         print(summary(model, fine_tune_blocks=recipe.fine_tune_blocks))

@@ -52,7 +52,7 @@ def filter_objective(run, pixels: torch.Tensor, layer: str, filters: torch.Tenso
     """Image i's objective: filter filters[i]'s mean response at `layer`, taken before the layer's ReLU
     where it has one, so that a filter silent on noise still has a gradient to climb."""
     module = candidate_layers(run.model)[layer]
-    measured = module.conv if isinstance(module, Conv2D) else module
+    measured = (getattr(module, "pointwise", None) or module.conv) if isinstance(module, Conv2D) else module
     responses = []
 
     def keep(_module, _inputs, output):

@@ -29,6 +29,10 @@ class Recipe:
     description: str = ""
     # the network, by name (see `smallvision summary`), and its Dropout rate where it has one
     model: str = "mnist_convnet"
+    # or the network written as layers in Keras' words, one string per layer (or all in one string), e.g.
+    # ["Conv2D(32, 3, activation='relu')", "MaxPooling2D(2)", "Flatten()", "Dense(10, activation='softmax')"];
+    # it replaces model, and any Dropout is written among the layers
+    layers: str | list[str] | None = None
     # a pretrained timm network to build on instead (frozen, with a new Dropout + Dense head); its own
     # input size, mean and std are used unless image_size, mean and std are given
     backbone: str | None = None
@@ -96,6 +100,12 @@ class Recipe:
         self.validate()
 
     def validate(self) -> None:
+        if self.layers is not None:
+            self.layers = written_layers(self.layers)
+            if self.backbone:
+                raise SmallvisionError("give a network as layers or a pretrained backbone, not both")
+            if self.dropout:
+                raise SmallvisionError("with layers, write the Dropout among them (Dropout(0.5)); leave dropout at 0")
         for field, allowed in CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise unknown_name(field, str(getattr(self, field)), list(allowed))
@@ -164,8 +174,8 @@ class Recipe:
 
     def to_toml(self) -> str:
         values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        if self.backbone and self.model == Recipe.model:
-            del values["model"]  # unused beside a backbone; the default would only mislead a reader
+        if (self.backbone or self.layers) and self.model == Recipe.model:
+            del values["model"]  # unused beside a backbone or layers; the default would only mislead a reader
         return tomli_w.dumps(values)
 
     def save(self, path: str | Path) -> None:
@@ -184,13 +194,21 @@ class Recipe:
         steps = f" x {self.steps_per_epoch} steps" if self.steps_per_epoch else ""
         size = f" at {self.image_size}px" if self.image_size else ""
         augment = ", augmented" if self.augments else ""
-        network = self.model
+        network = self.model if self.layers is None else f"{len(self.layers)} layers of its own"
         if self.backbone:
             tuned = (f", then its last {self.fine_tune_blocks} blocks {self.fine_tune_epochs} epochs at "
                      f"{self.fine_tune_learning_rate:g}") if self.fine_tune_blocks else ""
             network = f"{self.backbone} (pretrained, frozen{tuned})"
         return (f"{network}{size}, {self.optimizer} lr {self.learning_rate:g}{schedule}, batch {self.batch_size}, "
                 f"{self.epochs} epochs{steps}{augment}, {self.precision}")
+
+
+def written_layers(text: str | list[str]) -> list[str]:
+    """A recipe's layers, checked (an unknown layer or argument is an error now, not after the data has
+    loaded) and in their written form, one layer per string."""
+    from smallvision.models.layer_text import layers_source, parse_layers  # torch and the layers: only when used
+
+    return layers_source(parse_layers(text, "recipe field layers"))
 
 
 def coerce(recipe: Recipe, key: str, value):

@@ -14,7 +14,8 @@ from smallvision.data.imageset import ImageSet
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import expand_image_paths, load_image
-from smallvision.models import create_model
+from smallvision.models import build_network, create_model
+from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
@@ -113,8 +114,14 @@ class Run:
             self.class_names: list[str] = self.meta["class_names"]
             architecture = self.meta["architecture"]
             # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
-            self.model = create_model(architecture["model"], architecture["input_shape"], architecture["num_classes"],
-                                      architecture.get("dropout", 0.0), architecture.get("backbone"), pretrained=False)
+            if architecture.get("layers") is not None:  # the network itself, written by every run since layer lists
+                layers = layers_from_json(architecture["layers"], str(self.path / "model.json"))
+                self.model = build_network(layers, architecture["input_shape"], architecture["num_classes"],
+                                           name=architecture["model"])
+            else:  # a backbone, or a run from before: by name
+                self.model = create_model(architecture["model"], architecture["input_shape"],
+                                          architecture["num_classes"], architecture.get("dropout", 0.0),
+                                          architecture.get("backbone"), pretrained=False)
             pre = self.meta["preprocessing"]
             self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
         except (KeyError, TypeError) as err:

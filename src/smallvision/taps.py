@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from smallvision.errors import SmallvisionError
-from smallvision.models.layers import Conv2D, Sequential
+from smallvision.models.layers import Padded, Pooling, Sequential, ZeroPadding2D
 
 
 class _Enough(Exception):
@@ -100,7 +100,7 @@ def default_cam_layer(model: nn.Module) -> str:
     layers = candidate_layers(model)
     shapes = map_shapes(model)
     for name in reversed(shapes):
-        if not isinstance(layers[name], (nn.MaxPool2d, nn.AvgPool2d)) and min(shapes[name][1:]) > 1:
+        if not isinstance(layers[name], (nn.MaxPool2d, nn.AvgPool2d, Pooling)) and min(shapes[name][1:]) > 1:
             return name
     raise SmallvisionError(f"{model.model_name} has no convolutional layer to explain")
 
@@ -113,14 +113,17 @@ def map_geometry(model: nn.Module, layer: str) -> tuple[float, float] | None:
     if not isinstance(model, Sequential):
         return None
     start, jump = 0.0, 1.0
+    height, width = model.input_shape[1:]
     for name, module in model.layers.items():
-        if isinstance(module, Conv2D):
-            convolution = module.conv
-            start += ((convolution.kernel_size[0] - 1) / 2 - convolution.padding[0]) * jump
-            jump *= convolution.stride[0]
-        elif isinstance(module, nn.MaxPool2d):
-            start += (module.kernel_size - 1) / 2 * jump
-            jump *= module.stride
+        if isinstance(module, Padded):
+            (kernel, _), (stride, _), (dilation, _) = module.window()
+            top = module.pads(height, width)[0]
+            start += (((kernel - 1) * dilation) / 2 - top) * jump
+            jump *= stride
+        elif isinstance(module, ZeroPadding2D):
+            start -= module.config["padding"][0][0] * jump
+        if len(module.built_shape or ()) == 3:
+            height, width = module.built_shape[1:]
         if name == layer:
             return start, jump
     return None

@@ -15,7 +15,9 @@ from smallvision.data.imageset import DataSource
 from smallvision.data.sources import is_photo_folder, open_source
 from smallvision.errors import SmallvisionError
 from smallvision.images import has_dark_background
-from smallvision.models import create_model, default_input_shape
+from smallvision.models import build_network, create_model, default_input_shape, named_layers
+from smallvision.models.layer_text import layer_source, layers_source, layers_to_json, parse_layers
+from smallvision.models.layers import Input, Sequential, declared_input_shape
 from smallvision.models.backbones import backbone_preprocessing
 from smallvision.precision import inference_precision, training_precision
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
@@ -27,6 +29,7 @@ from smallvision.transfer import fit_backbone_classifier
 # (a pretrained network fine-tuned), since the seed's 28x28 greyscale network would waste them.
 DEFAULT_RECIPE = "seed-mnist"
 DEFAULT_PHOTO_RECIPE = "catsdogs-finetune"
+DEFAULT_LAYERS_PHOTO_RECIPE = "catsdogs"  # a network of the user's own on photos: our from-scratch training
 # Held out of each class as test (then of the rest as validation) when a photo folder has no such
 # split of its own: a run should end with a score on images it never saw.
 HELD_OUT_FRACTION = 0.15
@@ -53,6 +56,19 @@ def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: st
           cache_dir: str | Path | None = None, **overrides) -> Run:
     """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it.
     Without a recipe: `default_recipe(source)`."""
+    network = overrides.get("model")
+    if isinstance(network, (Sequential, list)):  # sv.train(..., model=sv.Sequential([...])): its layers count
+        layers = network.keras_layers if isinstance(network, Sequential) else network
+        overrides.pop("model")
+        overrides["layers"] = layers_source(layers)
+        if isinstance(network, Sequential) and network.input_shape and not any(isinstance(x, Input) for x in layers):
+            channels, height, width = network.input_shape
+            overrides["layers"].insert(0, layer_source(Input(shape=(height, width, channels))))
+    if overrides.get("layers") is not None:
+        # A network of one's own: trained by our from-scratch photo recipe unless one is named, and
+        # without the named network's Dropout rate (its own Dropout layers say that)
+        recipe = recipe or (DEFAULT_LAYERS_PHOTO_RECIPE if is_photo_folder(source) else None)
+        overrides.setdefault("dropout", 0.0)
     recipe_named = recipe or default_recipe(source)
     recipe = load_recipe(recipe_named).replace(**overrides)
     held_out = held_out_splits(source, recipe_named, recipe, overrides)
@@ -76,10 +92,18 @@ def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: st
     return Run(directory, recipe.device)
 
 
-def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int]:
-    """(channels, height, width) that image folders are decoded to for this recipe."""
+def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int] | None:
+    """(channels, height, width) that image folders are decoded to for this recipe; None when a layer list
+    says nothing of it (no Input, no image_size): an IDX source's images have their own shape."""
     if recipe.backbone:
         channels, height, width = backbone_preprocessing(recipe.backbone)["input_size"]
+    elif recipe.layers:
+        declared = declared_input_shape(parse_layers(recipe.layers))
+        if declared:
+            return declared  # the network says what it takes; image_size and color_mode give way
+        if recipe.image_size is None:
+            return None
+        channels, height, width = 3, recipe.image_size, recipe.image_size
     else:
         channels, height, width = default_input_shape(recipe.model)
     if recipe.image_size:
@@ -87,6 +111,17 @@ def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int]:
     if recipe.color_mode:
         channels = 3 if recipe.color_mode == "rgb" else 1
     return channels, height, width
+
+
+def recipe_model(recipe: Recipe, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = True):
+    """The network a recipe trains, built for the data: its layers, a named network's layers, or a
+    pretrained backbone with a new head."""
+    if recipe.backbone:
+        return create_model(recipe.model, input_shape, num_classes, recipe.dropout, recipe.backbone, pretrained)
+    if recipe.layers:
+        return build_network(parse_layers(recipe.layers), input_shape, num_classes)
+    return build_network(named_layers(recipe.model, num_classes, recipe.dropout), input_shape, num_classes,
+                         name=recipe.model)
 
 
 def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
@@ -115,11 +150,16 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     train_split = dataset.train
     input_shape = tuple(train_split.images.shape[1:])
     expected = recipe_image_shape(recipe)
-    if input_shape[0] != expected[0]:
+    if expected and input_shape[0] != expected[0]:
         raise SmallvisionError(f"{recipe.backbone or recipe.model} takes {expected[0]}-channel images; "
                                f"{source} has {input_shape[0]} channels")
     torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
-    model_name = recipe.backbone or recipe.model
+    model = recipe_model(recipe, input_shape, len(dataset.class_names))
+    model_name = model.model_name
+    if getattr(model, "has_rescaling", False) and recipe.rescale != 1.0:
+        recipe = recipe.replace(rescale=1.0)  # Keras' way: the network scales the raw pixels itself
+        print("the layers start with Rescaling, so the pixels go in as 0-255 (rescale = 1 in this run's recipe)",
+              file=sys.stderr, flush=True)
     choice = training_precision(recipe.precision, device)
     if choice.warning():
         print(f"warning: {choice.warning()}", file=sys.stderr, flush=True)
@@ -129,7 +169,6 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     # recipe.toml keeps what was asked ("auto" stays portable); the training and the run record the choice.
     chosen = dataclasses.replace(recipe, precision=choice.precision)
     test_metrics = {}
-    model = create_model(recipe.model, input_shape, len(dataset.class_names), recipe.dropout, recipe.backbone)
     if recipe.backbone:
         history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir)
     else:
@@ -167,6 +206,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                           "color_mode": "L" if input_shape[0] == 1 else "RGB",
                           "invert_light_background": has_dark_background(train_split.images)},
     }
+    if not recipe.backbone:  # the network itself, so the run reloads without knowing any name of ours
+        meta["architecture"]["layers"] = layers_to_json(model.keras_layers)
     write_data_files(directory, dataset, recipe)
     save_run(directory, model, recipe, meta, history.epochs, metrics)
 

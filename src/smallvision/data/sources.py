@@ -55,7 +55,8 @@ def load_source(spec: str, data_dir: str | Path | None, image_shape: tuple[int, 
             return load_idx_source(path)
         if is_image_folder(path):
             if image_shape is None:
-                raise SmallvisionError(f"{path}: an image folder needs an image size to decode to")
+                raise SmallvisionError(f"{path}: an image folder needs an image size to decode to: give "
+                                       f"--image-size, or start the layers with Input(shape=(height, width, 3))")
             return load_image_folder(path, image_shape, cache_dir, progress)
         loose = len(image_files(path))
         if loose:  # the usual first mistake: every image in one folder, the classes not separated

@@ -108,8 +108,8 @@ class BackboneClassifier(nn.Module):
         self.input_shape = tuple(input_shape)
         self.backbone = create_backbone(backbone, pretrained)
         features = self.backbone.num_features
-        self.head = Sequential(f"{backbone}_head", (features, 1, 1),
-                               [Flatten(), Dropout(dropout), Dense(features, num_classes, "softmax")])
+        self.head = Sequential([Flatten(), Dropout(dropout), Dense(num_classes, activation="softmax")],
+                               (features, 1, 1), name=f"{backbone}_head")
         self.output_activation = self.head.output_activation
 
     def forward(self, x):

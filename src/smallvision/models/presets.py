@@ -1,4 +1,9 @@
-"""The named networks: the seed's convnets exactly, and our own faster ones."""
+"""The named networks, as layer lists in Keras' words: the seed's convnets exactly, and our own faster ones.
+
+Each is a function of the classes and the Dropout rate that returns its layers; `Sequential` infers
+every shape from the input, so none of them counts channels or sides. A run's model.json holds the
+list itself, so a run reloads without this file knowing its name.
+"""
 
 from itertools import pairwise
 
@@ -11,105 +16,77 @@ from smallvision.models.layers import (
     Dropout,
     Flatten,
     GlobalAveragePooling2D,
+    Layer,
     MaxPooling2D,
     Residual,
-    Sequential,
+    ZeroPadding2D,
 )
 
 
-def output_layer(in_features: int, num_classes: int) -> Dense:
+def softmax_output(num_classes: int) -> Dense:
     """Dense(N, softmax), as the seed's MNIST network ends."""
-    return Dense(in_features, num_classes, "softmax")
+    return Dense(num_classes, activation="softmax")
 
 
-def binary_or_softmax_output(in_features: int, num_classes: int) -> Dense:
+def binary_or_softmax_output(num_classes: int) -> Dense:
     """Dense(1, sigmoid) for two classes, as the seed's cats-vs-dogs network ends; Dense(N, softmax) otherwise."""
-    return Dense(in_features, 1, "sigmoid") if num_classes == 2 else output_layer(in_features, num_classes)
+    return Dense(1, activation="sigmoid") if num_classes == 2 else softmax_output(num_classes)
 
 
-def valid_side(side: int, convolutions: int) -> int:
-    """The side left after `convolutions` rounds of a 3x3 'valid' convolution and a 2x2 pooling."""
-    for _ in range(convolutions):
-        side = (side - 2) // 2
-    return side
-
-
-def mnist_convnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.0) -> Sequential:
+def mnist_convnet(num_classes: int = 10, dropout: float = 0.0) -> list[Layer]:
     """The seed's MNIST network: three 3x3 convolutions, two poolings, Dense(64), Dense(10)."""
     if dropout:
         raise SmallvisionError("mnist_convnet has no Dropout layer; leave dropout at 0 for it")
-    channels, height, width = input_shape
-    side_h, side_w = valid_side(height, 2) - 2, valid_side(width, 2) - 2  # two conv+pool rounds, then a conv
-    return Sequential("mnist_convnet", input_shape, [
-        Conv2D(channels, 32, 3),
-        MaxPooling2D(2),
-        Conv2D(32, 64, 3),
-        MaxPooling2D(2),
-        Conv2D(64, 64, 3),
-        Flatten(),
-        Dense(side_h * side_w * 64, 64, "relu"),
-        output_layer(64, num_classes),
-    ])
+    return [Conv2D(32, (3, 3), activation="relu"), MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu"), MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu"),
+            Flatten(), Dense(64, activation="relu"), softmax_output(num_classes)]
 
 
-def catsdogs_convnet(input_shape=(3, 150, 150), num_classes=2, dropout: float = 0.0) -> Sequential:
+def catsdogs_convnet(num_classes: int = 2, dropout: float = 0.0) -> list[Layer]:
     """The seed's cats-vs-dogs network: four Conv2D/MaxPooling2D pairs (32, 64, 128, 128 filters),
     Flatten, Dropout when asked (the seed's 0.5 with augmentation), Dense(512, relu), and
     Dense(1, sigmoid) for two classes."""
-    channels, height, width = input_shape
-    side_h, side_w = valid_side(height, 4), valid_side(width, 4)
-    if min(side_h, side_w) < 1:
-        raise SmallvisionError(f"catsdogs_convnet needs images of at least 46x46 pixels, got {height}x{width}")
-    layers = [
-        Conv2D(channels, 32, 3), MaxPooling2D(2),
-        Conv2D(32, 64, 3), MaxPooling2D(2),
-        Conv2D(64, 128, 3), MaxPooling2D(2),
-        Conv2D(128, 128, 3), MaxPooling2D(2),
-        Flatten(),
-    ]
+    layers: list[Layer] = []
+    for filters in (32, 64, 128, 128):
+        layers += [Conv2D(filters, (3, 3), activation="relu"), MaxPooling2D((2, 2))]
+    layers.append(Flatten())
     if dropout:
         layers.append(Dropout(dropout))
-    layers += [Dense(side_h * side_w * 128, 512, "relu"), binary_or_softmax_output(512, num_classes)]
-    return Sequential("catsdogs_convnet", input_shape, layers)
+    return layers + [Dense(512, activation="relu"), binary_or_softmax_output(num_classes)]
 
 
-def small_convnet(input_shape=(3, 64, 64), num_classes=10, dropout: float = 0.0) -> Sequential:
+def small_convnet(num_classes: int = 10, dropout: float = 0.0) -> list[Layer]:
     """The seed's convolution stack (32, 64, 64 filters, two poolings) with 'same' padding, ending in
     global average pooling and Dense(N, softmax) instead of Flatten and Dense(64): every cell of the last
     map is scored by the same weights, so its Grad-CAM heatmaps are sharp (the synthetic check in the
     README), and it takes images of any size from 8x8 up."""
-    channels, height, width = input_shape
-    layers = [Conv2D(channels, 32, 3, padding="same"), MaxPooling2D(2),
-              Conv2D(32, 64, 3, padding="same"), MaxPooling2D(2),
-              Conv2D(64, 64, 3, padding="same"), GlobalAveragePooling2D()]
+    layers: list[Layer] = [Conv2D(32, 3, padding="same", activation="relu"), MaxPooling2D(2),
+                           Conv2D(64, 3, padding="same", activation="relu"), MaxPooling2D(2),
+                           Conv2D(64, 3, padding="same", activation="relu"), GlobalAveragePooling2D()]
     if dropout:
         layers.append(Dropout(dropout))
-    layers.append(output_layer(64, num_classes))
-    return Sequential("small_convnet", input_shape, layers)
+    return layers + [softmax_output(num_classes)]
 
 
-def conv_bn_relu(in_channels: int, filters: int, strides: int = 1) -> list:
-    return [Conv2D(in_channels, filters, 3, activation=None, padding="same", strides=strides, use_bias=False),
-            BatchNormalization(filters, momentum=0.9), Activation("relu")]
+def conv_bn_relu(filters: int) -> list[Layer]:
+    return [Conv2D(filters, 3, padding="same", use_bias=False), BatchNormalization(momentum=0.9), Activation("relu")]
 
 
-def small_resnet(input_shape=(3, 112, 112), num_classes=2, dropout: float = 0.0,
-                 widths: tuple[int, ...] = (24, 48, 96, 192)) -> Sequential:
+def small_resnet(num_classes: int = 2, dropout: float = 0.0, widths: tuple[int, ...] = (24, 48, 96, 192)) -> list[Layer]:
     """Our from-scratch network for small photo sets: a strided stem, then per stage a convolution,
     2x2 pooling (before batch norm, on a quarter of the values) and a two-convolution residual block;
     global average pooling and Dense(N, softmax). Batch norm lets it train hot; its running statistics
     follow with momentum 0.9 (not Keras' 0.99), so they are right after short runs too. Per image it
-    costs about half of the seed's network at 150x150."""
-    channels, height, width = input_shape
-    if min(height, width) < 32:
-        raise SmallvisionError(f"small_resnet needs images of at least 32x32 pixels, got {height}x{width}")
-    layers = conv_bn_relu(channels, widths[0], strides=2)
-    for previous, current in pairwise(widths):
-        layers += [Conv2D(previous, current, 3, activation=None, padding="same", use_bias=False), MaxPooling2D(2),
-                   BatchNormalization(current, momentum=0.9), Activation("relu"),
-                   Residual(conv_bn_relu(current, current) + conv_bn_relu(current, current))]
+    costs about half of the seed's network at 150x150. The stem pads one pixel on every side (Keras'
+    'same' would pad only after, at an even size), as it always has, so earlier runs keep their numbers."""
+    layers = [ZeroPadding2D(1), Conv2D(widths[0], 3, strides=2, use_bias=False),
+              BatchNormalization(momentum=0.9), Activation("relu")]
+    for _, current in pairwise(widths):
+        layers += [Conv2D(current, 3, padding="same", use_bias=False), MaxPooling2D(2),
+                   BatchNormalization(momentum=0.9), Activation("relu"),
+                   Residual(conv_bn_relu(current) + conv_bn_relu(current))]
     layers.append(GlobalAveragePooling2D())
     if dropout:
         layers.append(Dropout(dropout))
-    layers.append(output_layer(widths[-1], num_classes))
-    return Sequential("small_resnet", input_shape, layers)
+    return layers + [softmax_output(num_classes)]

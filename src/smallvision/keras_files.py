@@ -1,0 +1,468 @@
+"""Keras model files in: a legacy HDF5 file (`.h5`, as the book's `model.save` and Keras 2 write it) or a
+Keras 3 `.keras` archive, turned into a run directory.
+
+The architecture comes from the file's JSON config and the weights from its HDF5 datasets, read with
+h5py; TensorFlow is not needed, and nothing in the file is executed or unpickled: a layer that would
+need its code run (a Lambda, a custom layer) is refused by name. Keras keeps maps channels-last, so
+each kernel is turned from (height, width, in, out) to PyTorch's (out, in, height, width); the first
+Dense after a Flatten needs nothing, because our Flatten flattens in Keras' (height, width, channels)
+order.
+"""
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smallvision.errors import SmallvisionError
+from smallvision.models import build_network
+from smallvision.models.layers import VOCABULARY, Input, Layer, Sequential, snake_case
+
+KERAS_ARGUMENTS = {  # the config keys each layer takes (Keras 2's spelling beside Keras 3's, where they differ)
+    "Conv2D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "activation", "use_bias"),
+    "SeparableConv2D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "depth_multiplier",
+                        "activation", "use_bias"),
+    "DepthwiseConv2D": ("kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate", "activation",
+                        "use_bias"),
+    "MaxPooling2D": ("pool_size", "strides", "padding"),
+    "AveragePooling2D": ("pool_size", "strides", "padding"),
+    "GlobalAveragePooling2D": (), "GlobalMaxPooling2D": (), "Flatten": (),
+    "Dense": ("units", "activation", "use_bias"),
+    "Dropout": ("rate",), "SpatialDropout2D": ("rate",),
+    "BatchNormalization": ("momentum", "epsilon", "center", "scale"),
+    "Activation": ("activation",), "ReLU": ("max_value", "negative_slope", "threshold"),
+    "LeakyReLU": ("negative_slope", "alpha"), "Softmax": ("axis",), "ZeroPadding2D": ("padding",),
+    "Rescaling": ("scale", "offset"),
+}
+KERAS_ALIASES = {"Pooling2D": None, "MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
+                 "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D",
+                 "SeparableConvolution2D": "SeparableConv2D", "Convolution2D": "Conv2D"}
+WHY_NOT = {"Lambda": "its Python code would have to be run, and smallvision never runs code from a file",
+           "TFOpLambda": "it is a TensorFlow operation recorded as code, which smallvision never runs"}
+
+
+@dataclass
+class KerasModel:
+    """What a Keras file holds that a run needs: the layers (with Keras' own names), the input shape
+    (channels, height, width), and each layer's weights in Keras' order."""
+
+    layers: list[Layer]
+    input_shape: tuple[int, int, int]
+    weights: dict[str, list[np.ndarray]]
+    written_by: str
+
+
+def read_keras_file(path: str | Path) -> KerasModel:
+    """A `.h5` or `.keras` file's network and weights, checked; one clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise SmallvisionError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    try:
+        if head.startswith(b"PK"):
+            return read_archive(path)
+        if head == b"\x89HDF\r\n\x1a\n":
+            return read_legacy_h5(path)
+    except SmallvisionError:
+        raise
+    except (OSError, KeyError, ValueError) as err:  # h5py's errors on a damaged or truncated file
+        raise SmallvisionError(f"{path}: unreadable ({err}); the file is damaged or incomplete") from None
+    raise SmallvisionError(f"{path}: neither an HDF5 file (.h5) nor a Keras archive (.keras)")
+
+
+def read_archive(path: Path) -> KerasModel:
+    """A Keras 3 `.keras` file: a zip of config.json, metadata.json and model.weights.h5."""
+    import h5py  # only Keras files need it
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            missing = [name for name in ("config.json", "model.weights.h5") if name not in archive.namelist()]
+            if missing:
+                raise SmallvisionError(f"{path}: a zip file but not a Keras archive ({', '.join(missing)} missing)")
+            config = json.loads(archive.read("config.json"))
+            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
+            weights_bytes = archive.read("model.weights.h5")
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as err:
+        raise SmallvisionError(f"{path}: a damaged Keras archive ({err})") from None
+    layers, shape = layers_from_config(config, path)
+    with h5py.File(io.BytesIO(weights_bytes), "r") as store:
+        weights = {layer.layer_name: keras3_weights(store, where)
+                   for layer, where in zip(layers, keras3_paths([type(layer).__name__ for layer in layers]))}
+    return KerasModel(layers, shape, weights, f"Keras {metadata.get('keras_version', '3')}")
+
+
+def read_legacy_h5(path: Path) -> KerasModel:
+    """A legacy HDF5 model file: the config in the root's attributes, the weights under model_weights/."""
+    import h5py
+
+    with h5py.File(path, "r") as store:
+        raw = store.attrs.get("model_config")
+        if raw is None:
+            raise SmallvisionError(f"{path}: an HDF5 file without a model config (weights only, from "
+                                   f"save_weights?); save the whole model with model.save(...)")
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        version = store.attrs.get("keras_version", b"2")
+        layers, shape = layers_from_config(config, path)
+        weights = {layer.layer_name: legacy_weights(store, layer.layer_name, path) for layer in layers}
+    return KerasModel(layers, shape, weights, f"Keras {version.decode() if isinstance(version, bytes) else version}")
+
+
+def layers_from_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int, int, int]]:
+    """Our layers from a Keras model config: a Sequential of the layers we speak, nothing else."""
+    kind = config.get("class_name")
+    if kind != "Sequential":
+        raise SmallvisionError(f"{path}: a {kind} model; smallvision imports Sequential models (a stack of layers, "
+                               f"as the book builds them), not functional graphs with branches")
+    body = config.get("config", {})
+    entries = body.get("layers", body) if isinstance(body, dict) else body
+    shape = body.get("build_input_shape") if isinstance(body, dict) else None
+    layers = []
+    for entry in entries:
+        name = entry.get("config", {}).get("name", "?")
+        layer_kind = entry.get("class_name")
+        settings = entry.get("config", {})
+        declared = settings.get("batch_shape") or settings.get("batch_input_shape")
+        if declared:
+            shape = declared
+        if layer_kind == "InputLayer":
+            continue
+        layers.append(layer_from_keras(layer_kind, settings, name, path))
+    if not shape or len(shape) != 4 or any(side is None for side in shape[1:]):
+        raise SmallvisionError(f"{path}: the input shape is not in the file (a model that was never built?); "
+                               f"got {shape}")
+    height, width, channels = shape[1:]
+    return layers, (channels, height, width)
+
+
+def layer_from_keras(kind: str, settings: dict, name: str, path: Path) -> Layer:
+    where = f"{path}: layer {name!r} ({kind})"
+    kind = KERAS_ALIASES.get(kind, kind)
+    if kind in WHY_NOT or kind not in KERAS_ARGUMENTS:
+        reason = WHY_NOT.get(kind, "not a layer smallvision has (it speaks: " + ", ".join(KERAS_ARGUMENTS) + ")")
+        raise SmallvisionError(f"{where}: not supported: {reason}")
+    if settings.get("data_format", "channels_last") != "channels_last":
+        raise SmallvisionError(f"{where}: data_format {settings['data_format']!r}; only channels_last is supported")
+    if settings.get("groups", 1) != 1:
+        raise SmallvisionError(f"{where}: grouped convolutions (groups={settings['groups']}) are not supported")
+    if kind.startswith("Global") and settings.get("keepdims"):
+        raise SmallvisionError(f"{where}: keepdims=True is not supported")
+    if kind == "BatchNormalization" and settings.get("axis", -1) not in (-1, 3, [3], [-1]):
+        raise SmallvisionError(f"{where}: normalises axis {settings['axis']}; only the channels (-1) are supported")
+    arguments = {}
+    for key in KERAS_ARGUMENTS[kind]:
+        if key in settings and settings[key] is not None:
+            value = settings[key]
+            if key == "activation":
+                if not isinstance(value, str):
+                    raise SmallvisionError(f"{where}: a custom activation ({value!r}) cannot be imported")
+                value = None if value == "linear" else value
+            arguments[key] = value
+    if kind == "ReLU" and arguments.get("negative_slope") == 0.0 and arguments.get("threshold") == 0.0:
+        arguments.pop("negative_slope"), arguments.pop("threshold")
+    try:
+        return VOCABULARY[kind](name=name, **arguments)
+    except SmallvisionError as err:
+        raise SmallvisionError(f"{where}: {err}") from None
+
+
+def legacy_weights(store, name: str, path: Path) -> list[np.ndarray]:
+    """A layer's weights from a legacy HDF5 model file, in Keras' order (weight_names)."""
+    group = store.get("model_weights", store).get(name)
+    if group is None:
+        return []
+    names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get("weight_names", [])]
+    try:
+        return [np.asarray(group[n]) for n in names]
+    except KeyError as err:
+        raise SmallvisionError(f"{path}: layer {name!r} lists weight {err.args[0]} but the file lacks it") from None
+
+
+def keras3_paths(kinds: list[str]) -> list[str]:
+    """Where Keras 3 keeps each layer's weights: not under the layer's own name but its class's, numbered
+    in order (conv2d, conv2d_1, ...), as its saving code names a container's members."""
+    return list(keras_names_for(kinds))
+
+
+def keras_names_for(kinds: list[str]):
+    seen: dict[str, int] = {}
+    for kind in kinds:
+        base = snake_case(kind)
+        count = seen.get(base, -1) + 1
+        seen[base] = count
+        yield base if count == 0 else f"{base}_{count}"
+
+
+def keras3_weights(store, name: str) -> list[np.ndarray]:
+    """A layer's weights from a Keras 3 weights file: layers/NAME/vars/0, 1, ..."""
+    group = store.get(f"layers/{name}/vars")
+    if group is None:
+        return []
+    return [np.asarray(group[key]) for key in sorted(group.keys(), key=int)]
+
+
+# --- weights, Keras' layout to PyTorch's
+
+
+def place(target: torch.Tensor, value: np.ndarray, what: str) -> None:
+    tensor = torch.from_numpy(np.ascontiguousarray(value)).to(target.dtype)
+    if tuple(tensor.shape) != tuple(target.shape):
+        raise SmallvisionError(f"{what}: the file's weights are {tuple(tensor.shape)}, the config needs "
+                               f"{tuple(target.shape)}; the weights do not fit the config")
+    with torch.no_grad():
+        target.copy_(tensor)
+
+
+def conv_kernel(kernel: np.ndarray) -> np.ndarray:
+    """(height, width, in, out) -> (out, in, height, width)."""
+    return kernel.transpose(3, 2, 0, 1)
+
+
+def depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
+    """(height, width, channels, multiplier) -> (channels * multiplier, 1, height, width): PyTorch's grouped
+    output channel c * multiplier + j is Keras' (c, j), as TensorFlow orders a depthwise convolution's outputs."""
+    height, width, channels, multiplier = kernel.shape
+    return kernel.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, height, width)
+
+
+def load_keras_weights(model: Sequential, weights: dict[str, list[np.ndarray]], path: Path) -> None:
+    for name, layer in model.layers.items():
+        kind = type(layer).__name__
+        values = list(weights.get(name, []))
+        what = f"{path}: layer {name!r} ({kind})"
+        expected = {"Conv2D": 1 + layer.config.get("use_bias", False),
+                    "DepthwiseConv2D": 1 + layer.config.get("use_bias", False),
+                    "SeparableConv2D": 2 + layer.config.get("use_bias", False),
+                    "Dense": 1 + layer.config.get("use_bias", False),
+                    "BatchNormalization": 2 + layer.config.get("scale", False) + layer.config.get("center", False),
+                    }.get(kind, 0)
+        if len(values) != expected:
+            raise SmallvisionError(f"{what}: the file holds {len(values)} weight arrays, the config needs {expected}")
+        if kind == "Conv2D":
+            place(layer.conv.weight, conv_kernel(values[0]), what)
+        elif kind == "DepthwiseConv2D":
+            place(layer.conv.weight, depthwise_kernel(values[0]), what)
+        elif kind == "SeparableConv2D":
+            place(layer.conv.weight, depthwise_kernel(values[0]), what)
+            place(layer.pointwise.weight, conv_kernel(values[1]), what)
+            if layer.pointwise.bias is not None:
+                place(layer.pointwise.bias, values[2], what)
+            continue
+        elif kind == "Dense":
+            place(layer.linear.weight, values[0].T, what)
+            if layer.linear.bias is not None:
+                place(layer.linear.bias, values[1], what)
+            continue
+        elif kind == "BatchNormalization":
+            targets = ([layer.weight] if layer.weight is not None else []) + \
+                      ([layer.bias] if layer.bias is not None else []) + [layer.running_mean, layer.running_var]
+            for target, value in zip(targets, values):
+                place(target, value, what)
+            continue
+        if kind in ("Conv2D", "DepthwiseConv2D") and layer.conv.bias is not None:
+            place(layer.conv.bias, values[1], what)
+
+
+def keras_network(keras: KerasModel, num_classes: int, path: Path) -> Sequential:
+    model = build_network(keras.layers, keras.input_shape, num_classes, name=Path(path).stem)
+    load_keras_weights(model, keras.weights, Path(path))
+    return model.eval()
+
+
+def input_layer(shape: tuple[int, int, int]) -> Input:
+    channels, height, width = shape
+    return Input(shape=(height, width, channels))
+
+
+# --- a run directory from a Keras file
+
+
+def source_class_names(source: str | Path) -> list[str]:
+    """The classes of a labelled source, without decoding it: an image folder's class folders, or an IDX
+    directory's classes.txt (else its label numbers)."""
+    from smallvision.data.folders import scan_folder
+    from smallvision.data.sources import is_photo_folder, open_source
+
+    if is_photo_folder(source):
+        return scan_folder(Path(source)).class_names
+    return open_source(source, for_training=False).class_names
+
+
+def import_keras(path: str | Path, out: str | Path | None = None, class_names: list[str] | None = None,
+                 source: str | Path | None = None, rescale: float | None = None, force: bool = False):
+    """A Keras file as a run directory (model.safetensors, model.json, recipe.toml, metrics.json), which
+    predict, evaluate, explain, activations, filters, report and compare then use as any run."""
+    from safetensors.torch import save_file
+
+    from smallvision.models.layer_text import layers_source, layers_to_json
+    from smallvision.recipe import Recipe
+    from smallvision.run import Run, prepare_run_dir, write_atomically
+
+    path = Path(path)
+    keras = read_keras_file(path)
+    probe = build_network(keras.layers, keras.input_shape, name=path.stem)
+    units = probe.output_shape[0] if probe.output_shape and len(probe.output_shape) == 1 else None
+    if units is None:
+        raise SmallvisionError(f"{path}: the network ends in a map, not a Dense layer: nothing to classify with")
+    classes = 2 if units == 1 and probe.output_activation == "sigmoid" else units
+    if class_names is None and source is not None:
+        class_names = source_class_names(source)
+    class_names = class_names or [str(i) for i in range(classes)]
+    if len(class_names) != classes:
+        raise SmallvisionError(f"{path}: the network has {classes} classes, but {len(class_names)} class names were "
+                               f"given ({', '.join(class_names[:10])})")
+    model = keras_network(keras, classes, path)
+    if model.has_rescaling:
+        if rescale not in (None, 1.0):
+            raise SmallvisionError(f"{path}: the network scales its pixels itself (Rescaling); leave --rescale out")
+        rescale = 1.0
+    elif rescale is None:
+        rescale = 1 / 255  # the book's: pixels / 255 before the network
+    directory = prepare_run_dir(out, f"keras-{path.stem}", force)
+    channels = keras.input_shape[0]
+    layers = [input_layer(keras.input_shape)] + model.keras_layers
+    recipe = Recipe(name=f"keras-{path.stem}", description=f"imported from {path.name} ({keras.written_by})",
+                    layers=layers_source(layers), rescale=rescale, precision="fp32",
+                    image_size=keras.input_shape[1] if keras.input_shape[1] == keras.input_shape[2] else None,
+                    color_mode="grayscale" if channels == 1 else "rgb")
+    meta = {
+        "format": "smallvision-run/1",
+        "source": f"keras:{path.name}",
+        "architecture": {"model": model.model_name, "backbone": None, "input_shape": list(keras.input_shape),
+                         "num_classes": classes, "dropout": 0.0, "layers": layers_to_json(model.keras_layers)},
+        "class_names": class_names,
+        "output_activation": model.output_activation,
+        "precision": "fp32",  # Keras computed in float32; so do we, to give its answers
+        "precision_reason": "imported from Keras, which computes in float32",
+        "test_time_flip": False,
+        "preprocessing": {"rescale": rescale, "mean": None, "std": None, "channels_last": True,
+                          "resize": "area when shrinking, bilinear when growing",
+                          "color_mode": "L" if channels == 1 else "RGB", "invert_light_background": False},
+        "imported_from": {"file": str(path.resolve()), "written_by": keras.written_by},
+    }
+    weights = {name: tensor.detach().contiguous().clone() for name, tensor in model.state_dict().items()}
+    write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
+    write_atomically(directory / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
+    metrics = {"imported_from": str(path.resolve()), "written_by": keras.written_by}
+    write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    return Run(directory, "auto")
+
+
+# --- Keras files out
+
+
+def keras_config(model: Sequential, rescaling: dict | None) -> dict:
+    """Keras 3's config.json for a run's network, its preprocessing first as a Rescaling layer."""
+    channels, height, width = model.input_shape
+    entries = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+                "config": {"batch_shape": [None, height, width, channels], "dtype": "float32", "sparse": False,
+                           "name": "input_layer"}}]
+    shape = [None, height, width, channels]
+
+    def entry(kind: str, name: str, config: dict, input_shape: list) -> dict:
+        return {"module": "keras.layers", "class_name": kind, "registered_name": None,
+                "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+                "build_config": {"input_shape": input_shape}}
+
+    if rescaling:
+        entries.append(entry("Rescaling", "preprocessing", rescaling, shape))
+    for name, layer in model.layers.items():
+        kind = type(layer).__name__
+        if kind not in KERAS_ARGUMENTS:
+            raise SmallvisionError(f"layer {name} ({kind}) is ours, not Keras': a network with it cannot be "
+                                   f"written as a Keras file")
+        config = {key: list(value) if isinstance(value, tuple) else value for key, value in layer.config.items()}
+        if "padding" in config and kind == "ZeroPadding2D":
+            config["padding"] = [list(pair) for pair in layer.config["padding"]]
+        if "activation" in config:
+            config["activation"] = config["activation"] or "linear"
+        if kind in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "MaxPooling2D", "AveragePooling2D",
+                    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "Flatten", "SpatialDropout2D"):
+            config["data_format"] = "channels_last"
+        entries.append(entry(kind, name, config, shape))
+        built = layer.built_shape
+        shape = [None, *built[1:], built[0]] if len(built) == 3 else [None, *built]
+    return {"module": "keras", "class_name": "Sequential", "registered_name": None,
+            "config": {"name": model.model_name, "trainable": True, "dtype": "float32", "layers": entries},
+            "build_config": {"input_shape": [None, height, width, channels]}}
+
+
+def keras_weights(model: Sequential) -> dict[str, list[np.ndarray]]:
+    """Each layer's weights in Keras' layout and order."""
+    def array(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().float().cpu().numpy()
+
+    weights = {}
+    for name, layer in model.layers.items():
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            values = [array(layer.conv.weight).transpose(2, 3, 1, 0)]
+            values += [array(layer.conv.bias)] if layer.conv.bias is not None else []
+        elif kind in ("DepthwiseConv2D", "SeparableConv2D"):
+            kernel = array(layer.conv.weight)  # (channels * multiplier, 1, height, width)
+            multiplier = layer.config["depth_multiplier"]
+            channels = kernel.shape[0] // multiplier
+            values = [kernel.reshape(channels, multiplier, *kernel.shape[2:]).transpose(2, 3, 0, 1)]
+            if kind == "SeparableConv2D":
+                values.append(array(layer.pointwise.weight).transpose(2, 3, 1, 0))
+                values += [array(layer.pointwise.bias)] if layer.pointwise.bias is not None else []
+            else:
+                values += [array(layer.conv.bias)] if layer.conv.bias is not None else []
+        elif kind == "Dense":
+            values = [array(layer.linear.weight).T.copy()]
+            values += [array(layer.linear.bias)] if layer.linear.bias is not None else []
+        elif kind == "BatchNormalization":
+            values = [array(t) for t in (layer.weight, layer.bias, layer.running_mean, layer.running_var)
+                      if t is not None]
+        else:
+            values = []
+        weights[name] = values
+    return weights
+
+
+def export_keras(run, out: str | Path) -> Path:
+    """The run's network as a Keras 3 `.keras` archive that `keras.models.load_model` reads: it takes the
+    images as Keras users feed them (0-255 pixels, height x width x channels), the run's preprocessing
+    being its first layer, and gives the probabilities the run gives (test-time flipping aside)."""
+    import h5py
+
+    from smallvision.run import write_atomically
+
+    model = run.model
+    if not isinstance(model, Sequential):
+        raise SmallvisionError(f"{run.path}: a pretrained timm backbone ({run.meta['architecture'].get('backbone')}) "
+                               f"is not a Keras network; only layer lists can be written as Keras files")
+    pre = run.meta["preprocessing"]
+    scale, offset = pre["rescale"], 0.0
+    if pre.get("mean") is not None:  # (x * rescale - mean) / std as one Rescaling
+        mean, std = np.asarray(pre["mean"], dtype=float), np.asarray(pre["std"], dtype=float)
+        scale, offset = (scale / std).tolist(), (-mean / std).tolist()
+    rescaling = None if (scale == 1.0 and offset == 0.0) else {"scale": scale, "offset": offset}
+    config = keras_config(model, rescaling)
+    weights = keras_weights(model)
+    buffer = io.BytesIO()
+    kinds = (["Rescaling"] if rescaling else []) + [type(layer).__name__ for layer in model.layers.values()]
+    stored = ([[]] if rescaling else []) + list(weights.values())
+    with h5py.File(buffer, "w") as store:
+        for where, values in zip(keras3_paths(kinds), stored):
+            group = store.create_group(f"layers/{where}/vars")
+            for index, value in enumerate(values):
+                group.create_dataset(str(index), data=value.astype(np.float32))
+        store.create_group("vars")
+    metadata = {"keras_version": "3.15.1", "date_saved": "", "exported_by": "smallvision"}
+    out = Path(out)
+
+    def write(temporary: Path) -> None:
+        with zipfile.ZipFile(temporary, "w") as archive:
+            archive.writestr("metadata.json", json.dumps(metadata))
+            archive.writestr("config.json", json.dumps(config))
+            archive.writestr("model.weights.h5", buffer.getvalue())
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, write)
+    return out

@@ -1,0 +1,85 @@
+"""Keras model files in: the shared files saved by real Keras give Keras' own predictions; bad files are
+one clear error each. No TensorFlow here: Keras' predictions were saved beside the files."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import smallvision as sv
+from smallvision.cli import main
+from smallvision.errors import SmallvisionError
+from smallvision.keras_files import import_keras
+
+from conftest import shared_datasets, missing_shared_data
+
+
+@pytest.fixture(scope="session")
+def shared_keras():
+    folder = shared_datasets().parent / "keras"
+    if not (folder / "files.json").is_file():
+        missing_shared_data(f"the shared Keras files are not at {folder}")
+    return folder
+
+
+def keras_reference(folder, name):
+    files = json.loads((folder / "files.json").read_text())
+    with np.load(folder / "predictions.npz") as saved:  # plain arrays: allow_pickle stays off
+        images, expected = saved[f"{name}/images"], saved[f"{name}/probabilities"]
+    return files[name], torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(expected)
+
+
+@pytest.mark.parametrize("name", ["mnist_convnet.h5", "mnist_convnet.keras", "catsdogs_dropout.h5",
+                                  "mixed_layers.keras"])
+def test_an_imported_keras_file_predicts_what_keras_predicted(shared_keras, tmp_path, name):
+    info, images, expected = keras_reference(shared_keras, name)
+    run = import_keras(shared_keras / name, tmp_path / "run", info["classes"])
+    assert run.class_names == info["classes"]
+    probabilities = run.probabilities(images)
+    if expected.shape[1] == 1:  # Dense(1, sigmoid): Keras gives P(second class)
+        probabilities = probabilities[:, 1:]
+    assert (probabilities - expected).abs().max() <= 1e-4
+    reloaded = sv.load_run(run.path)  # the run is a run: it reloads from its own files
+    torch.testing.assert_close(reloaded.probabilities(images[:4]), run.probabilities(images[:4]), rtol=0, atol=0)
+
+
+def test_keras_names_and_the_pixel_scale_come_with_the_import(shared_keras, tmp_path, capsys):
+    assert main(["import-keras", str(shared_keras / "mixed_layers.keras"), "--classes", "a,b,c",
+                 "--out", str(tmp_path / "run")]) == 0
+    run = sv.load_run(tmp_path / "run")
+    assert run.meta["preprocessing"]["rescale"] == 1.0 and "rescaling" in run.model.layers
+    assert "conv2d_3" in run.model.layers  # Keras' own layer names, for --layer
+    assert main(["summary", str(tmp_path / "run")]) == 0
+    assert "separable_conv2d (SeparableConv2D)" in capsys.readouterr().out
+
+
+def test_bad_keras_files_are_one_clear_error_and_write_nothing(shared_keras, tmp_path):
+    out = tmp_path / "run"
+    cases = {}
+    cases["not_a_model.h5"] = b"this is text, not HDF5"
+    truncated = (shared_keras / "mnist_convnet.h5").read_bytes()
+    cases["truncated.h5"] = truncated[:len(truncated) // 2]
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    archive = tmp_path / "no_config.keras"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("metadata.json", "{}")
+    lambda_model = tmp_path / "lambda.keras"
+    with zipfile.ZipFile(shared_keras / "mixed_layers.keras") as source, zipfile.ZipFile(lambda_model, "w") as target:
+        config = json.loads(source.read("config.json"))
+        config["config"]["layers"][3] = {"class_name": "Lambda", "config": {"name": "sneaky", "function": "..."}}
+        for item in source.namelist():
+            target.writestr(item, json.dumps(config) if item == "config.json" else source.read(item))
+    expectations = {"not_a_model.h5": "neither an HDF5 file", "truncated.h5": "damaged or incomplete",
+                    "no_config.keras": "not a Keras archive (config.json, model.weights.h5 missing)",
+                    "lambda.keras": "layer 'sneaky' (Lambda): not supported: its Python code would have to be run"}
+    for name, message in expectations.items():
+        with pytest.raises(SmallvisionError, match=None) as caught:
+            import_keras(tmp_path / name, out)
+        assert message in str(caught.value) and "\n" not in str(caught.value), name
+        assert not out.exists()
+    with pytest.raises(SmallvisionError, match="the network has 10 classes, but 2 class names"):
+        import_keras(shared_keras / "mnist_convnet.keras", out, ["cat", "dog"])
+    assert not out.exists()
