@@ -63,7 +63,7 @@ def main() -> None:
         exported = {}
         for name, run in runs(scratch).items():
             run.precision = "fp32"  # Keras computes in float32; compare like with like
-            test = run.labelled_split(split="test")
+            test = run.labelled_split(split="test", data_dir=DATA / "mnist")
             images = test.images[:64]
             path = export_keras(run, scratch / f"{run.path.name}.keras")
             np.savez(f"{path}.npz", images=images.permute(0, 2, 3, 1).numpy(),

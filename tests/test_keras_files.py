@@ -83,3 +83,35 @@ def test_bad_keras_files_are_one_clear_error_and_write_nothing(shared_keras, tmp
     with pytest.raises(SmallvisionError, match="the network has 10 classes, but 2 class names"):
         import_keras(shared_keras / "mnist_convnet.keras", out, ["cat", "dog"])
     assert not out.exists()
+
+
+def test_export_then_import_gives_the_same_predictions(tiny_source, tmp_path):
+    from smallvision.keras_files import export_keras
+
+    layers = ("Conv2D(8, 3, strides=2, padding='same', use_bias=False) BatchNormalization() Activation('relu') "
+              "SeparableConv2D(8, 3, padding='same', activation='relu') DepthwiseConv2D(3, padding='same') "
+              "MaxPooling2D(2) Flatten() Dropout(0.5) Dense(3, activation='softmax')")
+    run = sv.train(tiny_source, "seed-mnist", out=tmp_path / "run", epochs=2, layers=layers, progress=False)
+    run.precision = "fp32"
+    written = export_keras(run, tmp_path / "net.keras")
+    with zipfile.ZipFile(written) as archive:
+        config = json.loads(archive.read("config.json"))
+    assert [entry["class_name"] for entry in config["config"]["layers"]][:3] == ["InputLayer", "Rescaling", "Conv2D"]
+    back = import_keras(written, tmp_path / "back", run.class_names)
+    assert back.meta["preprocessing"]["rescale"] == 1.0  # the run's 1/255 now lives in the file's Rescaling
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    torch.testing.assert_close(back.probabilities(images), run.probabilities(images), rtol=0, atol=1e-5)
+
+
+def test_export_refuses_a_network_keras_does_not_have(runs_of_every_kind, tmp_path):
+    from smallvision.keras_files import export_keras, keras_config
+    from smallvision.models import build_network
+    from smallvision.models.layer_text import parse_layers
+
+    with pytest.raises(SmallvisionError, match="pretrained timm backbone .* is not a Keras network"):
+        export_keras(runs_of_every_kind["features"], tmp_path / "x.keras")
+    ours = build_network(parse_layers("Conv2D(4, 3, padding='same') Residual([Conv2D(4, 3, padding='same')]) "
+                                      "Flatten() Dense(2)"), (1, 8, 8))
+    with pytest.raises(SmallvisionError, match="residual \\(Residual\\) is ours, not Keras'"):
+        keras_config(ours, None)
+    assert not (tmp_path / "x.keras").exists()

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from smallvision.errors import SmallvisionError
+from smallvision.errors import SmallvisionError, TrainingStopped
 
 PROG = "smallvision"
 
@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     except SmallvisionError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        state = stop.loop.state
+        print(f"{PROG}: stopped by {stop.loop.stop_requested} after step {state.step} (epoch {state.epoch + 1}); "
+              f"the checkpoint is in {stop.directory}; continue with:\n  smallvision train --resume {stop.directory}",
+              file=sys.stderr)
+        return 143 if stop.loop.stop_requested == "SIGTERM" else 130
     except BrokenPipeError:  # the reader (`| head`) stopped listening; not an error of ours
         sys.stderr.close()
         return 0
@@ -98,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command(sub, "train", "train a model on a source and write a run directory",
                     "smallvision train mnist --recipe seed-mnist --seed 1 --out runs/mnist-1\n"
+                    "  smallvision train --resume runs/mnist-1        # after a Ctrl-C, a kill or a crash\n"
                     "  smallvision train my_photos/ --recipe catsdogs-finetune --val-split 0.15 --test-split 0.15",
                     run_train)
-    train.add_argument("source", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
+    train.add_argument("--resume", metavar="RUN", help="continue an unfinished run (stopped, killed or crashed) from "
+                                                       "its checkpoint, with its own source and recipe")
+    train.add_argument("source", nargs="?", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
                                       "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
     train.add_argument("--recipe", help="a built-in recipe (see `smallvision recipes`) or a .toml file (default: "
                                         "seed-mnist for MNIST-format digits, catsdogs-finetune for a folder of photos)")
@@ -308,8 +317,10 @@ def run_train(args) -> None:
     names = [f.name for f in fields(Recipe)]
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     overrides.update(parse_settings(args.set))
+    if args.source is None and args.resume is None:
+        raise SmallvisionError("name a source to train on (e.g. `mnist` or a folder of photos), or --resume RUN")
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
-                progress=not args.quiet, cache_dir=args.cache_dir, **overrides)
+                progress=not args.quiet, cache_dir=args.cache_dir, resume=args.resume, **overrides)
     metrics = run.metrics
     shown = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "train_seconds", "images_per_second") if k in metrics}
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) and v < 1 else f"{k} {v:g}" for k, v in shown.items()))

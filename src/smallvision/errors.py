@@ -1,4 +1,4 @@
-"""The one exception type users see, and the nearest-name hint it often carries."""
+"""The exceptions users see (a one-line error; a training stopped on request), and the nearest-name hint."""
 
 import difflib
 
@@ -13,3 +13,13 @@ def unknown_name(kind: str, name: str, known: list[str]) -> SmallvisionError:
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     listing = ", ".join(sorted(known)) if len(known) <= 30 else f"{len(known):,} names"  # timm has over a thousand
     return SmallvisionError(f"unknown {kind} {name!r}: {hint}known: {listing}")
+
+
+class TrainingStopped(Exception):
+    """Training stopped between two batches because it was asked to (Ctrl-C, SIGTERM), with a checkpoint
+    written: `loop` is where it stopped, `directory` the run to resume."""
+
+    def __init__(self, loop):
+        super().__init__(loop.stop_requested)
+        self.loop = loop
+        self.directory = None  # the run's, once the workflow knows it

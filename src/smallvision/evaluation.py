@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from smallvision.data.imageset import ImageSet
+from smallvision.files import write_atomically
 from smallvision.metrics import classification_metrics, format_classification_report, most_confident_mistakes
-from smallvision.run import writable_directory, write_atomically
+from smallvision.run import writable_directory
 
 MISTAKES_SHOWN = 16
 

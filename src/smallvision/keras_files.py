@@ -300,7 +300,8 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
 
     from smallvision.models.layer_text import layers_source, layers_to_json
     from smallvision.recipe import Recipe
-    from smallvision.run import Run, prepare_run_dir, write_atomically
+    from smallvision.files import write_atomically
+    from smallvision.run import Run, prepare_run_dir
 
     path = Path(path)
     keras = read_keras_file(path)
@@ -431,7 +432,7 @@ def export_keras(run, out: str | Path) -> Path:
     being its first layer, and gives the probabilities the run gives (test-time flipping aside)."""
     import h5py
 
-    from smallvision.run import write_atomically
+    from smallvision.files import write_atomically
 
     model = run.model
     if not isinstance(model, Sequential):

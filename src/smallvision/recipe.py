@@ -93,6 +93,8 @@ class Recipe:
     # device computes it natively, fp32 elsewhere (precision.py; the run records what it chose and why)
     precision: str = "auto"
     channels_last: bool = True
+    # a checkpoint is written after every epoch and, inside a long one, every checkpoint_minutes
+    checkpoint_minutes: float = 5.0
     seed: int = 0
     device: str = "auto"
 
@@ -137,6 +139,8 @@ class Recipe:
                                                   or not 0 <= self.brightness_range[0] <= self.brightness_range[1]):
             raise SmallvisionError(f"brightness_range must be a [low, high] pair with 0 <= low <= high, "
                                    f"got {self.brightness_range}")
+        if self.checkpoint_minutes <= 0:
+            raise SmallvisionError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
         if self.learning_rate <= 0:
             raise SmallvisionError(f"learning_rate must be positive, got {self.learning_rate}")
         for field in ("val_split", "test_split"):

@@ -15,7 +15,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.evaluation import Evaluation, evaluate_run, mistake_titles
 from smallvision.explain import run_heatmaps
 from smallvision.models.summary import count_parameters
-from smallvision.run import write_atomically
+from smallvision.files import write_atomically
 from smallvision.taps import map_shapes
 
 STYLE = """

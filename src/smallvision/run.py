@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from smallvision.data.imageset import ImageSet
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
+from smallvision.files import write_atomically
 from smallvision.images import expand_image_paths, load_image
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
@@ -45,6 +45,9 @@ def prepare_run_dir(out: str | Path | None, label: str, force: bool = False) -> 
     if out.exists() and not out.is_dir():
         raise SmallvisionError(f"{out}: exists and is not a directory; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
+        if (out / "training.json").is_file() and not (out / "model.json").is_file():
+            raise SmallvisionError(f"{out}: holds an unfinished run; continue it with `smallvision train --resume "
+                                   f"{out}`, choose another --out, or pass --force to start it again")
         what = "already holds a run" if is_run(out) else "exists, is not empty and is not a smallvision run"
         raise SmallvisionError(f"{out}: {what}; choose another --out, or pass --force to write into it")
     try:
@@ -65,13 +68,6 @@ def writable_directory(path: str | Path) -> Path:
     except OSError as err:
         raise SmallvisionError(f"{path}: cannot write there ({err.strerror or err})") from None
     return path
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call `write(temporary_path)`, then move the result over `path` in one step."""
-    temporary = path.with_name(f".partial-{path.name}")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[dict], metrics: dict) -> None:
@@ -102,6 +98,9 @@ class Run:
         if not self.path.is_dir():
             raise SmallvisionError(f"{self.path}: no such run directory")
         missing = [name for name in RUN_FILES if not (self.path / name).is_file()]
+        if missing and (self.path / "training.json").is_file():
+            raise SmallvisionError(f"{self.path}: an unfinished run (stopped before its end); continue it with "
+                                   f"`smallvision train --resume {self.path}`")
         if missing:
             raise SmallvisionError(f"{self.path}: not a smallvision run ({', '.join(missing)} missing)")
         try:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from smallvision.augment import Augment
 from smallvision.data.imageset import ImageSet
-from smallvision.errors import SmallvisionError
+from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.metrics import log_loss
 from smallvision.models.layers import Sequential
 from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
@@ -73,9 +73,59 @@ class History:
         return self.images_seen / self.train_seconds if self.train_seconds else 0.0
 
 
+@dataclass
+class TrainingState:
+    """Where the loop is: with the weights, the optimiser's moments and the generators, everything a
+    resumed run needs to go on as if it had never stopped (checkpoint.py saves and restores it whole)."""
+
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # epochs finished
+    order: torch.Tensor | None = None  # this pass's shuffled order of the training images
+    cursor: int = 0  # how far into it
+    loss_sum: float = 0.0  # the unfinished epoch's sums so far
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    history: History = field(default_factory=History)
+
+
+@dataclass
+class Loop:
+    """One training: what it trains and with what, and its state. Callbacks receive it."""
+
+    model: Sequential
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    recipe: Recipe
+    device: torch.device
+    state: TrainingState
+    stop_requested: str | None = None  # set (to the signal's name) to finish the batch and stop
+
+
+class Callback:
+    """Keras' hook points; each job (checkpointing, stopping early, ...) is one small callback."""
+
+    def on_batch_end(self, loop: Loop) -> None:
+        """Called at each progress refresh (every 50 batches), where the loop reads the device anyway:
+        calling it after every batch would put a host sync in the hot loop."""
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        pass
+
+    def on_stop(self, loop: Loop) -> None:
+        """Training stops before its end (an interrupt): the state is whole, between two batches."""
+
+
+class NonFiniteLoss(SmallvisionError):
+    """The NaN guard's error: the loss stopped being a number."""
+
+
 def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None,
-        device: torch.device | None = None, progress: bool = True) -> History:
-    """Train `model` in place on `train` as `recipe` says; validate after each epoch."""
+        device: torch.device | None = None, progress: bool = True, callbacks: list[Callback] = (),
+        resume=None, loop_ready=None) -> History:
+    """Train `model` in place on `train` as `recipe` says; validate after each epoch. `resume`, a
+    callable, restores a checkpoint into the fresh Loop; `loop_ready(loop)` is told the Loop before
+    the first step (a signal handler asks it to stop)."""
     device = device or resolve_device(recipe.device)
     precision = training_precision(recipe.precision, device).precision
     torch.manual_seed(recipe.seed)
@@ -95,22 +145,30 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     images, labels = train.images.to(device), train.labels.to(device)
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
-    history = History()
-    order, cursor, step = torch.empty(0, dtype=torch.long, device=device), 0, 0
-    for epoch in range(1, recipe.epochs + 1):
+    loop = Loop(model, optimizer, generator, recipe, device,
+                TrainingState(order=torch.empty(0, dtype=torch.long, device=device)))
+    if resume is not None:
+        resume(loop)
+    if loop_ready is not None:
+        loop_ready(loop)
+    state = loop.state
+    for epoch in range(state.epoch + 1, recipe.epochs + 1):
         model.train()
-        start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        bar = progress_bar(progress, total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False)
-        for batch_index in range(steps_per_epoch):
-            if cursor >= len(order):
-                order, cursor = torch.randperm(len(train), device=device, generator=generator), 0
-            batch = order[cursor:cursor + recipe.batch_size]
-            cursor += recipe.batch_size
+        start = time.perf_counter() - state.seconds
+        loss_sum = torch.tensor(state.loss_sum, device=device)
+        correct = torch.tensor(state.correct, device=device, dtype=torch.long)
+        first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite; no sync per step
+        seen = state.seen
+        first_batch = state.step - (epoch - 1) * steps_per_epoch
+        bar = progress_bar(progress, total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch}/{recipe.epochs}",
+                           unit="batch", leave=False)
+        for batch_index in range(first_batch, steps_per_epoch):
+            if state.cursor >= len(state.order):
+                state.order, state.cursor = torch.randperm(len(train), device=device, generator=generator), 0
+            batch = state.order[state.cursor:state.cursor + recipe.batch_size]
+            state.cursor += recipe.batch_size
             for group in optimizer.param_groups:
-                group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, step, total_steps)
+                group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
             pixels = images[batch] if augment is None else augment(images[batch], generator)
             x, y = preprocess(pixels), labels[batch]
             with autocast(device, precision):
@@ -119,20 +177,33 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             flat_weights.grad.zero_()
             loss.backward()
             optimizer.step()
-            step += 1
+            state.step += 1
             seen += len(batch)
             loss_sum += loss.detach() * len(batch)
             correct += (predicted_labels(logits, binary) == y).sum()
-            if batch_index % 50 == 49 or batch_index == steps_per_epoch - 1:
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", accuracy=f"{correct.item() / seen:.4f}",
-                                img_s=f"{seen / elapsed:.0f}", refresh=False)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), state.step, first_bad)
+            last = batch_index == steps_per_epoch - 1
+            if batch_index % 50 == 49 or last or loop.stop_requested:  # the loop's only host syncs
+                check_finite(first_bad, epoch, steps_per_epoch, recipe)
+                state.loss_sum, state.correct, state.seen = loss_sum.item(), int(correct.item()), seen
+                state.seconds = time.perf_counter() - start
+                bar.set_postfix(loss=f"{state.loss_sum / seen:.4f}", accuracy=f"{state.correct / seen:.4f}",
+                                img_s=f"{seen / state.seconds:.0f}", refresh=False)
                 bar.update(batch_index + 1 - bar.n)
+                if not last:
+                    for callback in callbacks:
+                        callback.on_batch_end(loop)
+            if loop.stop_requested and not last:
+                bar.close()
+                for callback in callbacks:
+                    callback.on_stop(loop)
+                raise TrainingStopped(loop)
         bar.close()
         seconds = time.perf_counter() - start
+        history = state.history
         history.train_seconds += seconds
         history.images_seen += seen
-        row = dict(epoch=epoch, loss=loss_sum.item() / seen, accuracy=correct.item() / seen,
+        row = dict(epoch=epoch, loss=state.loss_sum / seen, accuracy=state.correct / seen,
                    seconds=seconds, learning_rate=optimizer.param_groups[0]["lr"])
         if validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
             val_start = time.perf_counter()
@@ -141,9 +212,26 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                                                        recipe.test_time_flip)
             row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)
+        state.epoch, state.loss_sum, state.correct, state.seen, state.seconds = epoch, 0.0, 0, 0, 0.0
         if progress:
             print(format_epoch(row, recipe.epochs, seen / seconds), flush=True)
-    return history
+        for callback in callbacks:
+            callback.on_epoch_end(loop)
+        if loop.stop_requested and epoch < recipe.epochs:
+            for callback in callbacks:
+                callback.on_stop(loop)
+            raise TrainingStopped(loop)
+    return state.history
+
+
+def check_finite(first_bad: torch.Tensor, epoch: int, steps_per_epoch: int, recipe: Recipe) -> None:
+    """The NaN guard: stop at the first non-finite loss, saying where, and what usually helps."""
+    bad = int(first_bad.item())
+    if bad >= 0:
+        raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (epoch {epoch}, batch "
+                            f"{bad - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}): training stopped, and "
+                            f"the last checkpoint (if any) holds the last good weights; try a lower learning rate "
+                            f"than {recipe.learning_rate:g}, e.g. --lr {recipe.learning_rate / 10:g}")
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float) -> torch.Tensor:

@@ -8,7 +8,6 @@ when the recipe asks for it, lets the backbone's last blocks train too, at a low
 
 import dataclasses
 import hashlib
-import os
 import time
 
 import torch
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from smallvision.data.cache import user_cache_dir
 from smallvision.data.imageset import DataSource, ImageSet
+from smallvision.files import write_atomically
 from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
@@ -44,9 +44,7 @@ def cached_features(model: BackboneClassifier, images: torch.Tensor, preprocess:
     features = extract_features(model, images, preprocess, precision, device, progress, description)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-        save_file({"features": features.cpu().contiguous()}, str(partial))
-        os.replace(partial, path)
+        write_atomically(path, lambda p: save_file({"features": features.cpu().contiguous()}, str(p)))
     except OSError:
         pass  # a cache that cannot be written only costs the next run this extraction again
     return features

@@ -2,27 +2,34 @@
 
 import csv
 import dataclasses
+import hashlib
 import json
 import platform
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from smallvision.checkpoint import NAME as CHECKPOINT_NAME
+from smallvision.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import is_photo_folder, open_source
-from smallvision.errors import SmallvisionError
+from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.images import has_dark_background
 from smallvision.models import build_network, create_model, default_input_shape, named_layers
+from smallvision.models.backbones import backbone_preprocessing
 from smallvision.models.layer_text import layer_source, layers_source, layers_to_json, parse_layers
 from smallvision.models.layers import Input, Sequential, declared_input_shape
-from smallvision.models.backbones import backbone_preprocessing
 from smallvision.precision import inference_precision, training_precision
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
+from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, save_run
-from smallvision.train import Preprocess, evaluate_imageset, fit, resolve_device
+from smallvision.train import Callback, Preprocess, evaluate_imageset, fit, resolve_device
 from smallvision.transfer import fit_backbone_classifier
 
 # With no recipe named: the seed's training for digits; for photos the most accurate recipe here
@@ -51,11 +58,13 @@ def held_out_splits(source: str | Path, recipe_named: str | Path | Recipe, recip
             if split not in present and field not in overrides and getattr(recipe, field) == 0}
 
 
-def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
+def train(source: str | Path | None = None, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
           data: str | Path | None = None, force: bool = False, progress: bool = True,
-          cache_dir: str | Path | None = None, **overrides) -> Run:
+          cache_dir: str | Path | None = None, resume: str | Path | None = None, **overrides) -> Run:
     """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it.
-    Without a recipe: `default_recipe(source)`."""
+    Without a recipe: `default_recipe(source)`. With `resume`, continue that unfinished run instead."""
+    if resume is not None:
+        return resume_run(resume, data, progress, cache_dir, source, recipe, overrides)
     network = overrides.get("model")
     if isinstance(network, (Sequential, list)):  # sv.train(..., model=sv.Sequential([...])): its layers count
         layers = network.keras_layers if isinstance(network, Sequential) else network
@@ -83,11 +92,48 @@ def train(source: str | Path, recipe: str | Path | Recipe | None = None, out: st
     source_label = Path(str(source)).name or str(source)
     created = out is None or not Path(out).exists()
     directory = prepare_run_dir(out, f"{source_label}-{recipe.name}", force)
+    (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # --force over an unfinished run starts it afresh
     try:
+        # What --resume needs, first: a run stopped at any moment after this line can be continued.
+        write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
+            {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
+        write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
         train_into(directory, source, recipe, device, data, progress, cache_dir)
+    except TrainingStopped as stop:
+        stop.directory = directory
+        raise
     except BaseException:
-        if created and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()  # leave no empty run behind when a run fails before writing anything
+        if created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists():
+            shutil.rmtree(directory)  # a run that failed before its first checkpoint leaves nothing behind
+        raise
+    return Run(directory, recipe.device)
+
+
+def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=None, source=None, recipe=None,
+               overrides: dict | None = None) -> Run:
+    """Continue an unfinished run from its checkpoint (or from its start, when it was stopped before the
+    first one), with its own recipe and data, to the numbers the run would have had uninterrupted."""
+    directory = Path(path)
+    if not (directory / "recipe.toml").is_file() or not (directory / "training.json").is_file():
+        raise SmallvisionError(f"{directory}: not a run that can be resumed (recipe.toml and training.json are "
+                               f"written when a training starts; they are not there)")
+    if (directory / "model.json").is_file() and not (directory / CHECKPOINT_NAME).is_file():
+        raise SmallvisionError(f"{directory}: this run finished; there is nothing to resume")
+    if source is not None or recipe is not None or overrides:
+        given = ", ".join(filter(None, ["a source" if source is not None else "", "a recipe" if recipe else "",
+                                        *sorted(overrides or {})]))
+        raise SmallvisionError(f"a resumed run keeps its own source and recipe; leave out {given}")
+    recipe = load_recipe(str(directory / "recipe.toml"))
+    try:
+        started = json.loads((directory / "training.json").read_text())
+        spec, data = started["source"], data or started.get("data")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SmallvisionError(f"{directory / 'training.json'}: unreadable ({err})") from None
+    device = resolve_device(recipe.device)
+    try:
+        train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True)
+    except TrainingStopped as stop:
+        stop.directory = directory
         raise
     return Run(directory, recipe.device)
 
@@ -135,8 +181,9 @@ def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
 
 
 def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool,
-               cache_dir=None) -> None:
-    """Load the source, fit, score on test, and write every file of the run into `directory`."""
+               cache_dir=None, resuming: bool = False) -> None:
+    """Load the source, fit, score on test, and write every file of the run into `directory`. The recipe
+    and the data files are written before training starts, so a run stopped at any moment resumes."""
     recipe = with_backbone_preprocessing(recipe)
     load_start = time.perf_counter()
     dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
@@ -151,14 +198,15 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     input_shape = tuple(train_split.images.shape[1:])
     expected = recipe_image_shape(recipe)
     if expected and input_shape[0] != expected[0]:
-        raise SmallvisionError(f"{recipe.backbone or recipe.model} takes {expected[0]}-channel images; "
+        network = recipe.backbone or ("the network's Input" if recipe.layers else recipe.model)
+        raise SmallvisionError(f"{network} takes {expected[0]}-channel images; "
                                f"{source} has {input_shape[0]} channels")
     torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
     model = recipe_model(recipe, input_shape, len(dataset.class_names))
     model_name = model.model_name
     if getattr(model, "has_rescaling", False) and recipe.rescale != 1.0:
         recipe = recipe.replace(rescale=1.0)  # Keras' way: the network scales the raw pixels itself
-        print("the layers start with Rescaling, so the pixels go in as 0-255 (rescale = 1 in this run's recipe)",
+        print("the layers include Rescaling, so the pixels go in as 0-255 (rescale = 1 in this run's recipe)",
               file=sys.stderr, flush=True)
     choice = training_precision(recipe.precision, device)
     if choice.warning():
@@ -168,11 +216,24 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
               f"in {choice.precision} ({choice.reason})", flush=True)
     # recipe.toml keeps what was asked ("auto" stays portable); the training and the run record the choice.
     chosen = dataclasses.replace(recipe, precision=choice.precision)
+    if resuming and (directory / "data.json").is_file():
+        check_same_data(directory, dataset)
+    else:
+        write_data_files(directory, dataset, recipe)
     test_metrics = {}
-    if recipe.backbone:
+    if recipe.backbone:  # two stages of their own; a stopped backbone run resumes from its start
         history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir)
     else:
-        history = fit(model, train_split, chosen, dataset.validation, device, progress)
+        checkpoint = read_checkpoint(directory) if resuming else None
+        if resuming and progress:
+            where = (f"epoch {checkpoint[0]['epoch'] + 1}, step {checkpoint[0]['step']}" if checkpoint
+                     else "its start (it stopped before its first checkpoint)")
+            print(f"resuming {directory} from {where}", flush=True)
+        with stop_on_signals() as stopper:
+            history = fit(model, train_split, chosen, dataset.validation, device, progress,
+                          callbacks=[Checkpointer(directory, recipe.checkpoint_minutes)],
+                          resume=(lambda loop: restore_checkpoint(loop, *checkpoint)) if checkpoint else None,
+                          loop_ready=stopper.attach)
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
@@ -188,8 +249,9 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                                                      inference_precision(choice.precision, device), device,
                                                      recipe.test_time_flip)
         metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
-    metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.seed, device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                   machine=platform.machine(), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.seed, device=str(device),
+                   torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     meta = {
         "format": "smallvision-run/1",
         "source": str(source),
@@ -208,26 +270,121 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     }
     if not recipe.backbone:  # the network itself, so the run reloads without knowing any name of ours
         meta["architecture"]["layers"] = layers_to_json(model.keras_layers)
-    write_data_files(directory, dataset, recipe)
     save_run(directory, model, recipe, meta, history.epochs, metrics)
+    (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # a finished run needs no checkpoint
+
+
+def source_spec(source) -> str:
+    """The source as --resume finds it again from any directory: a path made absolute, a name as it is."""
+    return str(Path(source).resolve()) if Path(str(source)).exists() else str(source)
 
 
 def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> None:
-    """What the run was trained on, for audit and repetition: counts per split and class, the warnings,
-    every skipped file with its reason (skipped.csv), and each split's file list (splits/SPLIT.txt)."""
+    """What the run was trained on, for audit, repetition and resuming: counts per split and class, the
+    warnings, each split's fingerprint, every skipped file with its reason (skipped.csv), and each
+    split's file list (splits/SPLIT.txt)."""
     counts = {split: dict(zip(dataset.class_names, images.class_counts())) for split, images in dataset.splits().items()}
     root = str(Path(dataset.root).resolve()) if dataset.root else None  # found again from anywhere
     summary = {"source": dataset.name, "root": root, "layout": dataset.layout, "seed": recipe.seed,
                "val_split": recipe.val_split, "test_split": recipe.test_split, "class_names": dataset.class_names,
-               "counts": counts, "skipped": len(dataset.skipped), "warnings": dataset.warnings}
-    (directory / "data.json").write_text(json.dumps(summary, indent=2))
-    if dataset.root is None:
-        return
-    with open(directory / "skipped.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "reason"])
-        writer.writerows(dataset.skipped)
-    (directory / "splits").mkdir(exist_ok=True)
+               "counts": counts, "skipped": len(dataset.skipped), "warnings": dataset.warnings,
+               "fingerprints": split_fingerprints(dataset)}
+    if dataset.root is not None:
+        with open(directory / "skipped.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason"])
+            writer.writerows(dataset.skipped)
+        (directory / "splits").mkdir(exist_ok=True)
+        for split, images in dataset.splits().items():
+            lines = [f"{path}\t{images.class_names[label]}" for path, label in zip(images.paths, images.labels.tolist())]
+            (directory / "splits" / f"{split}.txt").write_text("".join(line + "\n" for line in lines))
+    # Last and whole: a resumed run checks its data against data.json only once everything above is there.
+    write_atomically(directory / "data.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+
+
+def split_fingerprints(dataset: DataSource) -> dict[str, str]:
+    """A hash of each split's pixels and labels: a resumed run checks that it trains on the same data."""
+    prints = {}
     for split, images in dataset.splits().items():
-        lines = [f"{path}\t{images.class_names[label]}" for path, label in zip(images.paths, images.labels.tolist())]
-        (directory / "splits" / f"{split}.txt").write_text("".join(line + "\n" for line in lines))
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(images.images.contiguous().numpy().tobytes())
+        digest.update(images.labels.contiguous().numpy().tobytes())
+        prints[split] = digest.hexdigest()
+    return prints
+
+
+def check_same_data(directory: Path, dataset: DataSource) -> None:
+    """Refuse to resume on data that changed since the run started, naming what changed."""
+    summary = json.loads((directory / "data.json").read_text())
+    if summary.get("class_names") != dataset.class_names:
+        raise SmallvisionError(f"the source's classes changed since {directory} started: {summary.get('class_names')} "
+                               f"then, {dataset.class_names} now; start a new run")
+    now = split_fingerprints(dataset)
+    for split, then in summary.get("fingerprints", {}).items():
+        if now.get(split) == then:
+            continue
+        detail = ""
+        listed = directory / "splits" / f"{split}.txt"
+        if listed.is_file() and split in dataset.splits():
+            before = set(listed.read_text().splitlines())
+            images = dataset.split(split)
+            after = {f"{path}\t{images.class_names[label]}" for path, label in zip(images.paths, images.labels.tolist())}
+            changed = sorted(before ^ after)
+            detail = f" ({len(changed)} files differ, e.g. {changed[0].split(chr(9))[0]})" if changed else \
+                " (the same files, with other contents)"
+        raise SmallvisionError(f"the {split} split changed since {directory} started{detail}; resuming would not "
+                               f"give the run it was; start a new run")
+
+
+class Checkpointer(Callback):
+    """Writes the checkpoint at the end of every epoch, every few minutes inside a long one, and when
+    training is stopped."""
+
+    def __init__(self, directory: Path, minutes: float):
+        self.directory, self.every, self.last = directory, minutes * 60, time.monotonic()
+
+    def on_batch_end(self, loop) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.save(loop)
+
+    def on_epoch_end(self, loop) -> None:
+        if loop.state.epoch < loop.recipe.epochs:  # after the last epoch the run itself is written
+            self.save(loop)
+
+    def on_stop(self, loop) -> None:
+        self.save(loop)
+
+    def save(self, loop) -> None:
+        save_checkpoint(self.directory, loop)
+        self.last = time.monotonic()
+
+
+class stop_on_signals:
+    """Ctrl-C or SIGTERM during training: the current batch finishes, a checkpoint is written, and
+    training stops (TrainingStopped). A second one stops at once."""
+
+    def __init__(self):
+        self.loop, self.previous = None, {}
+
+    def attach(self, loop) -> None:
+        self.loop = loop
+
+    def handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.loop is None or self.loop.stop_requested:
+            for kind, handler in self.previous.items():
+                signal.signal(kind, handler)
+            raise KeyboardInterrupt
+        self.loop.stop_requested = name
+        print(f"\n{name}: finishing this batch and writing a checkpoint (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for kind in (signal.SIGINT, signal.SIGTERM):
+                self.previous[kind] = signal.signal(kind, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for kind, handler in self.previous.items():
+            signal.signal(kind, handler)

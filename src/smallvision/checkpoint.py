@@ -1,0 +1,90 @@
+"""A checkpoint is the training loop's state, whole: the weights, the optimiser's moments, the loop's
+position (step, epoch, shuffled order, cursor, the unfinished epoch's sums), every random generator
+and the history so far, in one safetensors file (tensors) whose header carries the rest as JSON.
+
+One file, written to a temporary name and moved over the last one in a single step, so a crash or
+a full disk mid-write leaves the previous checkpoint whole. Nothing is pickled.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from smallvision.errors import SmallvisionError
+from smallvision.files import write_atomically
+
+FORMAT = "smallvision-checkpoint/1"
+NAME = "checkpoint.safetensors"
+
+
+def save_checkpoint(directory: Path, loop) -> Path:
+    """Write `loop`'s state (a train.Loop) as RUN/checkpoint.safetensors."""
+    state = loop.state
+    tensors = {f"model.{name}": value.detach().cpu().contiguous().clone()
+               for name, value in loop.model.state_dict().items()}
+    optimizer = loop.optimizer.state_dict()
+    for index, moments in optimizer["state"].items():
+        for key, value in moments.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
+    tensors["loop.order"] = state.order.detach().cpu().contiguous().clone()
+    tensors["rng.loop"] = loop.generator.get_state().clone()
+    tensors["rng.torch"] = torch.get_rng_state().clone()
+    if torch.cuda.is_available() and loop.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(loop.device).clone()
+    header = {"format": FORMAT, "step": state.step, "epoch": state.epoch, "cursor": state.cursor,
+              "loss_sum": state.loss_sum, "correct": state.correct, "seen": state.seen,
+              "seconds": state.seconds, "history": state.history.epochs,
+              "train_seconds": state.history.train_seconds, "images_seen": state.history.images_seen,
+              "param_groups": optimizer["param_groups"], "optimizer_keys": sorted(
+                  {f"{index}.{key}" for index, moments in optimizer["state"].items() for key in moments})}
+    path = directory / NAME
+    try:
+        write_atomically(path, lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(header)}))
+    except OSError as err:
+        raise SmallvisionError(f"{path}: the checkpoint cannot be written ({err.strerror or err}); the previous "
+                               f"one, if any, is intact") from None
+    return path
+
+
+def read_checkpoint(directory: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """(header, tensors) of RUN/checkpoint.safetensors, or None when there is none."""
+    path = directory / NAME
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            header = json.loads(handle.metadata()["state"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise SmallvisionError(f"{path}: unreadable ({err}); the checkpoint is damaged") from None
+    if header.get("format") != FORMAT:
+        raise SmallvisionError(f"{path}: not a checkpoint this version writes ({header.get('format')})")
+    return header, tensors
+
+
+def restore_checkpoint(loop, header: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Put a checkpoint back into a freshly built `loop`: weights, moments, position, generators, history."""
+    model = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
+    loop.model.load_state_dict(model)
+    optimizer_state: dict = {}
+    for key in header["optimizer_keys"]:
+        index, name = key.split(".", 1)
+        value = tensors[f"optimizer.{key}"]
+        optimizer_state.setdefault(int(index), {})[name] = value
+    loop.optimizer.load_state_dict({"state": optimizer_state, "param_groups": header["param_groups"]})
+    state = loop.state
+    state.step, state.epoch, state.cursor = header["step"], header["epoch"], header["cursor"]
+    state.loss_sum, state.correct, state.seen, state.seconds = (header["loss_sum"], header["correct"],
+                                                                 header["seen"], header["seconds"])
+    state.order = tensors["loop.order"].to(loop.device)
+    state.history.epochs = header["history"]
+    state.history.train_seconds, state.history.images_seen = header["train_seconds"], header["images_seen"]
+    loop.generator.set_state(tensors["rng.loop"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and loop.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], loop.device)
