@@ -8,6 +8,7 @@ training. Settings run in turn, round after round, so the machine's mood affects
 median of the rounds is printed, with auto's ratio to the other two.
 
     python benchmarks/precision_speed.py [--rounds 2] [--recipes seed-mnist fast-mnist catsdogs]
+        [--cpus as-is AVX2] [--precisions auto bf16 fp32] [--steps-scale 1]
 """
 
 import argparse
@@ -26,14 +27,15 @@ DATA = ROOT.parent / "shared" / "datasets"
 MNIST = ["mnist", "--data", str(DATA / "mnist")]
 SOURCES = {"seed-mnist": MNIST, "fast-mnist": MNIST, "catsdogs": [str(DATA / "cats_and_dogs_small")]}
 STEPS = {"seed-mnist": 200, "fast-mnist": 200, "catsdogs": 40}  # catsdogs' emulated bf16 is slow
-CPUS = {"as is": {}, "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+CPUS = {"as-is": {}, "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def images_per_second(recipe: str, precision: str, cpu: str, scratch: Path) -> tuple[float, str]:
+def images_per_second(recipe: str, precision: str, cpu: str, scratch: Path, scale: float = 1.0) -> tuple[float, str]:
     out = scratch / f"{recipe}-{precision}-{time.monotonic_ns()}"
     command = [sys.executable, "-m", "smallvision.cli", "train", *SOURCES[recipe], "--recipe", recipe,
-               "--precision", precision, "--epochs", "1", "--steps-per-epoch", str(STEPS[recipe]), "--out", str(out),
+               "--precision", precision, "--epochs", "1", "--steps-per-epoch", str(round(STEPS[recipe] * scale)),
+               "--out", str(out),
                "--quiet"]
     env = {**os.environ, **CPUS[cpu], "SMALLVISION_PROGRESS": "0"}
     subprocess.run(command, check=True, capture_output=True, text=True, env=env)
@@ -46,6 +48,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--recipes", nargs="+", default=list(STEPS), choices=list(STEPS))
     parser.add_argument("--cpus", nargs="+", default=list(CPUS), choices=list(CPUS))
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                        help="leave bf16 out to skip the slow emulated runs; its ratios are then not printed")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="more steps per measurement, less noise")
     args = parser.parse_args()
     speeds: dict[tuple, list[float]] = {}
     chosen: dict[tuple, str] = {}
@@ -53,24 +58,26 @@ def main() -> None:
         for round_index in range(args.rounds):
             for cpu in args.cpus:
                 for recipe in args.recipes:
-                    for precision in PRECISIONS:
-                        speed, used = images_per_second(recipe, precision, cpu, Path(scratch))
+                    for precision in args.precisions:
+                        speed, used = images_per_second(recipe, precision, cpu, Path(scratch), args.steps_scale)
                         speeds.setdefault((cpu, recipe, precision), []).append(speed)
                         chosen[(cpu, recipe, precision)] = used
                         print(f"round {round_index + 1}  {cpu:<6} {recipe:<11} {precision:<4} ({used})  "
                               f"{speed:8,.0f} img/s", flush=True)
-    print(f"\nmedian of {args.rounds} rounds, images/s of training")
-    print(f"{'CPU played':<10} {'recipe':<11} {'auto (is)':>14} {'bf16 (before)':>14} {'fp32':>9} "
-          f"{'auto/before':>12} {'auto/fp32':>10} {'before/fp32':>12}")
+    print(f"\nmedian of {args.rounds} rounds, images/s of training (spread: lowest-highest)")
     summary = []
     for cpu in args.cpus:
         for recipe in args.recipes:
-            auto, bf16, fp32 = (statistics.median(speeds[(cpu, recipe, p)]) for p in PRECISIONS)
-            resolved = chosen[(cpu, recipe, "auto")]
-            print(f"{cpu:<10} {recipe:<11} {auto:>8,.0f} {resolved:>5} {bf16:>14,.0f} {fp32:>9,.0f} "
-                  f"{auto / bf16:>11.2f}x {auto / fp32:>9.2f}x {bf16 / fp32:>11.2f}x")
-            summary.append({"cpu": cpu, "recipe": recipe, "steps": STEPS[recipe], "auto_resolved": resolved,
-                            "images_per_second": {p: speeds[(cpu, recipe, p)] for p in PRECISIONS}})
+            medians = {p: statistics.median(speeds[(cpu, recipe, p)]) for p in args.precisions}
+            spread = "  ".join(f"{p} {min(speeds[(cpu, recipe, p)]):,.0f}-{max(speeds[(cpu, recipe, p)]):,.0f}"
+                               for p in args.precisions)
+            ratios = "  ".join(f"auto/{p} {medians['auto'] / medians[p]:.2f}x" for p in args.precisions
+                               if p != "auto" and "auto" in medians)
+            print(f"{cpu:<6} {recipe:<11} auto resolves to {chosen[(cpu, recipe, 'auto')] if 'auto' in medians else '-'}"
+                  f"  {'  '.join(f'{p} {v:,.0f}' for p, v in medians.items())}  {ratios}  ({spread})")
+            summary.append({"cpu": cpu, "recipe": recipe, "steps": round(STEPS[recipe] * args.steps_scale),
+                            "auto_resolved": chosen.get((cpu, recipe, "auto")),
+                            "images_per_second": {p: speeds[(cpu, recipe, p)] for p in args.precisions}})
     save_results("precision_speed", {"rounds": args.rounds, "results": summary})
 
 
