@@ -6,6 +6,10 @@ mnist_convnet by name from an earlier checkout's code (the speed before layer li
 the median images per second of each with its ratio to the named network's.
 
     .venv/bin/python benchmarks/layers_speed.py [--rounds 3] [--steps 400] [--baseline-src /tmp/old/src]
+
+With `--in-process`, the two networks of this checkout are timed in one process instead, each `fit`
+of `--steps` steps alternating with the other's, so that the machine's drift from minute to minute
+falls on both alike.
 """
 
 import argparse
@@ -38,13 +42,41 @@ def images_per_second(extra: list[str], steps: int, scratch: Path, source_dir: s
     return json.loads((out / "metrics.json").read_text())["images_per_second"]
 
 
+def in_process(rounds: int, steps: int) -> dict[str, list[float]]:
+    """Images per second of `fit`, alternating the named network and its written form in one process."""
+    import torch
+
+    import smallvision as sv
+    from smallvision.data.sources import open_source
+    from smallvision.models import build_network, create_model
+    from smallvision.models.layer_text import parse_layers
+    from smallvision.train import fit
+
+    train = open_source("mnist", MNIST).train
+    recipe = sv.load_recipe("seed-mnist").replace(epochs=1, steps_per_epoch=steps)
+    builders = {"by name": lambda: create_model("mnist_convnet"),
+                "as layers": lambda: build_network(parse_layers(SEED_MNIST_LAYERS), (1, 28, 28), 10)}
+    speeds = {name: [] for name in builders}
+    for round_index in range(rounds):
+        for name, build in builders.items():
+            torch.manual_seed(0)
+            history = fit(build(), train, recipe, progress=False)
+            speeds[name].append(history.images_per_second)
+            print(f"round {round_index + 1}  {name:<16} {speeds[name][-1]:8,.0f} img/s", flush=True)
+    return speeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--baseline-src", help="an earlier checkout's src/ directory: its named network is the "
                                                "speed before layer lists")
+    parser.add_argument("--in-process", action="store_true", help="time both networks in this process")
     args = parser.parse_args()
+    if args.in_process:
+        report(in_process(args.rounds, args.steps), args)
+        return
     systems = {"by name": ([], None), "as layers": (["--layers", SEED_MNIST_LAYERS], None)}
     if args.baseline_src:
         systems["by name, before"] = ([], args.baseline_src)
@@ -54,6 +86,10 @@ def main() -> None:
             for name, (extra, source_dir) in systems.items():
                 speeds[name].append(images_per_second(extra, args.steps, Path(scratch), source_dir))
                 print(f"round {round_index + 1}  {name:<16} {speeds[name][-1]:8,.0f} img/s", flush=True)
+    report(speeds, args)
+
+
+def report(speeds: dict[str, list[float]], args) -> None:
     named = statistics.median(speeds["by name"])
     print(f"\nmedian of {args.rounds} rounds of {args.steps} steps, images/s of training")
     for name, values in speeds.items():
