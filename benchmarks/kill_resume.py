@@ -83,9 +83,9 @@ def checkpoint_share() -> tuple[float, float, int]:
 
     workflow.Checkpointer.save = timed
     with tempfile.TemporaryDirectory() as scratch:
-        run = sv.train("mnist", "seed-mnist", data=MNIST, out=Path(scratch) / "run", progress=False)
+        training = sv.train("mnist", "seed-mnist", data=MNIST, out=Path(scratch) / "run", progress=False).metrics
     workflow.Checkpointer.save = original
-    return spent["seconds"], run.metrics["train_seconds"], spent["writes"]
+    return spent["seconds"], training["train_seconds"], spent["writes"]
 
 
 def main() -> None:
@@ -116,6 +116,8 @@ def main() -> None:
                 trials.append({"killed_at": moment, "bit_for_bit": equal, "max_abs_difference": largest})
                 print(f"{precision} trial {trial + 1}: killed at {moment:.1f} s, resumed to the end: final weights "
                       f"{'equal bit for bit' if equal else f'differ by at most {largest:.3g}'}", flush=True)
+            if not trials:
+                continue
             exact = sum(t["bit_for_bit"] for t in trials)
             summary[precision] = {"trials": trials, "uninterrupted_seconds": duration}
             print(f"{precision}: {exact} of {len(trials)} killed-and-resumed runs end with the uninterrupted weights "

@@ -72,7 +72,14 @@ def test_bad_keras_files_are_one_clear_error_and_write_nothing(shared_keras, tmp
         config["config"]["layers"][3] = {"class_name": "Lambda", "config": {"name": "sneaky", "function": "..."}}
         for item in source.namelist():
             target.writestr(item, json.dumps(config) if item == "config.json" else source.read(item))
+    misfit = tmp_path / "misfit.keras"  # the config says 17 filters where the weights hold 16
+    with zipfile.ZipFile(shared_keras / "mixed_layers.keras") as source, zipfile.ZipFile(misfit, "w") as target:
+        config = json.loads(source.read("config.json"))
+        config["config"]["layers"][2]["config"]["filters"] = 17
+        for item in source.namelist():
+            target.writestr(item, json.dumps(config) if item == "config.json" else source.read(item))
     expectations = {"not_a_model.h5": "neither an HDF5 file", "truncated.h5": "damaged or incomplete",
+                    "misfit.keras": "the weights do not fit the config",
                     "no_config.keras": "not a Keras archive (config.json, model.weights.h5 missing)",
                     "lambda.keras": "layer 'sneaky' (Lambda): not supported: its Python code would have to be run"}
     for name, message in expectations.items():

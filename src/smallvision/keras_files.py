@@ -38,7 +38,7 @@ KERAS_ARGUMENTS = {  # the config keys each layer takes (Keras 2's spelling besi
     "LeakyReLU": ("negative_slope", "alpha"), "Softmax": ("axis",), "ZeroPadding2D": ("padding",),
     "Rescaling": ("scale", "offset"),
 }
-KERAS_ALIASES = {"Pooling2D": None, "MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
+KERAS_ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
                  "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D",
                  "SeparableConvolution2D": "SeparableConv2D", "Convolution2D": "Conv2D"}
 WHY_NOT = {"Lambda": "its Python code would have to be run, and smallvision never runs code from a file",
