@@ -21,7 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from keras_baseline import ROOT, save_results
+from smallvision.precision import training_precision
 
 DATA = ROOT.parent / "shared" / "datasets"
 MNIST = ["mnist", "--data", str(DATA / "mnist")]
@@ -43,6 +46,38 @@ def images_per_second(recipe: str, precision: str, cpu: str, scratch: Path, scal
     return metrics["images_per_second"], metrics["precision"]
 
 
+def played_cpu() -> str:
+    """The CPU this process plays: run it under CPUS["AVX2"]'s variables to play AVX2 in process."""
+    return "AVX2" if os.environ.get("ONEDNN_MAX_CPU_ISA") == "AVX2" else "as-is"
+
+
+def in_process(recipes: list[str], precisions: list[str], rounds: int, scale: float) -> dict[tuple, list[float]]:
+    """Images per second of `fit` for each precision, alternating in this process (the CPU it plays),
+    the order turning every round: the same computation measured twice differs here by up to 20%
+    between processes, much less inside one."""
+    import smallvision as sv
+    from smallvision.data.sources import open_source
+    from smallvision.models import create_model
+    from smallvision.train import fit
+    from smallvision.workflow import recipe_image_shape
+
+    speeds: dict[tuple, list[float]] = {}
+    for recipe_name in recipes:
+        recipe = sv.load_recipe(recipe_name).replace(epochs=1, steps_per_epoch=round(STEPS[recipe_name] * scale))
+        source = "mnist" if recipe_name.endswith("mnist") else SOURCES[recipe_name][0]
+        train = open_source(source, DATA / "mnist", image_shape=recipe_image_shape(recipe)).train
+        for round_index in range(rounds):
+            turn = round_index % len(precisions)
+            for precision in precisions[turn:] + precisions[:turn]:
+                torch.manual_seed(0)
+                model = create_model(recipe.model, tuple(train.images.shape[1:]), train.num_classes, recipe.dropout)
+                history = fit(model, train, recipe.replace(precision=precision), progress=False)
+                speeds.setdefault((played_cpu(), recipe_name, precision), []).append(history.images_per_second)
+                print(f"round {round_index + 1}  in-process {recipe_name:<11} {precision:<4} "
+                      f"{history.images_per_second:8,.0f} img/s", flush=True)
+    return speeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
@@ -51,21 +86,29 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                         help="leave bf16 out to skip the slow emulated runs; its ratios are then not printed")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="more steps per measurement, less noise")
+    parser.add_argument("--in-process", action="store_true", help="every precision timed in this one process, "
+                                                                  "alternating (AVX2: set its variables for the process)")
     args = parser.parse_args()
     speeds: dict[tuple, list[float]] = {}
     chosen: dict[tuple, str] = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for round_index in range(args.rounds):
-            for cpu in args.cpus:
-                for recipe in args.recipes:
-                    # The order turns every round: on this machine whichever runs first in a group runs faster.
-                    turn = round_index % len(args.precisions)
-                    for precision in args.precisions[turn:] + args.precisions[:turn]:
-                        speed, used = images_per_second(recipe, precision, cpu, Path(scratch), args.steps_scale)
-                        speeds.setdefault((cpu, recipe, precision), []).append(speed)
-                        chosen[(cpu, recipe, precision)] = used
-                        print(f"round {round_index + 1}  {cpu:<6} {recipe:<11} {precision:<4} ({used})  "
-                              f"{speed:8,.0f} img/s", flush=True)
+    if args.in_process:
+        args.cpus = [played_cpu()]
+        speeds = in_process(args.recipes, args.precisions, args.rounds, args.steps_scale)
+        chosen = {key: "fp32" if key[2] == "fp32" else training_precision(key[2], torch.device("cpu")).precision
+                  for key in speeds}
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            for round_index in range(args.rounds):
+                for cpu in args.cpus:
+                    for recipe in args.recipes:
+                        # The order turns every round: here whichever runs first in a group runs faster.
+                        turn = round_index % len(args.precisions)
+                        for precision in args.precisions[turn:] + args.precisions[:turn]:
+                            speed, used = images_per_second(recipe, precision, cpu, Path(scratch), args.steps_scale)
+                            speeds.setdefault((cpu, recipe, precision), []).append(speed)
+                            chosen[(cpu, recipe, precision)] = used
+                            print(f"round {round_index + 1}  {cpu:<6} {recipe:<11} {precision:<4} ({used})  "
+                                  f"{speed:8,.0f} img/s", flush=True)
     print(f"\nmedian of {args.rounds} rounds, images/s of training (spread: lowest-highest)")
     summary = []
     for cpu in args.cpus:
