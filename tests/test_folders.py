@@ -109,7 +109,6 @@ def test_a_large_jpeg_is_decoded_small_when_that_loses_nothing(tmp_path):
 
 def test_damaged_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "pets", per_class=3)
-    good = (root / "train" / "cats" / "cats0.png").read_bytes()
     jpeg = write_image(tmp_path / "whole.jpg", COLOURS["cats"], size=(64, 64)).read_bytes()
     (root / "train" / "cats" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (root / "train" / "cats" / "empty.jpg").write_bytes(b"")
@@ -124,7 +123,9 @@ def test_damaged_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     assert "truncated" in reasons[os.path.join("train", "cats", "truncated.jpg")]
     assert "not an image" in reasons[os.path.join("train", "dogs", "notes.jpg")]
     assert "decompression bomb" in reasons[os.path.join("train", "dogs", "huge.png")]
-    assert len(source.train) == 6 and good
+    assert len(source.train) == 6  # the three good images of each class, and nothing else
+    assert sorted(os.path.basename(p) for p in source.train.paths) == [f"{c}{i}.png" for c in ("cats", "dogs")
+                                                                       for i in range(3)]
     assert any(w.startswith("skipped 4 unusable files") for w in source.warnings)
 
 

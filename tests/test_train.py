@@ -93,7 +93,9 @@ def test_same_seed_same_numbers(mnist_slice, tmp_path):
     second = sv.train(mnist_slice, "seed-mnist", out=tmp_path / "b", epochs=1, steps_per_epoch=8, progress=False)
     assert first.metrics["test_accuracy"] == second.metrics["test_accuracy"]
     a, b = (np.loadtxt(r.path / "history.csv", delimiter=",", skiprows=1, usecols=1) for r in (first, second))
-    assert a == b
+    np.testing.assert_array_equal(a, b)
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
 
 
 def test_a_digit_drawn_small_on_a_big_white_page_is_framed_like_mnist(slice_run, mnist_slice, tmp_path):
