@@ -1,5 +1,5 @@
-"""What the benchmarks that run the seed's Keras programs share: the checkout's root, the Keras
-environment's interpreter, and where their results are kept."""
+"""What the benchmarks share: the checkout's root, the Keras environment's interpreter, the CPUs a
+run can play, and where their results are kept."""
 
 import json
 import subprocess
@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The CPUs a benchmark's processes can play, as the environment variables that TensorFlow's and
+# PyTorch's oneDNN, and PyTorch's own kernels, read when they start: "avx2" is a laptop without bf16.
+CPUS = {"as-is": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
 def keras_python() -> str:

@@ -23,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from keras_baseline import ROOT, keras_python, save_results
+from keras_baseline import CPUS, ROOT, keras_python, save_results
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "keras_mnist.py"
-# The CPUs a run can play, as environment variables read when TensorFlow or PyTorch starts.
-CPUS = {"as-is": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
 def run_keras(python: str, data: Path, cpu: str = "as-is") -> dict:

@@ -8,7 +8,7 @@ training. Settings run in turn, round after round, so the machine's mood affects
 median of the rounds is printed, with auto's ratio to the other two.
 
     python benchmarks/precision_speed.py [--rounds 2] [--recipes seed-mnist fast-mnist catsdogs]
-        [--cpus as-is AVX2] [--precisions auto bf16 fp32] [--steps-scale 1]
+        [--cpus as-is avx2] [--precisions auto bf16 fp32] [--steps-scale 1]
 """
 
 import argparse
@@ -23,14 +23,13 @@ from pathlib import Path
 
 import torch
 
-from keras_baseline import ROOT, save_results
+from keras_baseline import CPUS, ROOT, save_results
 from smallvision.precision import training_precision
 
 DATA = ROOT.parent / "shared" / "datasets"
 MNIST = ["mnist", "--data", str(DATA / "mnist")]
 SOURCES = {"seed-mnist": MNIST, "fast-mnist": MNIST, "catsdogs": [str(DATA / "cats_and_dogs_small")]}
 STEPS = {"seed-mnist": 200, "fast-mnist": 200, "catsdogs": 40}  # catsdogs' emulated bf16 is slow
-CPUS = {"as-is": {}, "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -47,8 +46,8 @@ def images_per_second(recipe: str, precision: str, cpu: str, scratch: Path, scal
 
 
 def played_cpu() -> str:
-    """The CPU this process plays: run it under CPUS["AVX2"]'s variables to play AVX2 in process."""
-    return "AVX2" if os.environ.get("ONEDNN_MAX_CPU_ISA") == "AVX2" else "as-is"
+    """The CPU this process plays: run it under CPUS["avx2"]'s variables to play AVX2 in process."""
+    return "avx2" if os.environ.get("ONEDNN_MAX_CPU_ISA") == "AVX2" else "as-is"
 
 
 def in_process(recipes: list[str], precisions: list[str], rounds: int, scale: float) -> dict[tuple, list[float]]:

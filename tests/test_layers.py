@@ -167,3 +167,11 @@ def test_sequential_in_python_trains_and_a_named_run_without_layers_still_reload
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     torch.testing.assert_close(sv.load_run(named.path).probabilities(images), named.probabilities(images),
                                rtol=0, atol=0)
+
+
+def test_the_summary_help_lists_the_whole_vocabulary():
+    from smallvision.cli import ACTIVATION_WORDS, LAYER_WORDS
+    from smallvision.models.layers import ACTIVATIONS, VOCABULARY
+
+    assert LAYER_WORDS.split() == list(VOCABULARY)
+    assert ACTIVATION_WORDS.split() == [name for name in ACTIVATIONS if name]

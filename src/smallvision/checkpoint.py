@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
@@ -55,11 +55,9 @@ def read_checkpoint(directory: Path) -> tuple[dict, dict[str, torch.Tensor]] | N
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as handle:
+        with safe_open(str(path), "pt") as handle:  # one read: the header's JSON and the tensors
             header = json.loads(handle.metadata()["state"])
-        tensors = load_file(str(path))
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
         raise SmallvisionError(f"{path}: unreadable ({err}); the checkpoint is damaged") from None
     if header.get("format") != FORMAT:

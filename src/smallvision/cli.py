@@ -49,6 +49,9 @@ def at_least(minimum: int):
 LAYER_WORDS = ("Input Rescaling Conv2D SeparableConv2D DepthwiseConv2D MaxPooling2D AveragePooling2D "
                "GlobalAveragePooling2D GlobalMaxPooling2D Flatten Dense Dropout SpatialDropout2D BatchNormalization "
                "Activation ReLU LeakyReLU Softmax ZeroPadding2D Residual")
+# Written out rather than read from models/layers.py, which would import PyTorch for every --help; a test
+# holds both lists to the vocabulary.
+ACTIVATION_WORDS = "relu sigmoid softmax tanh elu selu gelu swish silu leaky_relu linear"
 
 
 def layers_text(value: str) -> str:
@@ -234,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "MaxPooling2D(2) Flatten() Dense(10, activation='softmax')\"\n\n"
                       "layers, as `--layers` and a recipe's `layers` take them (Keras' names, arguments and defaults):\n"
                       f"  {LAYER_WORDS}\n"
-                      "activations: relu sigmoid softmax tanh elu selu gelu swish silu leaky_relu linear\n"
+                      f"activations: {ACTIVATION_WORDS}\n"
                       "Residual([...]) adds its layers' output to its input (our one word beyond Keras').",
                       run_summary)
     summary.add_argument("name", nargs="?", help="a model name, a recipe name, a run directory, or a file of layers")

@@ -185,16 +185,13 @@ def legacy_weights(store, name: str, path: Path) -> list[np.ndarray]:
 def keras3_paths(kinds: list[str]) -> list[str]:
     """Where Keras 3 keeps each layer's weights: not under the layer's own name but its class's, numbered
     in order (conv2d, conv2d_1, ...), as its saving code names a container's members."""
-    return list(keras_names_for(kinds))
-
-
-def keras_names_for(kinds: list[str]):
     seen: dict[str, int] = {}
+    paths = []
     for kind in kinds:
         base = snake_case(kind)
-        count = seen.get(base, -1) + 1
-        seen[base] = count
-        yield base if count == 0 else f"{base}_{count}"
+        seen[base] = seen.get(base, -1) + 1
+        paths.append(base if seen[base] == 0 else f"{base}_{seen[base]}")
+    return paths
 
 
 def keras3_weights(store, name: str) -> list[np.ndarray]:
@@ -222,6 +219,11 @@ def conv_kernel(kernel: np.ndarray) -> np.ndarray:
     return kernel.transpose(3, 2, 0, 1)
 
 
+def keras_conv_kernel(kernel: np.ndarray) -> np.ndarray:
+    """conv_kernel's inverse: (out, in, height, width) -> (height, width, in, out)."""
+    return kernel.transpose(2, 3, 1, 0)
+
+
 def depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
     """(height, width, channels, multiplier) -> (channels * multiplier, 1, height, width): PyTorch's grouped
     output channel c * multiplier + j is Keras' (c, j), as TensorFlow orders a depthwise convolution's outputs."""
@@ -229,48 +231,47 @@ def depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
     return kernel.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, height, width)
 
 
+def unchanged(value: np.ndarray) -> np.ndarray:
+    return value
+
+
+def keras_variables(layer: Layer) -> list[tuple[torch.Tensor, object, object]]:
+    """A layer's tensors in Keras' order, each with its map from Keras' layout to PyTorch's and back:
+    the one description that reading and writing Keras files share."""
+    kind = type(layer).__name__
+
+    def bias(module) -> list:
+        return [(module.bias, unchanged, unchanged)] if module.bias is not None else []
+
+    if kind in ("DepthwiseConv2D", "SeparableConv2D"):
+        multiplier = layer.config["depth_multiplier"]
+
+        def keras_depthwise(kernel: np.ndarray) -> np.ndarray:  # depthwise_kernel's inverse
+            return kernel.reshape(-1, multiplier, *kernel.shape[2:]).transpose(2, 3, 0, 1)
+
+        depthwise = [(layer.conv.weight, depthwise_kernel, keras_depthwise)]
+        if kind == "DepthwiseConv2D":
+            return depthwise + bias(layer.conv)
+        return depthwise + [(layer.pointwise.weight, conv_kernel, keras_conv_kernel)] + bias(layer.pointwise)
+    if kind == "Conv2D":
+        return [(layer.conv.weight, conv_kernel, keras_conv_kernel)] + bias(layer.conv)
+    if kind == "Dense":
+        return [(layer.linear.weight, np.transpose, np.transpose)] + bias(layer.linear)
+    if kind == "BatchNormalization":
+        return [(tensor, unchanged, unchanged) for tensor in (layer.weight, layer.bias, layer.running_mean,
+                                                             layer.running_var) if tensor is not None]
+    return []
+
+
 def load_keras_weights(model: Sequential, weights: dict[str, list[np.ndarray]], path: Path) -> None:
     for name, layer in model.layers.items():
-        kind = type(layer).__name__
-        values = list(weights.get(name, []))
-        what = f"{path}: layer {name!r} ({kind})"
-        expected = {"Conv2D": 1 + layer.config.get("use_bias", False),
-                    "DepthwiseConv2D": 1 + layer.config.get("use_bias", False),
-                    "SeparableConv2D": 2 + layer.config.get("use_bias", False),
-                    "Dense": 1 + layer.config.get("use_bias", False),
-                    "BatchNormalization": 2 + layer.config.get("scale", False) + layer.config.get("center", False),
-                    }.get(kind, 0)
-        if len(values) != expected:
-            raise SmallvisionError(f"{what}: the file holds {len(values)} weight arrays, the config needs {expected}")
-        if kind == "Conv2D":
-            place(layer.conv.weight, conv_kernel(values[0]), what)
-        elif kind == "DepthwiseConv2D":
-            place(layer.conv.weight, depthwise_kernel(values[0]), what)
-        elif kind == "SeparableConv2D":
-            place(layer.conv.weight, depthwise_kernel(values[0]), what)
-            place(layer.pointwise.weight, conv_kernel(values[1]), what)
-            if layer.pointwise.bias is not None:
-                place(layer.pointwise.bias, values[2], what)
-            continue
-        elif kind == "Dense":
-            place(layer.linear.weight, values[0].T, what)
-            if layer.linear.bias is not None:
-                place(layer.linear.bias, values[1], what)
-            continue
-        elif kind == "BatchNormalization":
-            targets = ([layer.weight] if layer.weight is not None else []) + \
-                      ([layer.bias] if layer.bias is not None else []) + [layer.running_mean, layer.running_var]
-            for target, value in zip(targets, values):
-                place(target, value, what)
-            continue
-        if kind in ("Conv2D", "DepthwiseConv2D") and layer.conv.bias is not None:
-            place(layer.conv.bias, values[1], what)
-
-
-def keras_network(keras: KerasModel, num_classes: int, path: Path) -> Sequential:
-    model = build_network(keras.layers, keras.input_shape, num_classes, name=Path(path).stem)
-    load_keras_weights(model, keras.weights, Path(path))
-    return model.eval()
+        variables, values = keras_variables(layer), weights.get(name, [])
+        what = f"{path}: layer {name!r} ({type(layer).__name__})"
+        if len(values) != len(variables):
+            raise SmallvisionError(f"{what}: the file holds {len(values)} weight arrays, the config needs "
+                                   f"{len(variables)}")
+        for (target, to_torch, _), value in zip(variables, values):
+            place(target, to_torch(value), what)
 
 
 def input_layer(shape: tuple[int, int, int]) -> Input:
@@ -296,27 +297,25 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
                  source: str | Path | None = None, rescale: float | None = None, force: bool = False):
     """A Keras file as a run directory (model.safetensors, model.json, recipe.toml, metrics.json), which
     predict, evaluate, explain, activations, filters, report and compare then use as any run."""
-    from safetensors.torch import save_file
-
     from smallvision.models.layer_text import layers_source, layers_to_json
     from smallvision.recipe import Recipe
-    from smallvision.files import write_atomically
-    from smallvision.run import Run, prepare_run_dir
+    from smallvision.run import Run, prepare_run_dir, save_run
 
     path = Path(path)
     keras = read_keras_file(path)
-    probe = build_network(keras.layers, keras.input_shape, name=path.stem)
-    units = probe.output_shape[0] if probe.output_shape and len(probe.output_shape) == 1 else None
+    model = build_network(keras.layers, keras.input_shape, name=path.stem)
+    units = model.output_shape[0] if model.output_shape and len(model.output_shape) == 1 else None
     if units is None:
         raise SmallvisionError(f"{path}: the network ends in a map, not a Dense layer: nothing to classify with")
-    classes = 2 if units == 1 and probe.output_activation == "sigmoid" else units
+    classes = 2 if units == 1 and model.output_activation == "sigmoid" else units
     if class_names is None and source is not None:
         class_names = source_class_names(source)
     class_names = class_names or [str(i) for i in range(classes)]
     if len(class_names) != classes:
         raise SmallvisionError(f"{path}: the network has {classes} classes, but {len(class_names)} class names were "
                                f"given ({', '.join(class_names[:10])})")
-    model = keras_network(keras, classes, path)
+    load_keras_weights(model, keras.weights, path)
+    model.eval()
     if model.has_rescaling:
         if rescale not in (None, 1.0):
             raise SmallvisionError(f"{path}: the network scales its pixels itself (Rescaling); leave --rescale out")
@@ -345,12 +344,8 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
                           "color_mode": "L" if channels == 1 else "RGB", "invert_light_background": False},
         "imported_from": {"file": str(path.resolve()), "written_by": keras.written_by},
     }
-    weights = {name: tensor.detach().contiguous().clone() for name, tensor in model.state_dict().items()}
-    write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
-    write_atomically(directory / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
-    write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
     metrics = {"imported_from": str(path.resolve()), "written_by": keras.written_by}
-    write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    save_run(directory, model, recipe, meta, [], metrics)  # no history: it was trained elsewhere
     return Run(directory, "auto")
 
 
@@ -395,35 +390,9 @@ def keras_config(model: Sequential, rescaling: dict | None) -> dict:
 
 def keras_weights(model: Sequential) -> dict[str, list[np.ndarray]]:
     """Each layer's weights in Keras' layout and order."""
-    def array(tensor: torch.Tensor) -> np.ndarray:
-        return tensor.detach().float().cpu().numpy()
-
-    weights = {}
-    for name, layer in model.layers.items():
-        kind = type(layer).__name__
-        if kind == "Conv2D":
-            values = [array(layer.conv.weight).transpose(2, 3, 1, 0)]
-            values += [array(layer.conv.bias)] if layer.conv.bias is not None else []
-        elif kind in ("DepthwiseConv2D", "SeparableConv2D"):
-            kernel = array(layer.conv.weight)  # (channels * multiplier, 1, height, width)
-            multiplier = layer.config["depth_multiplier"]
-            channels = kernel.shape[0] // multiplier
-            values = [kernel.reshape(channels, multiplier, *kernel.shape[2:]).transpose(2, 3, 0, 1)]
-            if kind == "SeparableConv2D":
-                values.append(array(layer.pointwise.weight).transpose(2, 3, 1, 0))
-                values += [array(layer.pointwise.bias)] if layer.pointwise.bias is not None else []
-            else:
-                values += [array(layer.conv.bias)] if layer.conv.bias is not None else []
-        elif kind == "Dense":
-            values = [array(layer.linear.weight).T.copy()]
-            values += [array(layer.linear.bias)] if layer.linear.bias is not None else []
-        elif kind == "BatchNormalization":
-            values = [array(t) for t in (layer.weight, layer.bias, layer.running_mean, layer.running_var)
-                      if t is not None]
-        else:
-            values = []
-        weights[name] = values
-    return weights
+    return {name: [np.ascontiguousarray(to_keras(tensor.detach().float().cpu().numpy()))
+                   for tensor, _, to_keras in keras_variables(layer)]
+            for name, layer in model.layers.items()}
 
 
 def export_keras(run, out: str | Path) -> Path:

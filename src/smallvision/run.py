@@ -71,15 +71,19 @@ def writable_directory(path: str | Path) -> Path:
 
 
 def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[dict], metrics: dict) -> None:
-    from smallvision.plots import plot_curves  # matplotlib is slow to import; only training needs it
-
+    """Write a run's files; history.csv and curves.png only when there is a history (an imported network
+    has none)."""
     weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
     write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
     write_atomically(directory / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
     write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
-    write_atomically(directory / "history.csv", lambda p: write_history(p, history))
-    write_atomically(directory / "curves.png", lambda p: plot_curves(history, p, f"{meta['source']} · {recipe.name}"))
+    if history:
+        from smallvision.plots import plot_curves  # matplotlib is slow to import; only training needs it
+
+        write_atomically(directory / "history.csv", lambda p: write_history(p, history))
+        write_atomically(directory / "curves.png",
+                         lambda p: plot_curves(history, p, f"{meta['source']} · {recipe.name}"))
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -269,6 +269,12 @@ class Padded(Layer):
         kernel, strides, dilation = self.window()
         return all(s == 1 and (k - 1) * d % 2 == 0 for k, s, d in zip(kernel, strides, dilation))
 
+    def conv_padding(self, shape: tuple) -> int | tuple[int, int]:
+        """What nn.Conv2d pads with for inputs of `shape`: the symmetric (top, left) padding, or 0 where the
+        layer pads by hand (self.pad_by_hand, decided here)."""
+        self.pad_by_hand = self.config["padding"] == "same" and not self.symmetric_everywhere()
+        return 0 if self.pad_by_hand else self.pads(shape[1], shape[2])[::2]
+
     def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) for an input of this size."""
         if self.config["padding"] == "valid":
@@ -301,21 +307,17 @@ class Conv2D(ActivationMixin, Padded):
     ARGS = (("filters", REQUIRED, positive_int), ("kernel_size", REQUIRED, pair), ("strides", (1, 1), pair),
             ("padding", "valid", padding_mode), ("dilation_rate", (1, 1), pair), ("activation", None, activation_name),
             ("use_bias", True, boolean))
-    GROUPED = False  # DepthwiseConv2D: one filter (or depth_multiplier) per channel
 
     def window(self):
         return self.config["kernel_size"], self.config["strides"], self.config["dilation_rate"]
 
     def build_named(self, name: str, shape: tuple) -> tuple:
-        self.check_map(name, shape)
         channels = shape[0]
         out_channels, groups = self.conv_channels(channels)
         out = self.out_shape(name, shape, out_channels)
         kernel, strides, dilation = self.window()
-        self.pad_by_hand = self.config["padding"] == "same" and not self.symmetric_everywhere()
-        padding = 0 if self.pad_by_hand else self.pads(shape[1], shape[2])[::2]  # (top, left): symmetric or none
-        self.conv = nn.Conv2d(channels, out_channels, kernel, stride=strides, padding=padding, dilation=dilation,
-                              groups=groups, bias=self.config["use_bias"])
+        self.conv = nn.Conv2d(channels, out_channels, kernel, stride=strides, padding=self.conv_padding(shape),
+                              dilation=dilation, groups=groups, bias=self.config["use_bias"])
         self.glorot(self.conv.weight, channels, out_channels, groups)
         if self.conv.bias is not None:
             nn.init.zeros_(self.conv.bias)
@@ -362,13 +364,10 @@ class SeparableConv2D(Conv2D):
             ("activation", None, activation_name), ("use_bias", True, boolean))
 
     def build_named(self, name: str, shape: tuple) -> tuple:
-        self.check_map(name, shape)
         channels, multiplier, filters = shape[0], self.config["depth_multiplier"], self.config["filters"]
         out = self.out_shape(name, shape, filters)
         kernel, strides, dilation = self.window()
-        self.pad_by_hand = self.config["padding"] == "same" and not self.symmetric_everywhere()
-        padding = 0 if self.pad_by_hand else self.pads(shape[1], shape[2])[::2]
-        self.conv = nn.Conv2d(channels, channels * multiplier, kernel, stride=strides, padding=padding,
+        self.conv = nn.Conv2d(channels, channels * multiplier, kernel, stride=strides, padding=self.conv_padding(shape),
                               dilation=dilation, groups=channels, bias=False)
         receptive = kernel[0] * kernel[1]
         glorot_init(self.conv.weight, receptive * channels, receptive * multiplier)
@@ -458,9 +457,10 @@ class Dense(ActivationMixin, Layer):
 
 class Dropout(Layer):
     ARGS = (("rate", REQUIRED, rate),)
+    DROPOUT = nn.Dropout  # what it zeroes: single values
 
     def build_named(self, name, shape):
-        self.dropout = (nn.Dropout2d if isinstance(self, SpatialDropout2D) else nn.Dropout)(self.config["rate"])
+        self.dropout = self.DROPOUT(self.config["rate"])
         return shape
 
     def forward(self, x):
@@ -469,6 +469,8 @@ class Dropout(Layer):
 
 class SpatialDropout2D(Dropout):
     """Drops whole channels of a map."""
+
+    DROPOUT = nn.Dropout2d
 
     def build_named(self, name, shape):
         self.check_map(name, shape)
@@ -511,9 +513,6 @@ class Activation(ActivationMixin, Layer):
 class ReLU(Layer):
     ARGS = (("max_value", None, optional_number), ("negative_slope", 0.0, non_negative), ("threshold", 0.0, number))
 
-    def build_named(self, name, shape):
-        return shape
-
     def forward(self, x):
         slope, threshold, top = self.config["negative_slope"], self.config["threshold"], self.config["max_value"]
         y = torch.where(x >= threshold, x, slope * (x - threshold)) if slope or threshold else torch.relu(x)
@@ -523,9 +522,6 @@ class ReLU(Layer):
 class LeakyReLU(Layer):
     ARGS = (("negative_slope", 0.3, non_negative),)
     ALIASES = {"alpha": "negative_slope"}
-
-    def build_named(self, name, shape):
-        return shape
 
     def forward(self, x):
         return F.leaky_relu(x, self.config["negative_slope"])
