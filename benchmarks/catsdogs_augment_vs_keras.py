@@ -64,7 +64,7 @@ def smallvision_parts(data: Path, scratch: Path) -> dict:
     from smallvision.augment import Augment
     from smallvision.data.folders import load_image_folder
     from smallvision.models import create_model
-    from smallvision.optim import build_optimizer, flatten_parameters
+    from smallvision.optim import build_optimizer, flatten_parameters, zero_gradients
     from smallvision.recipe import load_recipe
     from smallvision.train import Preprocess, autocast, cross_entropy
 
@@ -89,7 +89,7 @@ def smallvision_parts(data: Path, scratch: Path) -> dict:
     torch.manual_seed(0)
     model = create_model(recipe.model, SHAPE, 2, recipe.dropout).to(memory_format=torch.channels_last)
     weights = flatten_parameters(model)
-    optimizer = build_optimizer([weights], recipe)
+    optimizer = build_optimizer(weights, recipe)
     preprocess = Preprocess.from_recipe(recipe)
     for step, index in enumerate([0, 1, 2] + list(range(len(batches)))):  # three warm-up steps, then one pass
         if step == 3:
@@ -97,7 +97,7 @@ def smallvision_parts(data: Path, scratch: Path) -> dict:
         with autocast(torch.device("cpu"), recipe.precision):
             logits = model(preprocess(augmented[index]))
         loss = cross_entropy(logits, labels[batches[index]], True, 0.0)
-        weights.grad.zero_()
+        zero_gradients(weights)
         loss.backward()
         optimizer.step()
     network_rate = len(images) / (time.perf_counter() - start)

@@ -80,13 +80,19 @@ def test_feature_extraction_learns_and_leaves_the_backbone_unchanged(shared_cats
     assert run.metrics["test_accuracy"] > 0.9
     trained = frozen.pop("model")
     after = trained.backbone.state_dict()
+    assert after.keys() == frozen.keys()  # every weight and statistic compared, none missed
     assert all(torch.equal(after[k].cpu(), v.cpu()) for k, v in frozen.items())  # weights and BN statistics
     assert run.meta["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)
     reloaded = sv.load_run(run.path)
     assert isinstance(reloaded.model, BackboneClassifier)
     assert reloaded.evaluate(root)["accuracy"] == pytest.approx(run.metrics["test_accuracy"], abs=0.02)
-    picture = min(os.listdir(root / "test" / "cats"))
-    assert reloaded.predict([root / "test" / "cats" / picture])[0]["label"] in ("cats", "dogs")
+    results = reloaded.predict([root / "test"])  # the photos as files, each labelled by its folder
+    assert len(results) == 100
+    truth = [os.path.basename(os.path.dirname(r["path"])) for r in results]
+    assert truth.count("cats") == truth.count("dogs") == 50
+    hits = [r["label"] == label for r, label in zip(results, truth)]
+    assert sum(hits) / len(hits) > 0.9
+    assert sum(hits) / len(hits) == pytest.approx(run.metrics["test_accuracy"], abs=0.02)
 
 
 def test_a_frozen_backbone_counts_as_frozen():
@@ -112,6 +118,7 @@ def test_fine_tuning_trains_only_what_each_stage_unfreezes(shared_catsdogs, tmp_
     run = sv.train(root, "catsdogs-finetune", out=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache",
                    image_size=96, epochs=1, steps_per_epoch=2, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
     before = pretrained.state_dict()
+    assert snapshots["stage one"].keys() == before.keys()
     assert all(torch.equal(before[k], v) for k, v in snapshots["stage one"].items())  # stage one: frozen
     after = {k: v.cpu() for k, v in snapshots["model"].backbone.state_dict().items()}  # trained on any device
     assert torch.equal(after["blocks.4.0.conv_pw.weight"], before["blocks.4.0.conv_pw.weight"])  # still frozen
@@ -138,3 +145,8 @@ def test_features_are_computed_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "extract_features", not_again)
     second = sv.train(root, "catsdogs-features", out=tmp_path / "second", **options)
     assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]
+    assert second.metrics["test_loss"] == first.metrics["test_loss"]
+    trained, again = first.model.state_dict(), second.model.state_dict()
+    assert trained.keys() == again.keys()
+    for name, tensor in trained.items():  # the same features and seed: the same head, bit for bit
+        assert torch.equal(tensor.cpu(), again[name].cpu()), name

@@ -18,8 +18,9 @@ from smallvision import workflow
 from smallvision.checkpoint import NAME, read_checkpoint
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.files import write_atomically
+from smallvision.run import training_lock
 
-from conftest import write_idx_source
+from conftest import make_image_folder, write_idx_source
 
 train_module = importlib.import_module("smallvision.train")  # the module, not sv.train the function
 
@@ -66,7 +67,7 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(uninterrupted, mnist_
     header, _ = read_checkpoint(out)
     assert header["step"] == (50 if where == "mid-epoch" else 57) and header["epoch"] == (0 if where == "mid-epoch" else 1)
     monkeypatch.undo()
-    resumed = sv.train(resume=out, progress=False)
+    resumed = sv.resume(out, progress=False)  # sv.train(resume=out) by its other name
     for name, tensor in weights(uninterrupted).items():
         assert torch.equal(tensor, weights(resumed)[name]), name  # bit for bit, in fp32
     assert resumed.metrics["test_accuracy"] == uninterrupted.metrics["test_accuracy"]
@@ -148,3 +149,141 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
     with pytest.raises(OSError):
         write_atomically(path, half_then_full_disk)
     assert path.read_text() == "the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def scripted_validation(monkeypatch, losses: list[float]) -> list[dict]:
+    """Validation that scores the epochs as `losses` says (accuracy 1 - loss), keeping the weights it saw."""
+    scores, seen = iter(losses), []
+
+    def scripted(model, data, *args, **kwargs):
+        seen.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        loss = next(scores)
+        return loss, 1 - loss
+
+    monkeypatch.setattr(train_module, "evaluate_imageset", scripted)
+    return seen
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_early_stopping_restores_the_best_epochs_weights(mnist_slice, tmp_path, monkeypatch, stopped):
+    # The best val_loss is epoch 2's; with a patience of 2, epochs 3 and 4 do no better and training ends there.
+    seen = scripted_validation(monkeypatch, [0.5, 0.4, 0.45, 0.46, 0.1, 0.1, 0.1, 0.1])
+    options = dict(SETTINGS, epochs=8, early_stopping_patience=2)
+    out = tmp_path / "run"
+    if stopped:  # interrupted after epoch 3: the checkpoint must carry the best weights and the count since
+        original = workflow.Checkpointer.on_epoch_end
+
+        def stop_after_three(self, loop):
+            original(self, loop)
+            if loop.state.epoch == 3:
+                loop.stop_requested = "SIGINT"
+
+        monkeypatch.setattr(workflow.Checkpointer, "on_epoch_end", stop_after_three)
+        with pytest.raises(TrainingStopped):
+            sv.train(mnist_slice, "seed-mnist", out=out, **options)
+        header, tensors = read_checkpoint(out)
+        assert header["best"] == {"epoch": 2, "value": 0.4} and header["waited"] == 1
+        monkeypatch.setattr(workflow.Checkpointer, "on_epoch_end", original)
+        run = sv.train(resume=out, progress=False)
+    else:
+        run = sv.train(mnist_slice, "seed-mnist", out=out, **options)
+    assert len(seen) == 4 and run.metrics["stopped_early_after_epoch"] == 4
+    assert run.metrics["kept_epoch"] == 2 and run.metrics["kept_by"] == "val_loss" and run.metrics["val_loss"] == 0.4
+    assert [row["epoch"] for row in history_without_times(run)] == ["1", "2", "3", "4"]
+    for name, tensor in seen[1].items():  # the weights epoch 2 was validated with
+        assert torch.equal(run.model.state_dict()[name].cpu(), tensor.cpu()), name
+    assert not torch.equal(seen[1][next(iter(seen[1]))], seen[3][next(iter(seen[3]))])  # and not the last epoch's
+
+
+def test_keep_best_needs_a_validation_split(mnist_slice, tmp_path):
+    with pytest.raises(SmallvisionError, match="keep_best = \"val_accuracy\" needs a validation split.*--val-split"):
+        sv.train(mnist_slice, "seed-mnist", out=tmp_path / "run", **dict(SETTINGS, val_split=0.0, keep_best="val_accuracy"))
+    assert not (tmp_path / "run").exists()
+
+
+BACKBONE = dict(image_size=64, batch_size=8, precision="fp32", progress=False)
+BACKBONE_CASES = {  # (recipe, its settings, the stage to stop in, after which of its epochs)
+    "fine-tuning, stopped in stage two": ("catsdogs-finetune", dict(epochs=1, fine_tune_epochs=3), 2, 1),
+    "fine-tuning, stopped in stage one": ("catsdogs-finetune", dict(epochs=2, fine_tune_epochs=1), 1, 1),
+    "a head on features": ("catsdogs-features", dict(epochs=3), 1, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(BACKBONE_CASES))
+def test_a_backbone_run_resumes_in_the_stage_it_stopped_in(tmp_path, monkeypatch, case):
+    recipe, settings, stage, epoch = BACKBONE_CASES[case]
+    pets = make_image_folder(tmp_path / "pets", per_class=12)
+    options = dict(BACKBONE, cache_dir=tmp_path / "cache", **settings)
+    whole = sv.train(pets, recipe, out=tmp_path / "whole", **options)
+    stop_at(monkeypatch, "on_epoch_end", lambda loop: loop.context.get("stage") == stage and loop.state.epoch == epoch)
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingStopped):
+        sv.train(pets, recipe, out=out, **options)
+    header, _ = read_checkpoint(out)
+    assert header["context"]["stage"] == stage and header["epoch"] == epoch
+    monkeypatch.undo()
+    resumed = sv.train(resume=out, progress=False, cache_dir=tmp_path / "cache")
+    for name, tensor in weights(whole).items():
+        assert torch.equal(tensor, weights(resumed)[name]), name
+    assert history_without_times(resumed) == history_without_times(whole)
+    assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
+
+
+def test_a_second_training_into_the_same_directory_is_refused_while_the_first_runs(mnist_slice, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "smallvision.cli", "train", str(mnist_slice), "--epochs", "40", "--out", str(out),
+               "--quiet", "--precision", "fp32"]
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "SMALLVISION_PROGRESS": "0"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / NAME).exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        for attempt in (dict(force=True), dict(resume=out)):  # a new run over it, and a resume of it, both refused
+            with pytest.raises(SmallvisionError, match=rf"another training is writing this run now \(process {first.pid} "):
+                sv.train(mnist_slice if "force" in attempt else None, "seed-mnist" if "force" in attempt else None,
+                         out=out if "force" in attempt else None, progress=False, **attempt)
+        assert (out / NAME).is_file()  # the refused attempts touched nothing of the first's
+    finally:
+        first.kill()  # as kill -9 would: the lock goes with the process
+        first.wait()
+    assert (out / ".training.lock").exists()  # left behind by the killed process, and no obstacle
+    with training_lock(out):  # to a resume, which takes it first
+        pass
+    run = sv.train(mnist_slice, "seed-mnist", out=out, force=True, progress=False, epochs=1, precision="fp32")
+    assert run.metrics["epochs"] == 1 and not (out / ".training.lock").exists()
+
+
+@pytest.mark.parametrize("fault", [(28, "No space left on device"), (13, "Permission denied")])
+def test_a_checkpoint_or_run_file_that_cannot_be_written_keeps_the_previous_checkpoint(mnist_slice, tmp_path,
+                                                                                       monkeypatch, fault):
+    checkpoint_module = importlib.import_module("smallvision.checkpoint")
+    run_module = importlib.import_module("smallvision.run")
+    real_save = checkpoint_module.save_file
+    writes = {"n": 0}
+
+    def failing_second_time(tensors, path, metadata=None):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            with open(path, "wb") as handle:
+                handle.write(b"half a checkpoint")
+            raise OSError(fault[0], fault[1])
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", failing_second_time)
+    out = tmp_path / "run"
+    with pytest.raises(SmallvisionError, match=f"checkpoint.safetensors: the checkpoint cannot be written \\({fault[1]}\\); "
+                                               f"the previous one, if any, is intact"):
+        sv.train(mnist_slice, "seed-mnist", out=out, **SETTINGS)
+    header, _ = read_checkpoint(out)
+    assert header["epoch"] == 1 and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.undo()
+
+    # Then the run's own files fail after its last epoch: the last checkpoint holds everything, and a
+    # resume writes them without training again.
+    monkeypatch.setattr(run_module, "write_atomically", lambda path, write: (_ for _ in ()).throw(OSError(*fault)))
+    with pytest.raises(SmallvisionError, match=f"the run's files cannot be written \\({fault[1]}\\); its last checkpoint is kept"):
+        sv.train(resume=out, progress=False)
+    assert read_checkpoint(out)[0]["epoch"] == 3 and not (out / "model.json").exists()
+    monkeypatch.undo()
+    run = sv.train(resume=out, progress=False)
+    assert run.metrics["epochs"] == 3 and [row["epoch"] for row in history_without_times(run)] == ["1", "2", "3"]

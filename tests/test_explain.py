@@ -1,4 +1,5 @@
 import json
+import os
 
 import torch
 
@@ -40,16 +41,28 @@ def test_grad_cam_is_at_the_layer_resolution_and_placed_by_its_geometry():
 
 def test_explain_writes_a_picture_per_image_for_every_kind_of_run(runs_of_every_kind, shapes_folder, tmp_path, capsys):
     image = shapes_folder / "test" / "red_square" / "00001.png"
+    default_layers = {  # each network's last layer with a map (default_cam_layer)
+        "sigmoid": "conv2d_3",  # the seed's cats-vs-dogs network: its fourth convolution
+        "small_convnet": "conv2d_2",
+        "features": "bn2",  # EfficientNet's last convolution block, frozen or fine-tuned
+        "finetune": "bn2",
+    }
+    explained = []
     for kind, run in runs_of_every_kind.items():
         if kind == "mnist":
             continue
         out = tmp_path / kind
         assert main(["explain", str(run.path), str(image), str(image), "--class", run.class_names[0], "-o", str(out)]) == 0
         results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert len(results) == 2 and results[0]["explained"] == run.class_names[0]
-        assert results[0]["picture"] != results[1]["picture"]  # two inputs of one name do not overwrite
-        assert all((out / name).stat().st_size > 5000 for name in ("00001-gradcam.png", "00001-gradcam-2.png"))
-    assert results[0]["layer"] == "bn2"  # the fine-tuned EfficientNet's last convolution block
+        assert len(results) == 2, kind
+        assert [r["explained"] for r in results] == [run.class_names[0]] * 2, kind
+        assert [r["layer"] for r in results] == [default_layers[kind]] * 2, kind
+        assert results[0]["picture"] != results[1]["picture"], kind  # two inputs of one name do not overwrite
+        assert sorted(os.path.basename(r["picture"]) for r in results) == ["00001-gradcam-2.png", "00001-gradcam.png"]
+        for name in ("00001-gradcam.png", "00001-gradcam-2.png"):
+            assert (out / name).stat().st_size > 5000, (kind, name)
+        explained.append(kind)
+    assert explained == list(default_layers)  # every kind but the one-channel MNIST run was explained
 
 
 def test_a_wrong_layer_or_class_gets_a_clear_error(shapes_run, shapes_folder, capsys):

@@ -7,6 +7,7 @@ import pytest
 from conftest import COLOURS, make_image_folder, write_image
 from PIL import Image
 
+import smallvision as sv
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 
@@ -141,16 +142,51 @@ def test_a_split_of_only_damaged_files_is_dropped_with_a_warning(tmp_path):
     assert any("the test split has no usable images" in warning for warning in source.warnings)
 
 
-def test_an_empty_class_is_a_warning_and_one_class_an_error(tmp_path):
-    root = make_image_folder(tmp_path / "pets", splits=(), classes=("birds", "cats", "dogs"), per_class=2)
-    for path in (root / "birds").iterdir():
+def test_an_empty_class_is_left_out_with_a_warning_and_one_class_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "pets", splits=("train", "test"), classes=("birds", "cats", "dogs"), per_class=2)
+    for path in (root / "train" / "birds").iterdir():
         path.unlink()
     source = load(root, tmp_path)
-    assert any("birds: empty class folder" in w for w in source.warnings)
-    for path in (root / "dogs").iterdir():
+    assert source.class_names == ["cats", "dogs"] and source.train.class_counts() == [2, 2]
+    assert source.test.class_counts() == [2, 2] and all("birds" not in path for path in source.test.paths)
+    assert ("class 'birds' has no usable training images: it is left out of the run (and its 2 test images); "
+            "the network learns the other 2") in source.warnings
+    for path in (root / "train" / "dogs").iterdir():
         path.unlink()
     with pytest.raises(SmallvisionError, match="1 class with usable training images .* needs at least two"):
         load(root, tmp_path)
+
+
+def test_data_check_and_train_say_the_same_of_an_empty_class_folder(tmp_path, capsys):
+    from smallvision.cli import main
+
+    root = make_image_folder(tmp_path / "pets", splits=("train", "test"), classes=("birds", "cats", "dogs"), per_class=4)
+    for path in (root / "train" / "birds").iterdir():
+        path.unlink()
+    said = "warning: class 'birds' has no usable training images: it is left out of the run (and its 4 test images)"
+    main(["data", "check", str(root), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")])
+    checked = capsys.readouterr()
+    assert said in checked.out + checked.err and "ready to train" in checked.out
+    main(["train", str(root), "--recipe", "seed-catsdogs", "--image-size", "64", "--epochs", "1", "--steps-per-epoch", "1",
+          "--val-split", "0", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    trained = capsys.readouterr()
+    assert said in trained.err
+    run = sv.load_run(tmp_path / "run")
+    assert run.class_names == ["cats", "dogs"] and run.meta["output_activation"] == "sigmoid"
+
+
+def test_evaluate_scores_a_folder_of_class_folders_whole(tmp_path, capsys):
+    from smallvision.cli import main
+
+    run = sv.train(make_image_folder(tmp_path / "pets"), "seed-catsdogs", out=tmp_path / "run", image_size=64,
+                   epochs=1, steps_per_epoch=1, progress=False, cache_dir=tmp_path / "cache")
+    new_photos = make_image_folder(tmp_path / "new_photos", splits=(), per_class=5)  # ROOT/CLASS/*, no split folders
+    main(["evaluate", str(run.path), str(new_photos), "--cache-dir", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert f"{new_photos} all: accuracy" in out and "(10 images; scored whole: every image" in out
+    assert (run.path / "eval-new_photos-all" / "metrics.json").is_file()
+    assert run.evaluate(new_photos, cache_dir=tmp_path / "cache")["images"] == 10
+    assert run.evaluate(cache_dir=tmp_path / "cache")["images"] == 12  # its own source: still its test split
 
 
 def test_no_class_folders_is_a_clear_error(tmp_path):

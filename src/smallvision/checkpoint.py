@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
+from smallvision.train import Best
 
-FORMAT = "smallvision-checkpoint/1"
+FORMAT = "smallvision-checkpoint/2"  # 2: the best weights, early stopping, a stage's context
 NAME = "checkpoint.safetensors"
 
 
@@ -34,10 +35,14 @@ def save_checkpoint(directory: Path, loop) -> Path:
     tensors["rng.torch"] = torch.get_rng_state().clone()
     if torch.cuda.is_available() and loop.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(loop.device).clone()
+    if state.best is not None:
+        tensors.update({f"best.{name}": value.contiguous() for name, value in state.best.weights.items()})
     header = {"format": FORMAT, "step": state.step, "epoch": state.epoch, "cursor": state.cursor,
               "loss_sum": state.loss_sum, "correct": state.correct, "seen": state.seen,
               "seconds": state.seconds, "history": state.history.epochs,
               "train_seconds": state.history.train_seconds, "images_seen": state.history.images_seen,
+              "best": None if state.best is None else {"epoch": state.best.epoch, "value": state.best.value},
+              "waited": state.waited, "stopped_early": state.history.stopped_early, "context": loop.context,
               "param_groups": optimizer["param_groups"], "optimizer_keys": sorted(
                   {f"{index}.{key}" for index, moments in optimizer["state"].items() for key in moments})}
     path = directory / NAME
@@ -82,6 +87,11 @@ def restore_checkpoint(loop, header: dict, tensors: dict[str, torch.Tensor]) -> 
     state.order = tensors["loop.order"].to(loop.device)
     state.history.epochs = header["history"]
     state.history.train_seconds, state.history.images_seen = header["train_seconds"], header["images_seen"]
+    if header["best"] is not None:
+        weights = {name[len("best."):]: value for name, value in tensors.items() if name.startswith("best.")}
+        state.best = Best(header["best"]["epoch"], header["best"]["value"], weights)
+    state.waited, state.history.stopped_early = header["waited"], header["stopped_early"]
+    loop.finish_early = header["stopped_early"] is not None
     loop.generator.set_state(tensors["rng.loop"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and loop.device.type == "cuda":

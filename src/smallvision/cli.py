@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as stop:
-        state = stop.loop.state
-        print(f"{PROG}: stopped by {stop.loop.stop_requested} after step {state.step} (epoch {state.epoch + 1}); "
+        state, stage = stop.loop.state, stop.loop.context.get("stage")
+        where = f"step {state.step} (epoch {state.epoch + 1}{f' of stage {stage}' if stage else ''})"
+        print(f"{PROG}: stopped by {stop.loop.stop_requested} after {where}; "
               f"the checkpoint is in {stop.directory}; continue with:\n  smallvision train --resume {stop.directory}",
               file=sys.stderr)
         return 143 if stop.loop.stop_requested == "SIGTERM" else 130
@@ -153,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "and F1, log loss, ROC AUC (two classes), top-5 (over five), the confusion matrix and the most "
                        "confident mistakes, written to RUN/eval-SOURCE-SPLIT/",
                        "smallvision evaluate runs/mnist-1 mnist\n"
-                       "  smallvision evaluate runs/pets-1 --split validation", run_evaluate)
+                       "  smallvision evaluate runs/pets-1 --split validation\n"
+                       "  smallvision evaluate runs/pets-1 new_photos/    # CLASS/* folders of new photos: all of them",
+                       run_evaluate)
     add_run_and_source(evaluate)
 
     explain = command(sub, "explain", "Grad-CAM: a heatmap over each image of where the evidence for the "
@@ -284,7 +287,8 @@ def add_run_and_source(parser: argparse.ArgumentParser) -> None:
     """A run, and the labelled split it is scored on."""
     parser.add_argument("run", help="a run directory")
     parser.add_argument("source", nargs="?", help="the source to score on (default: the one it was trained on)")
-    parser.add_argument("--split", default="test", help="which split (default: test)")
+    parser.add_argument("--split", help="which split (default: test; all of a folder of class folders that is not "
+                                         "the run's own source, e.g. new labelled photos)")
     parser.add_argument("--data", help="where to look for the source's files first")
     parser.add_argument("--device", default="auto")
     add_cache_dir(parser)
@@ -358,8 +362,9 @@ def run_evaluate(args) -> None:
     run = load_run(args.run, args.device)
     evaluation = evaluate_run(run, args.source, args.split, args.data, args.cache_dir, progress=True)
     metrics = evaluation.metrics
+    scored = f"; scored whole: {metrics['scored']}" if "scored" in metrics else ""
     print(f"{metrics['source']} {metrics['split']}: accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
-          f"({metrics['images']:,} images)\n")
+          f"({metrics['images']:,} images{scored})\n")
     print(evaluation.report)
     print(f"\n{evaluation.directory}")
 

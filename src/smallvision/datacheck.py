@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from smallvision.data.imageset import DataSource
-from smallvision.data.sources import load_source, training_problem
+from smallvision.data.sources import leave_out_empty_classes, load_source, training_problem
 
 IMBALANCE_RATIO = 1.5  # largest class over smallest, in train, above which we warn
 
@@ -28,6 +28,7 @@ class DataReport:
 def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, cache_dir=None,
                  progress: bool = True) -> DataReport:
     source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
+    leave_out_empty_classes(source)  # as train does, so both say the same of the same folder
     report = DataReport(source, training_problem(source))
     report.warnings = list(source.warnings)
     report.duplicates = duplicate_groups(source)

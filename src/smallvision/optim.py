@@ -13,13 +13,27 @@ from torch import nn
 from smallvision.recipe import Recipe
 
 
-def flatten_parameters(model: nn.Module) -> nn.Parameter:
-    """Re-home every trainable weight (and its gradient) as a view into one flat buffer.
+def flatten_parameters(model: nn.Module) -> list[dict]:
+    """Re-home every trainable weight (and its gradient) as a view into flat buffers: one for the
+    weights that weight decay shrinks (kernels: two or more dimensions), one for those it leaves alone
+    (biases, batch norm's scale and offset), as timm and nanoGPT do: decaying a bias or a scale only
+    pulls the layer's output towards zero.
 
-    Returns a Parameter whose data and grad are those buffers; call after the model has its
-    final device and memory format. Autograd then accumulates into the views in place.
+    Returns the optimiser's parameter groups, each holding one flat Parameter whose data and grad are
+    the buffers (the second with weight_decay 0); call after the model has its final device and memory
+    format. Autograd then accumulates into the views in place.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    decayed, undecayed = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+    groups = [{"params": [flat_buffer(decayed)]}] if decayed else []
+    if undecayed:
+        groups.append({"params": [flat_buffer(undecayed)], "weight_decay": 0.0})
+    return groups
+
+
+def flat_buffer(params: list[nn.Parameter]) -> nn.Parameter:
+    """One Parameter whose data and grad hold `params`' values and gradients; each of `params` becomes
+    a view into it."""
     device = params[0].device
     total = sum(p.numel() for p in params)
     flat = nn.Parameter(torch.empty(total, device=device))
@@ -35,6 +49,12 @@ def flatten_parameters(model: nn.Module) -> nn.Parameter:
         p.grad = grad_view
         offset += n
     return flat
+
+
+def zero_gradients(groups: list[dict]) -> None:
+    """Zero the flat gradient buffers in place (each weight's .grad is a view into one: never None)."""
+    for group in groups:
+        group["params"][0].grad.zero_()
 
 
 class KerasRMSprop(torch.optim.Optimizer):
@@ -66,6 +86,8 @@ class KerasRMSprop(torch.optim.Optimizer):
 
 
 def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over `params` (flatten_parameters' groups, or tensors); a group's own
+    weight_decay (0 for biases and scales) overrides the recipe's."""
     lr = recipe.learning_rate
     if recipe.optimizer == "rmsprop":
         return KerasRMSprop(params, lr=lr, rho=recipe.rho, epsilon=recipe.epsilon, momentum=recipe.momentum)

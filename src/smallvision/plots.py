@@ -9,7 +9,9 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> None:
+def plot_curves(history: list[dict], path, title: str = "", kept_epoch: int | None = None) -> None:
+    """Training as dots and validation as a line per epoch, fine-tuning's start as a dashed line, and with
+    keep_best the epoch whose weights the run kept as a ring on its validation point."""
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, metric in zip(axes, ("accuracy", "loss")):
@@ -19,6 +21,10 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
             axis.plot([row["epoch"] for row in validated], [row["val_" + metric] for row in validated], "b",
                       label=f"Validation {metric}")
         axis.set_title(f"Training{' and validation' if validated else ''} {metric}")
+        kept = [row for row in validated if row["epoch"] == kept_epoch]
+        if kept:
+            axis.plot([kept_epoch], [kept[0]["val_" + metric]], "o", markersize=12, markerfacecolor="none",
+                      markeredgecolor="tab:orange", markeredgewidth=2, label=f"Kept (epoch {kept_epoch})")
         boundaries = [row["epoch"] - 0.5 for previous, row in pairwise(history) if row.get("stage") != previous.get("stage")]
         for boundary in boundaries:  # fine-tuning starts here
             axis.axvline(boundary, color="gray", linestyle="--")

@@ -1,6 +1,7 @@
 """A recipe: every choice a run makes, read from and written to TOML."""
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -21,6 +22,7 @@ CHOICES = {
     "precision": PRECISIONS,
     "device": ("auto", "cpu", "cuda"),
 }
+KEEP_BEST = ("val_accuracy", "val_loss")
 
 
 @dataclass
@@ -95,6 +97,11 @@ class Recipe:
     channels_last: bool = True
     # a checkpoint is written after every epoch and, inside a long one, every checkpoint_minutes
     checkpoint_minutes: float = 5.0
+    # keep the weights of the best validation ("val_accuracy" or "val_loss"), as Keras'
+    # ModelCheckpoint(save_best_only=True), and stop after early_stopping_patience validations without
+    # improvement (0: never), restoring them, as Keras' EarlyStopping(restore_best_weights=True)
+    keep_best: str | None = None
+    early_stopping_patience: int = 0
     seed: int = 0
     device: str = "auto"
 
@@ -108,9 +115,15 @@ class Recipe:
                 raise SmallvisionError("give a network as layers or a pretrained backbone, not both")
             if self.dropout:
                 raise SmallvisionError("with layers, write the Dropout among them (Dropout(0.5)); leave dropout at 0")
+        for field in fields(self):  # NaN would pass every range check below: each comparison with it is False
+            value = getattr(self, field.name)
+            if any(isinstance(v, float) and math.isnan(v) for v in (value if isinstance(value, list) else [value])):
+                raise SmallvisionError(f"{field.name} must be a number, got {value}")
         for field, allowed in CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise unknown_name(field, str(getattr(self, field)), list(allowed))
+        if self.keep_best is not None and self.keep_best not in KEEP_BEST:
+            raise unknown_name("keep_best", str(self.keep_best), list(KEEP_BEST))
         if self.color_mode not in (None, "rgb", "grayscale"):
             raise unknown_name("color_mode", str(self.color_mode), ["rgb", "grayscale"])
         if self.backbone and self.color_mode == "grayscale":
@@ -122,6 +135,11 @@ class Recipe:
         for field in ("epochs", "batch_size", "validation_freq"):
             if getattr(self, field) < 1:
                 raise SmallvisionError(f"{field} must be at least 1, got {getattr(self, field)}")
+        if self.early_stopping_patience < 0:
+            raise SmallvisionError(f"early_stopping_patience must be 0 (never stop early) or more, "
+                                   f"got {self.early_stopping_patience}")
+        if self.early_stopping_patience and not self.keep_best:
+            self.keep_best = "val_loss"  # Keras' EarlyStopping watches val_loss unless told otherwise
         if self.steps_per_epoch < 0:
             raise SmallvisionError(f"steps_per_epoch must be 0 (one pass) or more, got {self.steps_per_epoch}")
         if self.image_size is not None and self.image_size < 8:
@@ -167,7 +185,7 @@ class Recipe:
                     or self.zoom_bounds != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip
                     or self.brightness_range)
 
-    def replace(self, **changes) -> "Recipe":
+    def replace(self, /, **changes) -> "Recipe":  # `/`: a field called "self" is an unknown field, not a clash
         """A copy with `changes` applied; None values are ignored, unknown names rejected."""
         changes = {k: v for k, v in changes.items() if v is not None}
         known = [f.name for f in fields(self)]
@@ -191,7 +209,10 @@ class Recipe:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise SmallvisionError(f"{where}: not valid TOML: {err}") from None
-        return Recipe().replace(**values) if values else Recipe()
+        try:
+            return Recipe().replace(**values) if values else Recipe()
+        except SmallvisionError as err:  # a wrong field or value: say which file holds it
+            raise SmallvisionError(f"{where}: {err}") from None
 
     def one_line(self) -> str:
         schedule = "" if self.schedule == "constant" else f" {self.schedule}"
@@ -262,7 +283,13 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
         path = Path(text)
         if not path.is_file():
             raise SmallvisionError(f"recipe file {path} does not exist")
-        return Recipe.from_toml(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise SmallvisionError(f"recipe file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except OSError as err:
+            raise SmallvisionError(f"recipe file {path}: cannot read ({err.strerror or err})") from None
+        return Recipe.from_toml(text, str(path))
     known = builtin_recipes()
     if text not in known:
         raise unknown_name("recipe", text, list(known))

@@ -177,7 +177,7 @@ def timings_section(run, evaluation_seconds: float | None) -> str:
     return table(["what", "time"], rows) + (f"<p class=muted>{html.escape(', '.join(machine))}</p>" if machine else "")
 
 
-def build_report(run, out: str | Path | None = None, source: str | Path | None = None, split: str = "test",
+def build_report(run, out: str | Path | None = None, source: str | Path | None = None, split: str | None = None,
                  data_dir: str | Path | None = None, cache_dir: str | Path | None = None, samples: int = 8,
                  layer: str | None = None, progress: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path. The evaluation is made fresh
@@ -187,7 +187,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
     architecture = run.meta["architecture"]
     data_summary = read_json(run.path / "data.json")
     trained_splits = data_summary.get("counts", {})
-    if source is None and split == "test" and trained_splits and "test" not in trained_splits \
+    if source is None and split in (None, "test") and trained_splits and "test" not in trained_splits \
             and "validation" in trained_splits:
         split = "validation"  # a run without a test split is still shown on images it never trained on
     started = time.perf_counter()

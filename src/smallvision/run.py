@@ -1,7 +1,11 @@
 """A run directory: what a training wrote, and everything that reads it back (predict, evaluate)."""
 
+import contextlib
 import csv
 import json
+import math
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -10,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from smallvision.data.imageset import ImageSet
+from smallvision.data.folders import is_image_folder, scan_folder
 from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
@@ -18,10 +23,17 @@ from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
-from smallvision.recipe import Recipe
+from smallvision.recipe import Recipe, load_recipe
 from smallvision.train import Preprocess, predict_probabilities, resolve_device
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two trainings into one directory are not caught there
+    fcntl = None
+
 RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
+WHOLE = "all"  # the split name that scores every image of a source
+LOCK_NAME = ".training.lock"
 PREDICT_CHUNK = 256  # image files decoded and classified together by predict
 
 
@@ -29,22 +41,28 @@ def is_run(path: Path) -> bool:
     return any((path / name).is_file() for name in RUN_FILES)
 
 
+def run_dir_name(out: str | Path | None, label: str) -> Path:
+    """`out`, or with none a new directory under runs/ named after `label` and the time."""
+    if out is not None:
+        return Path(out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"{label}-{stamp}"
+    suffix = 1
+    while out.exists():
+        suffix += 1
+        out = Path("runs") / f"{label}-{stamp}-{suffix}"
+    return out
+
+
 def prepare_run_dir(out: str | Path | None, label: str, force: bool = False) -> Path:
     """A directory ready for a new run's files, checked before any training is spent.
 
     Refuses (unless `force`) a directory that already holds files, so nothing is overwritten.
     """
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{label}-{stamp}"
-        suffix = 1
-        while out.exists():
-            suffix += 1
-            out = Path("runs") / f"{label}-{stamp}-{suffix}"
-    out = Path(out)
+    out = run_dir_name(out, label)
     if out.exists() and not out.is_dir():
         raise SmallvisionError(f"{out}: exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(entry.name != LOCK_NAME for entry in out.iterdir()) and not force:
         if (out / "training.json").is_file() and not (out / "model.json").is_file():
             raise SmallvisionError(f"{out}: holds an unfinished run; continue it with `smallvision train --resume "
                                    f"{out}`, choose another --out, or pass --force to start it again")
@@ -83,7 +101,44 @@ def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[d
 
         write_atomically(directory / "history.csv", lambda p: write_history(p, history))
         write_atomically(directory / "curves.png",
-                         lambda p: plot_curves(history, p, f"{meta['source']} · {recipe.name}"))
+                         lambda p: plot_curves(history, p, f"{meta['source']} · {recipe.name}",
+                                                 metrics.get("kept_epoch")))
+
+
+@contextlib.contextmanager
+def training_lock(directory: Path):
+    """Held while a training writes `directory`: a second training aimed at it at the same time (a new
+    one with --force, or a --resume) is refused. The kernel lets go of the lock when its process ends,
+    however it ends, so a run killed with kill -9 resumes with nothing to clean up."""
+    path = directory / LOCK_NAME
+    if directory.exists() and not directory.is_dir():
+        raise SmallvisionError(f"{directory}: exists and is not a directory; choose another --out")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as err:
+        raise SmallvisionError(f"{directory}: cannot write there ({err.strerror or err})") from None
+    with handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # the file may have been removed by the holder it belonged to between our open and our lock
+                locked_ours = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+            except OSError:
+                locked_ours = False
+            if not locked_ours:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise SmallvisionError(f"{directory}: another training is writing this run now ({holder}); wait for "
+                                       f"it to end, or stop it (Ctrl-C there leaves a checkpoint to --resume)")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still holding it: a later training makes a new one
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -107,29 +162,34 @@ class Run:
                                    f"`smallvision train --resume {self.path}`")
         if missing:
             raise SmallvisionError(f"{self.path}: not a smallvision run ({', '.join(missing)} missing)")
+        description = self.path / "model.json"
         try:
-            self.meta = json.loads((self.path / "model.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise SmallvisionError(f"{self.path / 'model.json'}: unreadable ({err})") from None
-        self.recipe = Recipe.from_toml((self.path / "recipe.toml").read_text(), str(self.path / "recipe.toml"))
+            self.meta = json.loads(description.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise SmallvisionError(f"{description}: unreadable ({err})") from None
+        self.recipe = load_recipe(str(self.path / "recipe.toml"))
         self.device = resolve_device(device)
+        problem = description_problem(self.meta)
+        if problem:
+            raise SmallvisionError(f"{description}: not a run's model description ({problem})")
+        self.class_names: list[str] = self.meta["class_names"]
+        architecture, pre = self.meta["architecture"], self.meta["preprocessing"]
         try:
-            self.class_names: list[str] = self.meta["class_names"]
-            architecture = self.meta["architecture"]
             # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
             if architecture.get("layers") is not None:  # the network itself, written by every run since layer lists
-                layers = layers_from_json(architecture["layers"], str(self.path / "model.json"))
+                layers = layers_from_json(architecture["layers"], str(description))
                 self.model = build_network(layers, architecture["input_shape"], architecture["num_classes"],
                                            name=architecture["model"])
             else:  # a backbone, or a run from before: by name
                 self.model = create_model(architecture["model"], architecture["input_shape"],
                                           architecture["num_classes"], architecture.get("dropout", 0.0),
                                           architecture.get("backbone"), pretrained=False)
-            pre = self.meta["preprocessing"]
-            self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
-        except (KeyError, TypeError) as err:
-            what = f"no {err.args[0]!r} field" if isinstance(err, KeyError) else f"a field of the wrong kind: {err}"
-            raise SmallvisionError(f"{self.path / 'model.json'}: not a run's model description ({what})") from None
+        except SmallvisionError as err:
+            raise SmallvisionError(f"{description}: the network it describes cannot be built: {err}") from None
+        except (KeyError, TypeError, ValueError) as err:  # layer_from_json takes each entry's shape on trust
+            raise SmallvisionError(f"{description}: not a run's model description (a layer of the wrong kind: "
+                                   f"{type(err).__name__}: {err})") from None
+        self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
         self.test_time_flip = bool(self.meta.get("test_time_flip", False))
         # Inference follows this machine, not the run: a bf16 run is scored in fp32 where bf16 is emulated.
         self.precision = inference_precision(self.meta.get("precision", "fp32"), self.device)
@@ -199,9 +259,21 @@ class Run:
         ranked = [[self.class_names[i], round(float(v), 6)] for v, i in zip(values, indices)]
         return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
 
+    def split_to_score(self, source: str | Path | None = None, split: str | None = None) -> str:
+        """`split`, or when none is named: "test", except for a folder of class folders (ROOT/CLASS/*) that is
+        not the run's own source: new labelled photos, scored whole (WHOLE)."""
+        if split:
+            return split
+        source = source or self.meta["source"]
+        if str(source) != self.meta["source"] and Path(source).is_dir() and is_image_folder(Path(source)):
+            if scan_folder(Path(source)).layout == "classes":
+                return WHOLE
+        return "test"
+
     def labelled_split(self, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
                        cache_dir: str | Path | None = None, progress: bool = False) -> ImageSet:
-        """One split of a labelled source (default: the run's own), checked against the run's classes and input."""
+        """One split of a labelled source (default: the run's own), or with WHOLE every image of it, checked
+        against the run's classes and input."""
         source = source or self.meta["source"]
         shape = tuple(self.meta["architecture"]["input_shape"])
         # The run's own source is split again by the run's rule, so its held-out images are the same ones.
@@ -209,8 +281,14 @@ class Run:
         rule = self.recipe if own else Recipe()
         if own and not Path(source).exists():
             source = self.trained_root() or source  # a relative path given from another directory
-        data = open_source(source, data_dir, rule.val_split, self.recipe.seed, rule.test_split, shape, cache_dir,
-                           progress=progress, for_training=False).split(split)
+        opened = open_source(source, data_dir, rule.val_split, self.recipe.seed, rule.test_split, shape, cache_dir,
+                             progress=progress, for_training=False)
+        if split == WHOLE:
+            parts = list(opened.splits().values())
+            data = ImageSet(torch.cat([part.images for part in parts]), torch.cat([part.labels for part in parts]),
+                            parts[0].class_names, sum((part.paths or [] for part in parts), []) or None)
+        else:
+            data = opened.split(split)
         if data.class_names != self.class_names:
             raise SmallvisionError(f"{source}: its classes {data.class_names[:10]} differ from the run's {self.class_names[:10]}")
         if tuple(data.images.shape[1:]) != shape:
@@ -223,13 +301,71 @@ class Run:
         root = json.loads(summary.read_text()).get("root") if summary.is_file() else None
         return root if root and Path(root).is_dir() else None
 
-    def evaluate(self, source: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
+    def evaluate(self, source: str | Path | None = None, split: str | None = None, data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> dict:
         """Accuracy, log loss, per-class scores and the confusion matrix on a labelled source whose classes
         match the run's. Writes nothing: `smallvision.evaluation.evaluate_run` writes the pictures too."""
         from smallvision.evaluation import evaluate_run  # it builds on this module
 
         return evaluate_run(self, source, split, data_dir, cache_dir, write=False).metrics
+
+
+def description_problem(meta) -> str | None:
+    """What makes model.json's content unfit to rebuild and use a run, or None: every field Run reads,
+    of the kind it needs, so that a damaged or hand-edited file fails as it loads, not in a prediction."""
+    if not isinstance(meta, dict):
+        return f"a JSON {type(meta).__name__}, not an object"
+    for key in ("class_names", "architecture", "preprocessing"):
+        if key not in meta:
+            return f"no {key!r} field"
+    names, architecture, pre = meta["class_names"], meta["architecture"], meta["preprocessing"]
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        return f"class_names must be a list of names, got {short(names)}"
+    if not isinstance(architecture, dict) or not isinstance(pre, dict):
+        return "architecture and preprocessing must be JSON objects"
+    for key in ("model", "input_shape", "num_classes"):
+        if key not in architecture:
+            return f"no {key!r} field in architecture"
+    shape = architecture["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(whole(side) and side >= 1 for side in shape)):
+        return f"architecture.input_shape must be [channels, height, width], got {short(shape)}"
+    if not whole(architecture["num_classes"]) or architecture["num_classes"] != len(names):
+        return f"architecture.num_classes must be the number of class_names ({len(names)}), got " \
+               f"{short(architecture['num_classes'])}"
+    for key in ("rescale", "mean", "std", "channels_last"):
+        if key not in pre:
+            return f"no {key!r} field in preprocessing"
+    if not finite(pre["rescale"]):
+        return f"preprocessing.rescale must be a number, got {short(pre['rescale'])}"
+    if (pre["mean"] is None) != (pre["std"] is None):
+        return "preprocessing needs both mean and std, or neither"
+    for key in ("mean", "std"):
+        values = pre[key] if isinstance(pre[key], list) else [pre[key]]
+        if pre[key] is not None and not (len(values) in (1, shape[0]) and all(map(finite, values))
+                                         and (key == "mean" or all(value > 0 for value in values))):
+            return f"preprocessing.{key} must be a number or one per channel{' above 0' if key == 'std' else ''}, " \
+                   f"got {short(pre[key])}"
+    if not isinstance(pre["channels_last"], bool):
+        return f"preprocessing.channels_last must be true or false, got {short(pre['channels_last'])}"
+    return None
+
+
+def whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def finite(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_run(path: str | Path, device: str = "auto") -> Run:

@@ -13,7 +13,7 @@ from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.metrics import log_loss
 from smallvision.models.layers import Sequential
-from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
+from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor, zero_gradients
 from smallvision.precision import inference_precision, training_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
@@ -67,6 +67,8 @@ class History:
     train_seconds: float = 0.0
     images_seen: int = 0
     features_seconds: float = 0.0  # computing a frozen backbone's features before the head trains on them
+    kept: dict | None = None  # with keep_best: the epoch whose weights the model holds at the end, and its score
+    stopped_early: int | None = None  # the epoch after which early stopping ended training
 
     @property
     def images_per_second(self) -> float:
@@ -87,6 +89,15 @@ class TrainingState:
     seen: int = 0
     seconds: float = 0.0
     history: History = field(default_factory=History)
+    best: "Best | None" = None  # with keep_best: the best validation so far and its weights
+    waited: int = 0  # validations since the best one (early stopping counts them)
+
+
+@dataclass
+class Best:
+    epoch: int
+    value: float  # of the recipe's keep_best metric
+    weights: dict[str, torch.Tensor]  # a copy of the model's state_dict, on the CPU
 
 
 @dataclass
@@ -100,6 +111,8 @@ class Loop:
     device: torch.device
     state: TrainingState
     stop_requested: str | None = None  # set (to the signal's name) to finish the batch and stop
+    finish_early: bool = False  # set by early stopping: training ends after this epoch, as if it were the last
+    context: dict = field(default_factory=dict)  # what the caller keeps with a checkpoint (a stage, the history before)
 
 
 class Callback:
@@ -115,6 +128,44 @@ class Callback:
     def on_stop(self, loop: Loop) -> None:
         """Training stops before its end (an interrupt): the state is whole, between two batches."""
 
+    def on_train_end(self, loop: Loop) -> None:
+        """Training is over (its last epoch, or early stopping); the run is written next."""
+
+
+class KeepBest(Callback):
+    """Keras' ModelCheckpoint(save_best_only=True) and EarlyStopping(restore_best_weights=True): the
+    weights of the best validation are kept (in the training state, so a checkpoint carries them), put
+    back at the end, and with a patience, training stops after that many validations without a better one."""
+
+    def __init__(self, metric: str, patience: int = 0):
+        self.metric, self.patience = metric, patience
+
+    def better(self, value: float, best: Best | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best.value if self.metric == "val_accuracy" else value < best.value
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        state, row = loop.state, loop.state.history.epochs[-1]
+        if self.metric not in row:
+            return  # not a validation epoch (validation_freq)
+        if self.better(row[self.metric], state.best):
+            weights = {name: value.detach().cpu().clone() for name, value in loop.model.state_dict().items()}
+            state.best, state.waited = Best(row["epoch"], row[self.metric], weights), 0
+            return
+        state.waited += 1
+        if self.patience and state.waited >= self.patience:
+            loop.finish_early = True
+            state.history.stopped_early = row["epoch"]
+
+    def on_train_end(self, loop: Loop) -> None:
+        best = loop.state.best
+        if best is not None:
+            loop.model.load_state_dict(best.weights)
+            loop.state.history.kept = {"epoch": best.epoch, self.metric: best.value}
+
 
 class NonFiniteLoss(SmallvisionError):
     """The NaN guard's error: the loss stopped being a number."""
@@ -122,10 +173,10 @@ class NonFiniteLoss(SmallvisionError):
 
 def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None,
         device: torch.device | None = None, progress: bool = True, callbacks: list[Callback] = (),
-        resume=None, loop_ready=None) -> History:
+        resume=None, loop_ready=None, context: dict | None = None) -> History:
     """Train `model` in place on `train` as `recipe` says; validate after each epoch. `resume`, a
     callable, restores a checkpoint into the fresh Loop; `loop_ready(loop)` is told the Loop before
-    the first step (a signal handler asks it to stop)."""
+    the first step (a signal handler asks it to stop); `context` is saved with each checkpoint."""
     device = device or resolve_device(recipe.device)
     precision = training_precision(recipe.precision, device).precision
     torch.manual_seed(recipe.seed)
@@ -133,8 +184,8 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     model.to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    flat_weights = flatten_parameters(model)
-    optimizer = build_optimizer([flat_weights], recipe)
+    weight_groups = flatten_parameters(model)  # flat buffers: decayed kernels, undecayed biases and scales
+    optimizer = build_optimizer(weight_groups, recipe)
     preprocess = Preprocess.from_recipe(recipe)
     augment = Augment.from_recipe(recipe)
     binary = model.output_activation == "sigmoid"
@@ -145,14 +196,21 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     images, labels = train.images.to(device), train.labels.to(device)
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
+    if recipe.keep_best:
+        if validation is None:
+            raise SmallvisionError(f"keep_best = \"{recipe.keep_best}\" needs a validation split to score epochs on: "
+                                   f"give the source a validation/ folder, or hold some out with --val-split 0.15")
+        callbacks = [KeepBest(recipe.keep_best, recipe.early_stopping_patience), *callbacks]
     loop = Loop(model, optimizer, generator, recipe, device,
-                TrainingState(order=torch.empty(0, dtype=torch.long, device=device)))
+                TrainingState(order=torch.empty(0, dtype=torch.long, device=device)), context=context or {})
     if resume is not None:
         resume(loop)
     if loop_ready is not None:
         loop_ready(loop)
     state = loop.state
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
+        if loop.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
+            break
         model.train()
         start = time.perf_counter() - state.seconds
         loss_sum = torch.tensor(state.loss_sum, device=device)
@@ -174,7 +232,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             with autocast(device, precision):
                 logits = model(x)
             loss = cross_entropy(logits, y, binary, recipe.label_smoothing)
-            flat_weights.grad.zero_()
+            zero_gradients(weight_groups)
             loss.backward()
             optimizer.step()
             state.step += 1
@@ -217,10 +275,21 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             print(format_epoch(row, recipe.epochs, seen / seconds), flush=True)
         for callback in callbacks:
             callback.on_epoch_end(loop)
+        if loop.finish_early:
+            if progress:
+                print(f"early stopping: no better {recipe.keep_best} in {recipe.early_stopping_patience} validations",
+                      flush=True)
+            break
         if loop.stop_requested and epoch < recipe.epochs:
             for callback in callbacks:
                 callback.on_stop(loop)
             raise TrainingStopped(loop)
+    for callback in callbacks:
+        callback.on_train_end(loop)
+    if progress and state.history.kept:
+        kept = state.history.kept
+        print(f"kept the weights of epoch {kept['epoch']} ({recipe.keep_best} {kept[recipe.keep_best]:.4f}, "
+              f"the best)", flush=True)
     return state.history
 
 

@@ -67,30 +67,47 @@ def extract_features(model: BackboneClassifier, images: torch.Tensor, preprocess
 
 
 def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                            progress: bool = True, cache_dir=None) -> tuple[History, dict]:
-    """Both stages, as the recipe says; (the history of both, test metrics when stage one already has them)."""
+                            progress: bool = True, cache_dir=None, callbacks=(), resume=None, loop_ready=None,
+                            context: dict | None = None) -> tuple[History, dict]:
+    """Both stages, as the recipe says; (the history of both, test metrics when stage one already has them).
+    `callbacks`, `resume` and `loop_ready` are fit's, for each stage; `context` is that of the checkpoint
+    being resumed: its stage is where training picks up (stage two: with stage one's history)."""
+    stage = (context or {}).get("stage", 1)
     model.freeze_backbone()
-    if recipe.augments:
-        history, test = fit(model, dataset.train, recipe, dataset.validation, device, progress), {}
+    if stage == 1:
+        if recipe.augments:
+            history = fit(model, dataset.train, recipe, dataset.validation, device, progress, callbacks, resume,
+                          loop_ready, context={"stage": 1})
+            test = {}
+        else:
+            history, test = fit_on_features(model, dataset, recipe, device, progress, cache_dir, callbacks, resume,
+                                            loop_ready)
+        resume = None  # stage two starts afresh from stage one's weights
+        for row in history.epochs:
+            row["stage"] = 1
     else:
-        history, test = fit_on_features(model, dataset, recipe, device, progress, cache_dir)
-    for row in history.epochs:
-        row["stage"] = 1
+        history, test = History(**context["earlier"]), {}
     if recipe.fine_tune_blocks:
         model.unfreeze_last_blocks(recipe.fine_tune_blocks)
         tuning = dataclasses.replace(recipe, learning_rate=recipe.fine_tune_learning_rate,
                                      epochs=recipe.fine_tune_epochs, seed=recipe.seed + 1)
-        second = fit(model, dataset.train, tuning, dataset.validation, device, progress)
+        second = fit(model, dataset.train, tuning, dataset.validation, device, progress, callbacks, resume, loop_ready,
+                     context={"stage": 2, "earlier": dataclasses.asdict(history)})
+        before = len(history.epochs)
         for row in second.epochs:
-            row.update(epoch=row["epoch"] + len(history.epochs), stage=2)
+            row.update(epoch=row["epoch"] + before, stage=2)
+        if second.kept:
+            second.kept["epoch"] += before
         history = History(history.epochs + second.epochs, history.train_seconds + second.train_seconds,
-                          history.images_seen + second.images_seen, history.features_seconds)
+                          history.images_seen + second.images_seen, history.features_seconds, second.kept,
+                          second.stopped_early and second.stopped_early + before)
         test = {}  # the head's test score no longer describes the tuned network
     return history, test
 
 
 def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                    progress: bool = True, cache_dir=None) -> tuple[History, dict]:
+                    progress: bool = True, cache_dir=None, callbacks=(), resume=None, loop_ready=None,
+                    ) -> tuple[History, dict]:
     """Train `model.head` on the frozen backbone's features of each split; (history, test metrics)."""
     model.to(device)
     if recipe.channels_last:
@@ -106,7 +123,8 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
                                       channels_last=False)
     features_seconds = time.perf_counter() - started
-    history = fit(model.head, features["train"], head_recipe, features.get("validation"), device, progress)
+    history = fit(model.head, features["train"], head_recipe, features.get("validation"), device, progress, callbacks,
+                  resume, loop_ready, context={"stage": 1})
     history.features_seconds = features_seconds
     test = {}
     if "test" in features:

@@ -28,7 +28,7 @@ from smallvision.models.layers import Input, Sequential, declared_input_shape
 from smallvision.precision import inference_precision, training_precision
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.files import write_atomically
-from smallvision.run import Run, prepare_run_dir, save_run
+from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.train import Callback, Preprocess, evaluate_imageset, fit, resolve_device
 from smallvision.transfer import fit_backbone_classifier
 
@@ -90,23 +90,31 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
                   f"0 keeps the images for training)", file=sys.stderr, flush=True)
     device = resolve_device(recipe.device)
     source_label = Path(str(source)).name or str(source)
-    created = out is None or not Path(out).exists()
-    directory = prepare_run_dir(out, f"{source_label}-{recipe.name}", force)
-    (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # --force over an unfinished run starts it afresh
-    try:
-        # What --resume needs, first: a run stopped at any moment after this line can be continued.
-        write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
-            {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
-        write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
-        train_into(directory, source, recipe, device, data, progress, cache_dir)
-    except TrainingStopped as stop:
-        stop.directory = directory
-        raise
-    except BaseException:
-        if created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists():
-            shutil.rmtree(directory)  # a run that failed before its first checkpoint leaves nothing behind
-        raise
+    directory = run_dir_name(out, f"{source_label}-{recipe.name}")
+    created = not directory.exists()
+    with training_lock(directory):  # a second training aimed at this directory is refused while this one runs
+        try:
+            prepare_run_dir(directory, "", force)
+            (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # --force over an unfinished run starts afresh
+            # What --resume needs, first: a run stopped at any moment after this line can be continued.
+            write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
+                {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
+            write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
+            train_into(directory, source, recipe, device, data, progress, cache_dir)
+        except TrainingStopped as stop:
+            stop.directory = directory
+            raise
+        except BaseException:
+            if created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists():
+                shutil.rmtree(directory)  # a run that failed before its first checkpoint leaves nothing behind
+            raise
     return Run(directory, recipe.device)
+
+
+def resume(run: str | Path, progress: bool = True, data: str | Path | None = None, cache_dir=None) -> Run:
+    """Continue an unfinished run (stopped, killed or crashed) where its checkpoint left it: sv.resume(RUN)
+    is sv.train(resume=RUN)."""
+    return resume_run(run, data, progress, cache_dir)
 
 
 def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=None, source=None, recipe=None,
@@ -130,11 +138,12 @@ def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=Non
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise SmallvisionError(f"{directory / 'training.json'}: unreadable ({err})") from None
     device = resolve_device(recipe.device)
-    try:
-        train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True)
-    except TrainingStopped as stop:
-        stop.directory = directory
-        raise
+    with training_lock(directory):
+        try:
+            train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True)
+        except TrainingStopped as stop:
+            stop.directory = directory
+            raise
     return Run(directory, recipe.device)
 
 
@@ -220,26 +229,37 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         check_same_data(directory, dataset)
     else:
         write_data_files(directory, dataset, recipe)
-    test_metrics = {}
-    if recipe.backbone:  # two stages of their own; a stopped backbone run resumes from its start
-        history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir)
-    else:
-        checkpoint = read_checkpoint(directory) if resuming else None
-        if resuming and progress:
-            where = (f"epoch {checkpoint[0]['epoch'] + 1}, step {checkpoint[0]['step']}" if checkpoint
-                     else "its start (it stopped before its first checkpoint)")
-            print(f"resuming {directory} from {where}", flush=True)
-        with stop_on_signals() as stopper:
-            history = fit(model, train_split, chosen, dataset.validation, device, progress,
-                          callbacks=[Checkpointer(directory, recipe.checkpoint_minutes)],
-                          resume=(lambda loop: restore_checkpoint(loop, *checkpoint)) if checkpoint else None,
-                          loop_ready=stopper.attach)
+    checkpoint = read_checkpoint(directory) if resuming else None
+    if resuming and progress:
+        where = "its start (it stopped before its first checkpoint)"
+        if checkpoint:
+            header = checkpoint[0]
+            stage = f"stage {header['context']['stage']}, " if "stage" in header["context"] else ""
+            where = f"{stage}its {header['step']}th step ({header['epoch']} epochs done)"
+        print(f"resuming {directory} from {where}", flush=True)
+    resume = (lambda loop: restore_checkpoint(loop, *checkpoint)) if checkpoint else None
+    with stop_on_signals() as stopper:
+        common = dict(callbacks=[Checkpointer(directory, recipe.checkpoint_minutes)], resume=resume,
+                      loop_ready=stopper.attach)
+        if recipe.backbone:  # two stages of their own; the checkpoint says which one it was written in
+            history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir,
+                                                            context=checkpoint[0]["context"] if checkpoint else None,
+                                                            **common)
+        else:
+            history = fit(model, train_split, chosen, dataset.validation, device, progress, **common)
+            test_metrics = {}
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
+    if history.stopped_early:
+        metrics["stopped_early_after_epoch"] = history.stopped_early
     if history.features_seconds:
         metrics["features_seconds"] = round(history.features_seconds, 3)  # from the cache: near 0
-    if history.epochs and "val_accuracy" in history.epochs[-1]:
+    if history.kept:  # keep_best: the weights are this epoch's, so are the validation figures
+        metrics.update(kept_epoch=history.kept["epoch"], kept_by=recipe.keep_best)
+        row = next(row for row in history.epochs if row["epoch"] == history.kept["epoch"])
+        metrics.update(val_accuracy=row["val_accuracy"], val_loss=row["val_loss"])
+    elif history.epochs and "val_accuracy" in history.epochs[-1]:
         metrics["val_accuracy"] = history.epochs[-1]["val_accuracy"]
         metrics["val_loss"] = history.epochs[-1]["val_loss"]
     if test_metrics:
@@ -270,7 +290,12 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     }
     if not recipe.backbone:  # the network itself, so the run reloads without knowing any name of ours
         meta["architecture"]["layers"] = layers_to_json(model.keras_layers)
-    save_run(directory, model, recipe, meta, history.epochs, metrics)
+    try:
+        save_run(directory, model, recipe, meta, history.epochs, metrics)
+    except OSError as err:  # a full disk, a lost permission: the last epoch's checkpoint holds the whole result
+        raise SmallvisionError(f"{directory}: the run's files cannot be written ({err.strerror or err}); its last "
+                               f"checkpoint is kept: make room, then `smallvision train --resume {directory}` "
+                               f"writes them without training again") from None
     (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # a finished run needs no checkpoint
 
 
@@ -337,8 +362,8 @@ def check_same_data(directory: Path, dataset: DataSource) -> None:
 
 
 class Checkpointer(Callback):
-    """Writes the checkpoint at the end of every epoch, every few minutes inside a long one, and when
-    training is stopped."""
+    """Writes the checkpoint at the end of every epoch (the last too: a run whose files then cannot be
+    written loses nothing), every few minutes inside a long one, and when training is stopped."""
 
     def __init__(self, directory: Path, minutes: float):
         self.directory, self.every, self.last = directory, minutes * 60, time.monotonic()
@@ -348,8 +373,7 @@ class Checkpointer(Callback):
             self.save(loop)
 
     def on_epoch_end(self, loop) -> None:
-        if loop.state.epoch < loop.recipe.epochs:  # after the last epoch the run itself is written
-            self.save(loop)
+        self.save(loop)
 
     def on_stop(self, loop) -> None:
         self.save(loop)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import torch
+
 from smallvision.data.folders import image_files, is_image_folder, load_image_folder
 from smallvision.data.imageset import DataSource, ImageSet, stratified_split
 from smallvision.data.mnist import is_idx_directory, load_idx_source, locate_mnist
@@ -20,6 +22,7 @@ def open_source(spec: str | Path, data_dir: str | Path | None = None, val_split:
     `val_split` of what is left: both stratified by class and chosen by `seed`.
     """
     source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
+    leave_out_empty_classes(source)
     for split in ("validation", "test"):
         if getattr(source, split) is not None and len(getattr(source, split)) == 0:  # every file in it unusable
             setattr(source, split, None)
@@ -77,15 +80,39 @@ def is_photo_folder(spec: str | Path) -> bool:
     return str(spec) not in NAMED_SOURCES and is_image_folder(path) and not is_idx_directory(path)
 
 
+def leave_out_empty_classes(source: DataSource) -> None:
+    """Take the classes without a usable training image out of every split of `source`, with a warning
+    naming each: a class the network never sees only makes a wrong output layer (three classes where
+    the data has two), and a stray empty folder is the usual cause. `train` and `data check` both call
+    this, so they say the same thing about the same folder."""
+    if source.train is None or len(source.train) == 0:
+        return
+    counts, names = source.train.class_counts(), source.class_names
+    kept = [index for index, count in enumerate(counts) if count]
+    if len(kept) == len(counts):
+        return
+    new_label = torch.full((len(counts),), -1, dtype=torch.long)
+    new_label[kept] = torch.arange(len(kept))
+    elsewhere = {}  # class -> its images in validation and test, left out with it
+    for split, images in source.splits().items():
+        labels = images.labels.cpu()
+        for index in set(range(len(counts))) - set(kept):
+            if int((labels == index).sum()):
+                elsewhere.setdefault(index, []).append(f"{int((labels == index).sum())} {split}")
+        subset = images.subset(torch.nonzero(new_label[labels] >= 0).flatten())
+        setattr(source, split, ImageSet(subset.images, new_label[subset.labels.cpu()].to(subset.labels.device),
+                                        [names[index] for index in kept], subset.paths))
+    for index in sorted(set(range(len(counts))) - set(kept), reverse=True):
+        also = f" (and its {' and '.join(elsewhere[index])} images)" if index in elsewhere else ""
+        source.warnings.insert(0, f"class {names[index]!r} has no usable training images: it is left out of the "
+                                  f"run{also}; the network learns the other {len(kept)}")
+
+
 def training_problem(source: DataSource) -> str | None:
-    """Why training on `source` would fail, or None. A class without training images is only a warning."""
+    """Why training on `source` would fail, or None."""
     if source.train is None or len(source.train) == 0:
         return f"{source.root or source.name}: no usable training images"
     counts = source.train.class_counts()
-    for name, count in zip(source.class_names, counts):
-        warning = f"class {name!r} has no usable training images"
-        if count == 0 and warning not in source.warnings:
-            source.warnings.append(warning)
     usable = sum(1 for c in counts if c)
     if usable < 2:
         listed = ", ".join(f"{n}: {c}" for n, c in zip(source.class_names, counts))
