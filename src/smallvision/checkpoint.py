@@ -55,25 +55,65 @@ def save_checkpoint(directory: Path, loop) -> Path:
 
 
 def read_checkpoint(directory: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """(header, tensors) of RUN/checkpoint.safetensors, or None when there is none."""
+    """(header, tensors) of RUN/checkpoint.safetensors, or None when there is none; a damaged one is one
+    line naming the file and the fault."""
     path = directory / NAME
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), "pt") as handle:  # one read: the header's JSON and the tensors
-            header = json.loads(handle.metadata()["state"])
+            header = json.loads((handle.metadata() or {})["state"])
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        raise SmallvisionError(f"{path}: unreadable ({err}); the checkpoint is damaged") from None
-    if header.get("format") != FORMAT:
-        raise SmallvisionError(f"{path}: not a checkpoint this version writes ({header.get('format')})")
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, RecursionError) as err:
+        reason = " ".join(str(err).split())  # safetensors quotes a damaged header, newlines and all
+        raise SmallvisionError(f"{path}: unreadable ({reason}); the checkpoint is damaged") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = " ".join(str(header.get("format") if isinstance(header, dict) else type(header).__name__).split())
+        raise SmallvisionError(f"{path}: not a checkpoint this version writes ({found[:80]})")
+    problem = header_problem(header, tensors)
+    if problem:
+        raise SmallvisionError(f"{path}: the checkpoint is damaged ({problem})")
     return header, tensors
+
+
+HEADER_FIELDS = {"step": int, "epoch": int, "cursor": int, "correct": int, "seen": int, "images_seen": int,
+                 "waited": int, "loss_sum": (int, float), "seconds": (int, float), "train_seconds": (int, float),
+                 "history": list, "param_groups": list, "optimizer_keys": list, "context": dict}
+
+
+def header_problem(header: dict, tensors: dict[str, torch.Tensor]) -> str | None:
+    """What in a checkpoint's header restore_checkpoint could not use, or None."""
+    for key, kind in HEADER_FIELDS.items():
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            return f"its {key!r} is {json.dumps(header.get(key))[:40]}"
+    if not all(isinstance(row, dict) for row in header["history"]):
+        return "its history is not a list of epochs"
+    if not all(isinstance(group, dict) for group in header["param_groups"]):
+        return "its optimiser groups are not objects"
+    for key in header["optimizer_keys"]:
+        if not isinstance(key, str) or "." not in key or not key.split(".")[0].isdigit() \
+                or f"optimizer.{key}" not in tensors:
+            return f"optimiser state {str(key)[:40]!r} is missing"
+    best = header.get("best")
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("epoch"), int)
+                                 and isinstance(best.get("value"), (int, float))):
+        return "its best epoch is not an epoch and a value"
+    if header.get("stopped_early") is not None and not isinstance(header.get("stopped_early"), int):
+        return "its early stop is not an epoch"
+    for name in ("loop.order", "rng.loop", "rng.torch"):
+        if name not in tensors:
+            return f"no {name!r} tensor"
+    return None
 
 
 def restore_checkpoint(loop, header: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Put a checkpoint back into a freshly built `loop`: weights, moments, position, generators, history."""
     model = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
-    loop.model.load_state_dict(model)
+    try:
+        loop.model.load_state_dict(model)
+    except RuntimeError as err:  # another network's checkpoint, or damaged shapes
+        raise SmallvisionError(f"the checkpoint does not fit this run's network "
+                               f"({' '.join(str(err).split())[:200]})") from None
     optimizer_state: dict = {}
     for key in header["optimizer_keys"]:
         index, name = key.split(".", 1)

@@ -34,10 +34,10 @@ def flatten_parameters(model: nn.Module) -> list[dict]:
 def flat_buffer(params: list[nn.Parameter]) -> nn.Parameter:
     """One Parameter whose data and grad hold `params`' values and gradients; each of `params` becomes
     a view into it."""
-    device = params[0].device
+    device, dtype = params[0].device, params[0].dtype  # float32 weights (autocast computes in bf16), kept as they are
     total = sum(p.numel() for p in params)
-    flat = nn.Parameter(torch.empty(total, device=device))
-    flat.grad = torch.zeros(total, device=device)
+    flat = nn.Parameter(torch.empty(total, device=device, dtype=dtype))
+    flat.grad = torch.zeros(total, device=device, dtype=dtype)
     offset = 0
     for p in params:
         n = p.numel()

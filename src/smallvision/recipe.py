@@ -159,8 +159,14 @@ class Recipe:
                                    f"got {self.brightness_range}")
         if self.checkpoint_minutes <= 0:
             raise SmallvisionError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
-        if self.learning_rate <= 0:
-            raise SmallvisionError(f"learning_rate must be positive, got {self.learning_rate}")
+        for field in ("learning_rate", "fine_tune_learning_rate", "epsilon"):
+            if not 0 < getattr(self, field) < math.inf:
+                raise SmallvisionError(f"{field} must be a positive number, got {getattr(self, field)}")
+        for field in ("rho", "beta_1", "beta_2", "momentum", "label_smoothing"):  # the optimiser's rates of decay
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise SmallvisionError(f"{field} must be in [0, 1), got {getattr(self, field)}")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise SmallvisionError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         for field in ("val_split", "test_split"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise SmallvisionError(f"{field} must be in [0, 1), got {getattr(self, field)}")

@@ -184,8 +184,9 @@ class Run:
                 self.model = create_model(architecture["model"], architecture["input_shape"],
                                           architecture["num_classes"], architecture.get("dropout", 0.0),
                                           architecture.get("backbone"), pretrained=False)
-        except SmallvisionError as err:
-            raise SmallvisionError(f"{description}: the network it describes cannot be built: {err}") from None
+        except SmallvisionError as err:  # whitespace collapsed: a name from the file may hold a newline
+            raise SmallvisionError(f"{description}: the network it describes cannot be built: "
+                                   f"{' '.join(str(err).split())}") from None
         except (KeyError, TypeError, ValueError) as err:  # layer_from_json takes each entry's shape on trust
             raise SmallvisionError(f"{description}: not a run's model description (a layer of the wrong kind: "
                                    f"{type(err).__name__}: {err})") from None
@@ -197,7 +198,8 @@ class Run:
         try:
             self.model.load_state_dict(load_file(str(weights)))
         except (SafetensorError, OSError) as err:
-            raise SmallvisionError(f"{weights}: unreadable ({err}); the file is damaged or incomplete") from None
+            reason = " ".join(str(err).split())  # safetensors quotes a damaged header's text, newlines and all
+            raise SmallvisionError(f"{weights}: unreadable ({reason}); the file is damaged or incomplete") from None
         except RuntimeError as err:  # names or shapes that do not fit the network model.json describes
             first = str(err).strip().splitlines()[-1].strip()
             raise SmallvisionError(f"{weights}: its weights do not fit the network in model.json ({first})") from None
@@ -326,6 +328,8 @@ def description_problem(meta) -> str | None:
     for key in ("model", "input_shape", "num_classes"):
         if key not in architecture:
             return f"no {key!r} field in architecture"
+    if not isinstance(architecture["model"], str):
+        return f"architecture.model must be a name, got {short(architecture['model'])}"
     shape = architecture["input_shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(whole(side) and side >= 1 for side in shape)):
         return f"architecture.input_shape must be [channels, height, width], got {short(shape)}"
@@ -342,8 +346,8 @@ def description_problem(meta) -> str | None:
     for key in ("mean", "std"):
         values = pre[key] if isinstance(pre[key], list) else [pre[key]]
         if pre[key] is not None and not (len(values) in (1, shape[0]) and all(map(finite, values))
-                                         and (key == "mean" or all(value > 0 for value in values))):
-            return f"preprocessing.{key} must be a number or one per channel{' above 0' if key == 'std' else ''}, " \
+                                         and (key == "mean" or 0 not in values)):
+            return f"preprocessing.{key} must be a number or one per channel{' (not 0)' if key == 'std' else ''}, " \
                    f"got {short(pre[key])}"
     if not isinstance(pre["channels_last"], bool):
         return f"preprocessing.channels_last must be true or false, got {short(pre['channels_last'])}"

@@ -1,6 +1,7 @@
 """The IDX file format of MNIST: read and write, gzip or raw, every field checked."""
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -48,13 +49,18 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(raw) < header_size:
         raise SmallvisionError(f"{name}: truncated IDX header: {ndim} dimensions need {header_size} bytes, file has {len(raw)}")
     shape = struct.unpack(f">{ndim}I", raw[4:header_size])
-    expected = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python's integers, not numpy's int64, which wraps: four dimensions of 2^16 would make 0 elements.
+    expected = header_size + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "has trailing bytes"
         raise SmallvisionError(
             f"{name}: {problem}: header says shape {'x'.join(map(str, shape))} ({expected} bytes), file has {len(raw)} bytes"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+    try:
+        array = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    except ValueError:  # no elements, but dimensions whose product numpy cannot index (2^32-1 x 2^32-1 x 0)
+        raise SmallvisionError(f"{name}: header says shape {'x'.join(map(str, shape))}, too large to hold") from None
+    return array.astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:
