@@ -66,10 +66,17 @@ class Augment:
             "brightness": uniform(*self.brightness_range) if self.brightness_range else torch.ones(count, device=device),
         }
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augmented float images [B, C, H, W] (0-255 scale) from uint8 or float images."""
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 share: tuple[int, int] | None = None) -> torch.Tensor:
+        """Augmented float images [B, C, H, W] (0-255 scale) from uint8 or float images. With `share`
+        (start, whole), `images` are the images start, start + 1, ... of a batch of `whole`, and the random
+        draws are made for the whole batch: each of several processes then transforms its share exactly
+        as one process transforms the batch."""
         count, _, height, width = images.shape
-        parameters = self.random_parameters(count, height, width, generator, images.device)
+        start, whole = share or (0, count)
+        parameters = self.random_parameters(whole, height, width, generator, images.device)
+        if whole != count:
+            parameters = {name: value[start:start + count] for name, value in parameters.items()}
         return self.apply(images, parameters)
 
     def apply(self, images: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:

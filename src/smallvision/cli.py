@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ PROG = "smallvision"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --processes N` starts N of this command
     if not getattr(args, "handler", None):  # a command group named without its command
         getattr(args, "group", parser).print_help()
         return 2
@@ -22,11 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as stop:
+        if not is_main_process():
+            return 130  # another process of a run trained by several: rank 0 says where it stopped
         state, stage = stop.loop.state, stop.loop.context.get("stage")
         where = f"step {state.step} (epoch {state.epoch + 1}{f' of stage {stage}' if stage else ''})"
-        print(f"{PROG}: stopped by {stop.loop.stop_requested} after {where}; "
-              f"the checkpoint is in {stop.directory}; continue with:\n  smallvision train --resume {stop.directory}",
-              file=sys.stderr)
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        again = f" --processes {processes}" if processes > 1 else ""
+        print(f"{PROG}: stopped by {stop.loop.stop_requested} after {where}; the checkpoint is in {stop.directory}; "
+              f"continue with:\n  smallvision train --resume {stop.directory}{again}", file=sys.stderr)
         return 143 if stop.loop.stop_requested == "SIGTERM" else 130
     except BrokenPipeError:  # the reader (`| head`) stopped listening; not an error of ours
         sys.stderr.close()
@@ -34,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written for the unfinished run", file=sys.stderr)
         return 130
+    finally:
+        if "smallvision.distributed" in sys.modules:  # leave the process group before exiting, as torch asks
+            sys.modules["smallvision.distributed"].stop()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a run trained by several processes (or the one process): the one that reports."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def at_least(minimum: int):
@@ -109,10 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = command(sub, "train", "train a model on a source and write a run directory",
                     "smallvision train mnist --recipe seed-mnist --seed 1 --out runs/mnist-1\n"
                     "  smallvision train --resume runs/mnist-1        # after a Ctrl-C, a kill or a crash\n"
+                    "  smallvision train mnist --processes 2          # two processes, one run (--gpus 4: four GPUs)\n"
                     "  smallvision train my_photos/ --recipe catsdogs-finetune --val-split 0.15 --test-split 0.15",
                     run_train)
     train.add_argument("--resume", metavar="RUN", help="continue an unfinished run (stopped, killed or crashed) from "
                                                        "its checkpoint, with its own source and recipe")
+    train.add_argument("--processes", type=at_least(1), metavar="N",
+                       help="train as N processes on this machine's CPU cores (torch.distributed, gloo), each taking "
+                            "its share of every batch: the same run as one process trains")
+    train.add_argument("--gpus", type=at_least(1), metavar="N",
+                       help="train on N GPUs of this machine, one process each (torch.distributed, NCCL). Across "
+                            "machines, start `torchrun --nnodes M --nproc-per-node N ... -m smallvision.cli train ...` "
+                            "on each")
     train.add_argument("source", nargs="?", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
                                       "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
     train.add_argument("--recipe", help="a built-in recipe (see `smallvision recipes`) or a .toml file (default: "
@@ -315,9 +336,29 @@ def parse_settings(settings: list[str]) -> dict:
     return changes
 
 
-def run_train(args) -> None:
+def without_launch_flags(argv: list[str]) -> list[str]:
+    """The command line as each started process runs it: --processes N and --gpus N taken out."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("--processes", "--gpus"):
+            skip = True
+        elif not token.startswith(("--processes=", "--gpus=")):
+            kept.append(token)
+    return kept
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_train(args) -> int | None:
     from dataclasses import fields
 
+    from smallvision import distributed
     from smallvision.recipe import Recipe
     from smallvision.workflow import train
 
@@ -326,8 +367,22 @@ def run_train(args) -> None:
     overrides.update(parse_settings(args.set))
     if args.source is None and args.resume is None:
         raise SmallvisionError("name a source to train on (e.g. `mnist` or a folder of photos), or --resume RUN")
+    if args.gpus and args.processes:
+        raise SmallvisionError("give --gpus or --processes, not both")
+    if args.gpus:
+        count = torch_cuda_count()
+        if args.gpus > count:
+            raise SmallvisionError(f"--gpus {args.gpus}: this machine has {count} GPU{'' if count == 1 else 's'}"
+                                   f"{'; leave --gpus out to train on the CPU' if count == 0 else ''}")
+        overrides["device"] = "cuda"
+    wanted = args.gpus or args.processes or 1
+    if wanted > 1 and not distributed.launched():  # start the processes; each runs this command without the flag
+        argv = without_launch_flags(args.argv) + (["--device", "cuda"] if args.gpus else [])
+        return distributed.launch(wanted, argv)
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
                 progress=not args.quiet, cache_dir=args.cache_dir, resume=args.resume, **overrides)
+    if not distributed.ranks().main:
+        return None  # rank 0 reports the run
     metrics = run.metrics
     shown = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "train_seconds", "images_per_second") if k in metrics}
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) and v < 1 else f"{k} {v:g}" for k, v in shown.items()))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from smallvision import distributed
 from smallvision.augment import Augment
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
@@ -201,6 +202,10 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             raise SmallvisionError(f"keep_best = \"{recipe.keep_best}\" needs a validation split to score epochs on: "
                                    f"give the source a validation/ folder, or hold some out with --val-split 0.15")
         callbacks = [KeepBest(recipe.keep_best, recipe.early_stopping_patience), *callbacks]
+    ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
+    if recipe.batch_size < ranks.world:
+        raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {ranks.world} processes sharing "
+                               f"each batch; use a batch of at least {ranks.world}")
     loop = Loop(model, optimizer, generator, recipe, device,
                 TrainingState(order=torch.empty(0, dtype=torch.long, device=device)), context=context or {})
     if resume is not None:
@@ -213,13 +218,15 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             break
         model.train()
         start = time.perf_counter() - state.seconds
-        loss_sum = torch.tensor(state.loss_sum, device=device)
-        correct = torch.tensor(state.correct, device=device, dtype=torch.long)
+        # this process's sums (a resumed epoch's sums so far, which are every process's, count once: on rank 0)
+        loss_sum = torch.tensor(state.loss_sum if ranks.main else 0.0, device=device)
+        correct = torch.tensor(state.correct if ranks.main else 0, device=device, dtype=torch.long)
         first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite; no sync per step
         seen = state.seen
         first_batch = state.step - (epoch - 1) * steps_per_epoch
         bar = progress_bar(progress, total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch}/{recipe.epochs}",
                            unit="batch", leave=False)
+        stopping = None  # what the processes agreed at the last refresh (one process: at once)
         for batch_index in range(first_batch, steps_per_epoch):
             if state.cursor >= len(state.order):
                 state.order, state.cursor = torch.randperm(len(train), device=device, generator=generator), 0
@@ -227,23 +234,44 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             state.cursor += recipe.batch_size
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
-            pixels = images[batch] if augment is None else augment(images[batch], generator)
-            x, y = preprocess(pixels), labels[batch]
+            share = ranks.share(len(batch))
+            mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
+            pixels = images[mine] if augment is None else augment(images[mine], generator, (share[0], len(batch)))
+            x, y = preprocess(pixels), labels[mine]
             with autocast(device, precision):
                 logits = model(x)
-            loss = cross_entropy(logits, y, binary, recipe.label_smoothing)
             zero_gradients(weight_groups)
-            loss.backward()
+            if ranks.world == 1:
+                loss = cross_entropy(logits, y, binary, recipe.label_smoothing)
+                loss.backward()
+                loss_sum += loss.detach() * len(batch)
+            else:  # each share's loss summed over the batch, over the batch's size: the gradients then add up
+                share_sum = cross_entropy(logits, y, binary, recipe.label_smoothing, reduction="sum")
+                loss = share_sum / len(batch)
+                loss.backward()
+                for group in weight_groups:
+                    distributed.sum_across(group["params"][0].grad)
+                loss_sum += share_sum.detach()
             optimizer.step()
             state.step += 1
             seen += len(batch)
-            loss_sum += loss.detach() * len(batch)
             correct += (predicted_labels(logits, binary) == y).sum()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), state.step, first_bad)
             last = batch_index == steps_per_epoch - 1
-            if batch_index % 50 == 49 or last or loop.stop_requested:  # the loop's only host syncs
+            # The loop's only host syncs. Several processes agree on a stop only here, where they meet anyway.
+            if batch_index % 50 == 49 or last or (loop.stop_requested and ranks.world == 1):
+                if ranks.world > 1:
+                    totals = distributed.sum_across(torch.stack([loss_sum.double(), correct.double(), torch.tensor(
+                        float(loop.stop_requested is not None), dtype=torch.float64, device=device)]))
+                    distributed.max_across(first_bad)
+                    if totals[2] and not loop.stop_requested:
+                        loop.stop_requested = "a stop asked of another process"
+                    state.loss_sum, state.correct = float(totals[0]), int(totals[1])
+                else:
+                    state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
                 check_finite(first_bad, epoch, steps_per_epoch, recipe)
-                state.loss_sum, state.correct, state.seen = loss_sum.item(), int(correct.item()), seen
+                state.seen = seen
+                stopping = loop.stop_requested
                 state.seconds = time.perf_counter() - start
                 bar.set_postfix(loss=f"{state.loss_sum / seen:.4f}", accuracy=f"{state.correct / seen:.4f}",
                                 img_s=f"{seen / state.seconds:.0f}", refresh=False)
@@ -251,7 +279,9 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                 if not last:
                     for callback in callbacks:
                         callback.on_batch_end(loop)
-            if loop.stop_requested and not last:
+            if ranks.world == 1:
+                stopping = loop.stop_requested  # one process heeds a stop at once, after this batch
+            if stopping and not last:
                 bar.close()
                 for callback in callbacks:
                     callback.on_stop(loop)
@@ -280,7 +310,9 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                 print(f"early stopping: no better {recipe.keep_best} in {recipe.early_stopping_patience} validations",
                       flush=True)
             break
-        if loop.stop_requested and epoch < recipe.epochs:
+        if ranks.world == 1:
+            stopping = loop.stop_requested
+        if stopping and epoch < recipe.epochs:
             for callback in callbacks:
                 callback.on_stop(loop)
             raise TrainingStopped(loop)
@@ -303,12 +335,13 @@ def check_finite(first_bad: torch.Tensor, epoch: int, steps_per_epoch: int, reci
                             f"than {recipe.learning_rate:g}, e.g. --lr {recipe.learning_rate / 10:g}")
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float,
+                  reduction: str = "mean") -> torch.Tensor:
     """Categorical cross-entropy on softmax logits, or binary on one sigmoid unit (the same loss for two classes)."""
     if binary:
         targets = labels.float() * (1 - label_smoothing) + 0.5 * label_smoothing
-        return F.binary_cross_entropy_with_logits(logits.float().view(-1), targets)
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits.float().view(-1), targets, reduction=reduction)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
 
 
 def predicted_labels(logits: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -342,7 +375,19 @@ def predict_probabilities(model: Sequential, images: torch.Tensor, preprocess: P
 
 def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
                       device: torch.device, test_time_flip: bool = False) -> tuple[float, float]:
-    """(log loss, accuracy) on a labelled split."""
-    probabilities = predict_probabilities(model, data.images, preprocess, precision, device, test_time_flip)
-    labels = data.labels.cpu()
-    return log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).float().mean())
+    """(log loss, accuracy) on a labelled split; several processes score a share each and add up."""
+    ranks = distributed.ranks()
+    if ranks.world == 1:
+        probabilities = predict_probabilities(model, data.images, preprocess, precision, device, test_time_flip)
+        labels = data.labels.cpu()
+        return log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).float().mean())
+    start, stop = ranks.share(len(data))
+    probabilities = predict_probabilities(model, data.images[start:stop], preprocess, precision, device, test_time_flip)
+    labels = data.labels[start:stop].cpu()
+    totals = torch.zeros(3, dtype=torch.float64)
+    if len(labels):
+        picked = probabilities[torch.arange(len(labels)), labels.long()].clamp_min(1e-7)  # as log_loss clips
+        totals += torch.stack([-picked.double().log().sum(), (probabilities.argmax(1) == labels).sum().double(),
+                               torch.tensor(float(len(labels)), dtype=torch.float64)])
+    totals = distributed.sum_across(totals.to(device)).cpu()
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])

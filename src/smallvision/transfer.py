@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from smallvision import distributed
 from smallvision.data.cache import user_cache_dir
 from smallvision.data.imageset import DataSource, ImageSet
 from smallvision.files import write_atomically
@@ -115,10 +116,11 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     preprocess = Preprocess.from_recipe(recipe)
     features = {}
     started = time.perf_counter()
-    for split, images in dataset.splits().items():
-        values = cached_features(model, images.images.cpu(), preprocess, recipe.precision, device, cache_dir,
-                                 progress, f"{recipe.backbone} features of {split}")
-        features[split] = ImageSet(values, images.labels, images.class_names)
+    with distributed.main_first():  # rank 0 computes and caches the features; the others read them
+        for split, images in dataset.splits().items():
+            values = cached_features(model, images.images.cpu(), preprocess, recipe.precision, device, cache_dir,
+                                     progress, f"{recipe.backbone} features of {split}")
+            features[split] = ImageSet(values, images.labels, images.class_names)
     # The head sees features as they are: no rescaling, normalisation or augmentation.
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
                                       channels_last=False)

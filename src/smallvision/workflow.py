@@ -1,5 +1,6 @@
 """`train`: source + recipe -> a run directory. The function the CLI's `train` calls."""
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from smallvision import distributed
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
 from smallvision.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from smallvision.data.folders import scan_folder
@@ -80,6 +82,9 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
         overrides.setdefault("dropout", 0.0)
     recipe_named = recipe or default_recipe(source)
     recipe = load_recipe(recipe_named).replace(**overrides)
+    ranks = distributed.start(resolve_device(recipe.device))  # one process, unless torchrun started several
+    device = distributed.process_device(resolve_device(recipe.device))
+    progress = progress and ranks.main
     held_out = held_out_splits(source, recipe_named, recipe, overrides)
     if held_out:
         recipe = recipe.replace(**held_out)
@@ -88,26 +93,28 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
             print(f"{source} has no {missing} split of its own: holding out {HELD_OUT_FRACTION:.0%} of each class "
                   f"for {'each' if len(held_out) > 1 else 'it'} (--test-split and --val-split choose the fractions; "
                   f"0 keeps the images for training)", file=sys.stderr, flush=True)
-    device = resolve_device(recipe.device)
     source_label = Path(str(source)).name or str(source)
-    directory = run_dir_name(out, f"{source_label}-{recipe.name}")
+    directory = Path(distributed.from_main(str(run_dir_name(out, f"{source_label}-{recipe.name}"))))
     created = not directory.exists()
-    with training_lock(directory):  # a second training aimed at this directory is refused while this one runs
+    # Rank 0 alone writes the directory; a second training aimed at it is refused while this one runs.
+    with training_lock(directory) if ranks.main else contextlib.nullcontext():
         try:
-            prepare_run_dir(directory, "", force)
-            (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # --force over an unfinished run starts afresh
-            # What --resume needs, first: a run stopped at any moment after this line can be continued.
-            write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
-                {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
-            write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
+            if ranks.main:
+                prepare_run_dir(directory, "", force)
+                (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # --force over an unfinished run: afresh
+                # What --resume needs, first: a run stopped at any moment after this line can be continued.
+                write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
+                    {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
+                write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
             train_into(directory, source, recipe, device, data, progress, cache_dir)
         except TrainingStopped as stop:
             stop.directory = directory
             raise
         except BaseException:
-            if created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists():
+            if ranks.main and created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists():
                 shutil.rmtree(directory)  # a run that failed before its first checkpoint leaves nothing behind
             raise
+    distributed.barrier()  # the run's files are written before any process reads them
     return Run(directory, recipe.device)
 
 
@@ -137,13 +144,16 @@ def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=Non
         spec, data = started["source"], data or started.get("data")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise SmallvisionError(f"{directory / 'training.json'}: unreadable ({err})") from None
-    device = resolve_device(recipe.device)
-    with training_lock(directory):
+    ranks = distributed.start(resolve_device(recipe.device))
+    device = distributed.process_device(resolve_device(recipe.device))
+    progress = progress and ranks.main
+    with training_lock(directory) if ranks.main else contextlib.nullcontext():
         try:
             train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True)
         except TrainingStopped as stop:
             stop.directory = directory
             raise
+    distributed.barrier()
     return Run(directory, recipe.device)
 
 
@@ -194,13 +204,15 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     """Load the source, fit, score on test, and write every file of the run into `directory`. The recipe
     and the data files are written before training starts, so a run stopped at any moment resumes."""
     recipe = with_backbone_preprocessing(recipe)
+    ranks = distributed.ranks()
     load_start = time.perf_counter()
-    dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
-                          recipe_image_shape(recipe), cache_dir, progress)
+    with distributed.main_first():  # rank 0 decodes; the others read its cache
+        dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
+                              recipe_image_shape(recipe), cache_dir, progress)
     load_seconds = time.perf_counter() - load_start
-    for warning in dataset.warnings:
+    for warning in dataset.warnings if ranks.main else ():
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    if dataset.skipped:
+    if dataset.skipped and ranks.main:
         print(f"warning: every skipped file is listed with its reason in {directory / 'skipped.csv'}",
               file=sys.stderr, flush=True)
     train_split = dataset.train
@@ -218,7 +230,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print("the layers include Rescaling, so the pixels go in as 0-255 (rescale = 1 in this run's recipe)",
               file=sys.stderr, flush=True)
     choice = training_precision(recipe.precision, device)
-    if choice.warning():
+    if choice.warning() and ranks.main:
         print(f"warning: {choice.warning()}", file=sys.stderr, flush=True)
     if progress:
         print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device} "
@@ -227,7 +239,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     chosen = dataclasses.replace(recipe, precision=choice.precision)
     if resuming and (directory / "data.json").is_file():
         check_same_data(directory, dataset)
-    else:
+    elif ranks.main:
         write_data_files(directory, dataset, recipe)
     checkpoint = read_checkpoint(directory) if resuming else None
     if resuming and progress:
@@ -239,8 +251,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print(f"resuming {directory} from {where}", flush=True)
     resume = (lambda loop: restore_checkpoint(loop, *checkpoint)) if checkpoint else None
     with stop_on_signals() as stopper:
-        common = dict(callbacks=[Checkpointer(directory, recipe.checkpoint_minutes)], resume=resume,
-                      loop_ready=stopper.attach)
+        common = dict(callbacks=[Checkpointer(directory, recipe.checkpoint_minutes)] if ranks.main else [],
+                      resume=resume, loop_ready=stopper.attach)
         if recipe.backbone:  # two stages of their own; the checkpoint says which one it was written in
             history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir,
                                                             context=checkpoint[0]["context"] if checkpoint else None,
@@ -269,6 +281,10 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                                                      inference_precision(choice.precision, device), device,
                                                      recipe.test_time_flip)
         metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
+    if ranks.world > 1:
+        metrics["processes"] = ranks.world  # one run, trained by this many processes
+    if not ranks.main:
+        return  # rank 0 writes the run
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -400,8 +416,9 @@ class stop_on_signals:
                 signal.signal(kind, handler)
             raise KeyboardInterrupt
         self.loop.stop_requested = name
-        print(f"\n{name}: finishing this batch and writing a checkpoint (again to stop at once)",
-              file=sys.stderr, flush=True)
+        if distributed.ranks().main:
+            print(f"\n{name}: finishing this batch and writing a checkpoint (again to stop at once)",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

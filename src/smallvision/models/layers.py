@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smallvision import distributed
 from smallvision.errors import SmallvisionError, unknown_name
 
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
@@ -495,8 +496,25 @@ class BatchNormalization(Layer):
         return shape
 
     def forward(self, x):
+        if self.training and distributed.active():
+            return self.synced(x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
                             1 - self.config["momentum"], self.config["epsilon"])
+
+    def synced(self, x):
+        """Training across several processes: the statistics of the whole batch, as SyncBatchNorm's."""
+        mean, variance, count = distributed.batch_norm_statistics(x)
+        with torch.no_grad():
+            rate = 1 - self.config["momentum"]
+            self.running_mean.lerp_(mean, rate)
+            self.running_var.lerp_(variance * count / (count - 1).clamp_min(1), rate)  # unbiased, as F.batch_norm
+        shape = (1, -1, 1, 1)
+        y = (x.float() - mean.view(shape)) * torch.rsqrt(variance.view(shape) + self.config["epsilon"])
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
+        return y.to(x.dtype)
 
 
 class Activation(ActivationMixin, Layer):

@@ -1,0 +1,239 @@
+"""Several processes training one run, with PyTorch's own engine: torch.distributed, started by torchrun.
+
+torchrun (or `train --processes N`, which starts it for you) runs N copies of the same command and
+tells each its place in environment variables: RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous.
+Every process holds the same data and the same initial weights (the seed fixes both), walks the same
+shuffled order, and takes its own contiguous share of every batch; after each backward pass the flat
+gradient buffers are summed across processes, each share's loss having been weighted by its part of
+the batch, so the step is the one a single process takes on the whole batch. Batch normalisation
+takes its statistics over the whole batch (`batch_norm_statistics`). Only rank 0 writes files.
+
+gloo on the CPU, NCCL on GPUs. Nothing here is used by a run of one process.
+"""
+
+import contextlib
+import datetime
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from smallvision.errors import SmallvisionError
+
+TIMEOUT = datetime.timedelta(minutes=10)  # a process that stops answering stops the others after this long
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """The process that writes the run's files and prints."""
+        return self.rank == 0
+
+    def share(self, count: int) -> tuple[int, int]:
+        """(start, stop) of this process's contiguous share of `count` items; the first shares take the
+        remainder, so shares differ by one at most and together cover every item once."""
+        base, extra = divmod(count, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+
+def ranks() -> Ranks:
+    """This process's place: from torch.distributed once it has started, else one process alone."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    return Ranks()
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device: torch.device) -> Ranks:
+    """Join the process group torchrun described (gloo on the CPU, NCCL on a GPU); one process alone
+    when torchrun did not start this one. A GPU process takes the GPU of its local rank."""
+    if not launched() or dist.is_initialized():
+        return ranks()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise SmallvisionError(f"process {local_rank} on this machine has no GPU: there are "
+                                   f"{torch.cuda.device_count()}; start at most that many per machine")
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as err:  # DistNetworkError and friends: the rendezvous was not reached
+        raise SmallvisionError(f"could not join the other processes ({' '.join(str(err).split())[:300]}); check "
+                               f"torchrun's --rdzv-endpoint (or MASTER_ADDR and MASTER_PORT) and that every "
+                               f"machine can reach it") from None
+    return ranks()
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device this process trains on: its own GPU when several share a machine."""
+    if device.type == "cuda" and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def sum_across(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over every process, in place (unchanged for one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def max_across(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait until every process is here (rank 0 has decoded the data, written the directory, ...)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (decoding a folder, computing features: filling the caches), then the
+    others, which find its work on disk: no two processes decode the same file or write the same cache."""
+    main = not active() or dist.get_rank() == 0
+    if not main:
+        barrier()
+    try:
+        yield
+    finally:
+        if main:
+            barrier()
+
+
+def from_main(text: str | None) -> str | None:
+    """Rank 0's `text` in every process (the run directory's name, chosen once)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return text
+    encoded = torch.zeros(4096, dtype=torch.uint8)
+    if dist.get_rank() == 0 and text is not None:
+        data = text.encode()[:4095]
+        encoded[:len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+        encoded[4095] = 1  # a text was given (an empty one is a text too)
+    dist.broadcast(encoded, 0)
+    if not encoded[4095]:
+        return None
+    return bytes(encoded[:4095].tolist()).rstrip(b"\0").decode()
+
+
+def batch_norm_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, biased variance, count) per channel of `x` [N, C, H, W] over every process's share of the
+    batch, differentiable (the sums travel through torch.distributed.nn's all_reduce, whose backward
+    sums the gradients back): what SyncBatchNorm computes, on the CPU too."""
+    import warnings
+
+    from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is not public yet
+
+    warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce is deprecated", FutureWarning)
+    x = x.float()
+    count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float32, device=x.device)
+    sums = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+    channels = x.shape[1]
+    total = sums[-1]
+    mean = sums[:channels] / total
+    variance = (sums[channels:2 * channels] / total - mean * mean).clamp_min(0)
+    return mean, variance, total
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(processes: int, argv: list[str]) -> int:
+    """Start `smallvision ARGV` as `processes` processes on this machine under torchrun (its standalone
+    rendezvous on a free local port); the exit status of the first that failed (0 when none did). A
+    failing process stops the others: torchrun ends the group when one of its workers fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "--max-restarts=0", "-m", "smallvision.cli", *argv]
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // processes)))}  # the cores shared out, not each process taking them all
+    process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE)
+    report, interrupted = LauncherReport(), None
+    while True:
+        try:
+            piece = process.stderr.read1(65536)
+        except KeyboardInterrupt as stop:  # the processes got the Ctrl-C too: let them write their checkpoint
+            if interrupted:
+                raise  # a second Ctrl-C: stop at once
+            interrupted = stop
+            continue
+        if not piece:
+            break
+        report.feed(piece)
+    report.feed(b"", final=True)
+    code = process.wait()
+    if code and report.exit_code:
+        return report.exit_code
+    return 130 if code and interrupted else code
+
+
+class LauncherReport:
+    """Passes the processes' stderr through, progress bars included, but each line once (every process
+    says the same error) and without torchrun's own log lines and failure report, whose root cause's
+    exit status it keeps: the user sees our one line, not three screens."""
+
+    LOG_LINE = re.compile(rb"^[EWI]\d{4} \d\d:\d\d:\d\d")
+    EXIT = re.compile(rb"exitcode\s*:\s*(-?\d+)")
+
+    def __init__(self):
+        self.pending, self.seen, self.closing, self.exit_code, self.block = b"", set(), False, None, None
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        self.pending += data
+        pieces = re.split(rb"(?<=[\n\r])", self.pending)
+        self.pending = b"" if final else pieces.pop()
+        for piece in pieces:
+            self.show(piece)
+        if final and self.block:
+            self.write(b"".join(self.block))
+
+    def show(self, piece: bytes) -> None:
+        line = piece.strip()
+        if self.closing:  # torchrun's failure report: only the root cause's exit status matters
+            found = self.EXIT.search(line)
+            if found and self.exit_code is None:
+                self.exit_code = int(found.group(1))
+            return
+        if self.block is not None:  # a traceback, held until its last line says whose it is
+            self.block.append(piece)
+            if line and not piece.startswith((b" ", b"\t")):
+                block, self.block = b"".join(self.block), None
+                if b"torch/distributed/run.py" in block:
+                    self.closing = True  # torchrun's own, after every process has ended
+                else:
+                    self.write(block)
+            return
+        if line.startswith(b"Traceback (most recent call last)"):
+            self.block = [piece]
+            return
+        if self.LOG_LINE.match(line) or (line.startswith(b"smallvision: error:") and line in self.seen):
+            return
+        self.seen.add(line)
+        self.write(piece)
+
+    @staticmethod
+    def write(data: bytes) -> None:
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
