@@ -122,12 +122,15 @@ def from_main(text: str | None) -> str | None:
     """Rank 0's `text` in every process (the run directory's name, chosen once)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return text
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     encoded = torch.zeros(4096, dtype=torch.uint8)
     if dist.get_rank() == 0 and text is not None:
         data = text.encode()[:4095]
         encoded[:len(data)] = torch.tensor(list(data), dtype=torch.uint8)
         encoded[4095] = 1  # a text was given (an empty one is a text too)
+    encoded = encoded.to(on)  # NCCL carries GPU tensors only
     dist.broadcast(encoded, 0)
+    encoded = encoded.cpu()
     if not encoded[4095]:
         return None
     return bytes(encoded[:4095].tolist()).rstrip(b"\0").decode()
