@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import COLOURS, make_image_folder, write_image
 from PIL import Image
 
@@ -199,7 +200,7 @@ def test_no_class_folders_is_a_clear_error(tmp_path):
 def test_the_cache_is_hit_then_missed_after_a_change(tmp_path):
     root = make_image_folder(tmp_path / "pets", per_class=3)
     first = load(root, tmp_path)
-    cached = list((tmp_path / "cache" / "decoded").glob("*.safetensors"))
+    cached = list((tmp_path / "cache" / "decoded").glob("*.pixels"))
     assert len(cached) == 1
     from smallvision.data.cache import decode_files
 
@@ -220,7 +221,57 @@ def test_the_cache_is_hit_then_missed_after_a_change(tmp_path):
 def test_a_damaged_cache_is_decoded_again(tmp_path):
     root = make_image_folder(tmp_path / "pets", per_class=2)
     first = load(root, tmp_path)
-    for path in (tmp_path / "cache" / "decoded").glob("*.safetensors"):
+    for path in (tmp_path / "cache" / "decoded").glob("*.*"):
         path.write_bytes(b"garbage")
     again = load(root, tmp_path)
     assert (again.train.images == first.train.images).all()
+
+
+def test_a_split_is_a_view_of_the_memory_mapped_cache(tmp_path):
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    first = load(root, tmp_path)
+    again = load(root, tmp_path)  # from the cache: every split a slice of one mapped file, nothing copied
+    storages = {split.images.untyped_storage().data_ptr() for split in again.splits().values()}
+    assert len(storages) == 1 and all(not split.images.untyped_storage().resizable()
+                                      for split in again.splits().values())
+    for name, split in again.splits().items():
+        assert torch.equal(split.images, first.split(name).images)
+
+
+def test_an_interrupted_first_decode_continues_where_it_stopped(tmp_path, monkeypatch):
+    from smallvision.data import cache
+
+    root = make_image_folder(tmp_path / "pets", per_class=10)  # 60 files
+    monkeypatch.setattr(cache, "CHUNK", 8)
+    real, calls = cache.decode_image, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt  # Ctrl-C during the first decode
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "decode_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load(root, tmp_path)
+    monkeypatch.setattr(cache, "decode_image", real)
+    paths = [str(path.relative_to(root)) for path in sorted(root.rglob("*.png"))]
+    _, _, stats = cache.decode_files(root, paths, SHAPE, tmp_path / "cache", progress=False)
+    assert stats.reused == 16 and stats.decoded == 44  # two whole chunks were kept; the rest decoded now
+    again = load(root, tmp_path)
+    fresh = open_source(root, image_shape=SHAPE, cache_dir=tmp_path / "other-cache")
+    for name, split in again.splits().items():
+        assert torch.equal(split.images, fresh.split(name).images) and split.paths == fresh.split(name).paths
+
+
+def test_a_disk_too_small_for_the_cache_stops_before_decoding(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from smallvision.data import cache
+
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(10_000, 9_000, 1_000))
+    with pytest.raises(SmallvisionError, match=r"decoding 18 images at 3x24x24 needs 31.1 kB .* only 1.0 kB is free "
+                                               r"there: make room, or choose another place with --cache-dir"):
+        load(root, tmp_path)

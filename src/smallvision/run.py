@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from smallvision.data.imageset import ImageSet
@@ -32,6 +32,7 @@ except ImportError:  # Windows: no advisory locks; two trainings into one direct
     fcntl = None
 
 RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
+MAX_SIDE = 8192  # an input_shape beyond this in a model.json is damage, not a network to build
 WHOLE = "all"  # the split name that scores every image of a source
 LOCK_NAME = ".training.lock"
 PREDICT_CHUNK = 256  # image files decoded and classified together by predict
@@ -178,7 +179,12 @@ class Run:
             # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
             if architecture.get("layers") is not None:  # the network itself, written by every run since layer lists
                 layers = layers_from_json(architecture["layers"], str(description))
-                self.model = build_network(layers, architecture["input_shape"], architecture["num_classes"],
+                with torch.device("meta"):  # shapes only, no memory: a model.json cannot ask for more than
+                    sketch = build_network(layers, architecture["input_shape"], architecture["num_classes"],
+                                           name=architecture["model"])  # the weights file holds
+                weights_fit(sketch, self.path / "model.safetensors")
+                self.model = build_network(layers_from_json(architecture["layers"], str(description)),
+                                           architecture["input_shape"], architecture["num_classes"],
                                            name=architecture["model"])
             else:  # a backbone, or a run from before: by name
                 self.model = create_model(architecture["model"], architecture["input_shape"],
@@ -312,6 +318,21 @@ class Run:
         return evaluate_run(self, source, split, data_dir, cache_dir, write=False).metrics
 
 
+def weights_fit(model, weights: Path) -> None:
+    """Refuse, before any memory is spent, a network whose tensors are not the weights file's."""
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        reason = " ".join(str(err).split())
+        raise SmallvisionError(f"{weights}: unreadable ({reason}); the file is damaged or incomplete") from None
+    wanted = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    if stored != wanted:
+        differ = sorted(set(stored) ^ set(wanted)) or [name for name in wanted if stored[name] != wanted[name]]
+        raise SmallvisionError(f"{weights}: its weights do not fit the network in model.json ({differ[0]}: "
+                               f"{stored.get(differ[0])} in the file, {wanted.get(differ[0])} in the network)")
+
+
 def description_problem(meta) -> str | None:
     """What makes model.json's content unfit to rebuild and use a run, or None: every field Run reads,
     of the kind it needs, so that a damaged or hand-edited file fails as it loads, not in a prediction."""
@@ -333,6 +354,8 @@ def description_problem(meta) -> str | None:
     shape = architecture["input_shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(whole(side) and side >= 1 for side in shape)):
         return f"architecture.input_shape must be [channels, height, width], got {short(shape)}"
+    if shape[0] not in (1, 3) or max(shape[1:]) > MAX_SIDE:
+        return f"architecture.input_shape must be 1 or 3 channels and at most {MAX_SIDE} pixels a side, got {short(shape)}"
     if not whole(architecture["num_classes"]) or architecture["num_classes"] != len(names):
         return f"architecture.num_classes must be the number of class_names ({len(names)}), got " \
                f"{short(architecture['num_classes'])}"

@@ -1,28 +1,41 @@
 """Decode once: decoded, resized uint8 images kept on disk and reused while their files are unchanged.
 
-One cache entry per (source folder, target channels and size): a safetensors file of pixel rows and
-a JSON index of every file seen, keyed by its path relative to the folder, with the size and
-modification time it had, its content hash, what it was (format, mode, size), and either its row
-or the reason it could not be used. A file whose size or time changed is decoded again.
+One cache entry per (source folder, target channels and size): KEY.pixels, fixed-size records of
+C x H x W bytes appended one after another and read back memory-mapped (a split whose records lie in
+order is a view of the map, not a copy in memory), and KEY.json, the index of every file seen: its
+path relative to the folder, the size and modification time it had, its content hash, what it was
+(format, mode, size), and either its record or the reason it could not be used. A file whose size or
+time changed is decoded again into a new record. The index is rewritten after every chunk of
+decodes, so a first decode that is interrupted continues where it stopped; records past the index
+(written, then interrupted before the index) are cut off. KEY.lock keeps two trainings from writing
+one entry at once.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
 
+from smallvision.errors import SmallvisionError
+from smallvision.files import write_atomically
 from smallvision.images import DamagedImage, decode_image
 from smallvision.progress import progress_bar
 
-CACHE_FORMAT = "smallvision-decoded/1"
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
+CACHE_FORMAT = "smallvision-decoded/2"  # 2: appended fixed-size records, memory-mapped
 RESIZE = "box-down-bilinear-up"  # part of the key: a different resize rule must not reuse old pixels
+CHUNK = 1024  # files decoded between two writes of the index: what an interruption can cost
 
 
 def user_cache_dir(cache_dir: str | Path | None = None) -> Path:
@@ -68,20 +81,26 @@ def cache_key(root: Path, shape: tuple[int, int, int]) -> str:
 def decode_files(root: Path, relative_paths: list[str], shape: tuple[int, int, int],
                  cache_dir: str | Path | None = None, progress: bool = True,
                  ) -> tuple[list[FileRecord], torch.Tensor, DecodeStats]:
-    """Records for every file (in the order given) and uint8 pixels [usable, C, H, W] of the usable ones.
+    """Records for every file (in the order given) and uint8 pixels [usable, C, H, W] of the usable ones:
+    a view of the memory-mapped cache when their records lie in that order, else gathered in memory.
 
-    Reuses the cached pixels of files unchanged since they were decoded; decodes the rest
-    (on every core) and writes the cache back when anything changed.
+    Reuses the records of files unchanged since they were decoded; decodes the rest (on every core),
+    appending each chunk to the cache as it goes.
     """
-    channels, height, width = shape
     folder = user_cache_dir(cache_dir) / "decoded"
     key = cache_key(root, shape)
-    index_path, pixels_path = folder / f"{key}.json", folder / f"{key}.safetensors"
-    cached_records, cached_pixels = read_cache(index_path, pixels_path, shape)
-    stats = DecodeStats()
+    entry = CacheEntry(folder / f"{key}.json", folder / f"{key}.pixels", shape)
+    with entry.locked():
+        return decode_into(entry, root, relative_paths, shape, progress)
 
+
+def decode_into(entry: "CacheEntry", root: Path, relative_paths: list[str], shape: tuple[int, int, int],
+                progress: bool) -> tuple[list[FileRecord], torch.Tensor, DecodeStats]:
+    channels, height, width = shape
+    cached = entry.read()
+    stats = DecodeStats(cache_warning=entry.warning)
     records: list[FileRecord | None] = [None] * len(relative_paths)
-    cached_rows: dict[int, int] = {}  # file index -> its row in the cached pixels
+    rows: dict[int, int] = {}  # file index -> its record in the cache
     to_decode = []
     for i, relative in enumerate(relative_paths):
         try:
@@ -89,11 +108,11 @@ def decode_files(root: Path, relative_paths: list[str], shape: tuple[int, int, i
         except OSError as err:
             records[i] = FileRecord(relative, 0, 0, reason=f"cannot read ({err.strerror or err})")
             continue
-        old = cached_records.get(relative)
+        old = cached.get(relative)
         if old is not None and (old[0].size, old[0].mtime_ns) == (status.st_size, status.st_mtime_ns):
             records[i], row = old
             if row is not None:
-                cached_rows[i] = row
+                rows[i] = row
             stats.reused += 1
         else:
             records[i] = FileRecord(relative, status.st_size, status.st_mtime_ns)
@@ -115,81 +134,150 @@ def decode_files(root: Path, relative_paths: list[str], shape: tuple[int, int, i
         record.format, record.mode, record.width, record.height = info["format"], info["mode"], info["width"], info["height"]
         return i, pixels
 
-    decoded: dict[int, np.ndarray] = {}
+    in_memory: dict[int, np.ndarray] = {}  # decoded pixels the cache could not take
     if to_decode:
+        entry.check_room(len(to_decode))
         bar = progress_bar(progress and len(to_decode) > 50, total=len(to_decode), desc="decoding images", unit="img")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
-            for i, pixels in pool.map(decode_one, to_decode):
-                if pixels is not None:
-                    decoded[i] = pixels
-                bar.update(1)
+            for start in range(0, len(to_decode), CHUNK):
+                chunk = list(pool.map(decode_one, to_decode[start:start + CHUNK]))
+                bar.update(len(chunk))
+                placed = entry.append([(records[i], pixels) for i, pixels in chunk])
+                for (i, pixels), row in zip(chunk, placed or [None] * len(chunk)):
+                    if row is not None:
+                        rows[i] = row
+                    elif pixels is not None:
+                        in_memory[i] = pixels
         bar.close()
         stats.decoded = len(to_decode)
-
-    # Usable files keep the order given; cached rows are gathered in one indexed copy.
+        stats.cache_warning = stats.cache_warning or entry.warning
+    if set(entry.entries) != set(relative_paths) and not entry.warning:
+        # files gone from the folder leave the index (their records stay behind, unused)
+        entry.entries = {path: value for path, value in entry.entries.items() if path in set(relative_paths)}
+        entry.entries.update({record.path: (record, None) for record in records if record.path not in entry.entries})
+        entry.write_index()
     usable = [i for i, record in enumerate(records) if record.usable]
-    from_cache = [(position, cached_rows[i]) for position, i in enumerate(usable) if i in cached_rows]
-    unchanged = cached_pixels is not None and not decoded and len(from_cache) == len(cached_pixels)
-    if unchanged and all(position == row for position, row in from_cache):
-        images = cached_pixels  # nothing changed: the cached pixels are the answer, as they are
-    else:
-        images = torch.empty(len(usable), channels, height, width, dtype=torch.uint8)
-        if from_cache:
-            destination, source = (torch.tensor(column) for column in zip(*from_cache))
-            images[destination] = cached_pixels[source]
-        for position, i in enumerate(usable):
-            if i in decoded:
-                images[position] = torch.from_numpy(decoded[i]).permute(2, 0, 1)
-    if to_decode or set(cached_records) != set(relative_paths):
-        stats.cache_warning = write_cache(index_path, pixels_path, root, shape, records, images)
-    return records, images, stats
+    return records, assemble(entry, usable, rows, in_memory, shape), stats
 
 
-def read_cache(index_path: Path, pixels_path: Path, shape) -> tuple[dict, torch.Tensor | None]:
-    """{relative path: (record, row or None)} and the pixel rows, or nothing when absent or unreadable."""
-    try:
-        index = json.loads(index_path.read_text())
-        if index.get("format") != CACHE_FORMAT or tuple(index.get("shape", ())) != tuple(shape):
-            return {}, None
-        with safe_open(str(pixels_path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("token") != index.get("token"):
-                return {}, None  # the two files are not from the same write
-            pixels = handle.get_tensor("images")
-    except (OSError, ValueError, KeyError, SafetensorError):
-        return {}, None  # no cache, or a damaged one: decode again, as on a first run
-    records = {}
-    try:
-        for entry in index["files"]:
-            row = entry.pop("row", None)
-            if row is not None and row >= len(pixels):
-                return {}, None
-            records[entry["path"]] = (FileRecord(**entry), row)
-    except (KeyError, TypeError, AttributeError):
-        return {}, None  # an index from another version, or edited by hand
-    return records, pixels
+def assemble(entry: "CacheEntry", usable: list[int], rows: dict[int, int], in_memory: dict[int, np.ndarray],
+             shape: tuple[int, int, int]) -> torch.Tensor:
+    """The usable files' pixels in order: a view of the map when their records are one run in that order."""
+    mapped = entry.mapped()
+    wanted = [rows.get(i) for i in usable]
+    if mapped is not None and wanted and not in_memory and None not in wanted \
+            and wanted == list(range(wanted[0], wanted[0] + len(wanted))):
+        return mapped[wanted[0]:wanted[0] + len(wanted)]
+    images = torch.empty(len(usable), *shape, dtype=torch.uint8)
+    from_map = [(position, row) for position, row in enumerate(wanted) if row is not None]
+    if from_map:
+        destination, source = (torch.tensor(column) for column in zip(*from_map))
+        images[destination] = mapped[source]
+    for position, i in enumerate(usable):
+        if i in in_memory:
+            images[position] = torch.from_numpy(in_memory[i]).permute(2, 0, 1)
+    return images
 
 
-def write_cache(index_path: Path, pixels_path: Path, root: Path, shape, records: list[FileRecord],
-                images: torch.Tensor) -> str | None:
-    """Write the cache for next time; a cache that cannot be written is a warning, not a failure."""
-    entries, row = [], 0
-    for record in records:
-        entry = asdict(record)
-        if record.usable:
-            entry["row"] = row
-            row += 1
-        entries.append(entry)
-    token = os.urandom(8).hex()  # ties the index to the pixel file written with it
-    index = {"format": CACHE_FORMAT, "token": token, "root": str(root.resolve()), "shape": list(shape), "files": entries}
-    try:
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        # Private names until the two files are complete, so runs sharing a cache never read half a file.
-        partial_pixels = pixels_path.with_name(f".partial-{token}-{pixels_path.name}")
-        partial_index = index_path.with_name(f".partial-{token}-{index_path.name}")
-        save_file({"images": images.contiguous()}, str(partial_pixels), metadata={"token": token})
-        partial_index.write_text(json.dumps(index))
-        os.replace(partial_pixels, pixels_path)
-        os.replace(partial_index, index_path)
-    except OSError as err:
-        return f"could not write the decoded-image cache in {index_path.parent} ({err.strerror or err}); next run decodes again"
-    return None
+def size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+class CacheEntry:
+    """One folder at one size: the index (KEY.json) and the records (KEY.pixels)."""
+
+    def __init__(self, index_path: Path, pixels_path: Path, shape: tuple[int, int, int]):
+        self.index_path, self.pixels_path, self.shape = index_path, pixels_path, tuple(shape)
+        self.record_bytes = int(np.prod(shape))
+        self.entries: dict[str, tuple[FileRecord, int | None]] = {}
+        self.rows = 0  # records the index vouches for
+        self.warning: str | None = None
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Two trainings decoding the same folder at once: the second waits, then finds the work done."""
+        try:
+            self.index_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.index_path.with_suffix(".lock"), "a")
+        except OSError:
+            yield  # a cache that cannot be written: decoding goes on in memory
+            return
+        with handle:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def read(self) -> dict[str, tuple[FileRecord, int | None]]:
+        """{relative path: (record, its row or None)}; nothing when absent, damaged or of another version."""
+        try:
+            index = json.loads(self.index_path.read_text())
+            if index.get("format") != CACHE_FORMAT or tuple(index.get("shape", ())) != self.shape:
+                return {}
+            rows = int(index["rows"])
+            if self.pixels_path.stat().st_size < rows * self.record_bytes:
+                return {}  # records missing: decode again, as on a first run
+            entries = {}
+            for item in index["files"]:
+                row = item.pop("row", None)
+                if row is not None and not 0 <= row < rows:
+                    return {}
+                entries[item["path"]] = (FileRecord(**item), row)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # no cache, or a damaged one, an index from another version, edited by hand
+        self.entries, self.rows = entries, rows
+        return dict(entries)
+
+    def check_room(self, count: int) -> None:
+        """Stop before a decode fills the disk, saying how much it needs."""
+        needed = count * self.record_bytes
+        try:
+            free = shutil.disk_usage(self.index_path.parent).free
+        except OSError:
+            return
+        if needed > free:
+            raise SmallvisionError(f"decoding {count:,} images at {'x'.join(map(str, self.shape))} needs "
+                                   f"{size(needed)} in the decode cache ({self.index_path.parent}), and only "
+                                   f"{size(free)} is free there: make room, or choose another place with "
+                                   f"--cache-dir (or SMALLVISION_CACHE)")
+
+    def append(self, decoded: list[tuple[FileRecord, np.ndarray | None]]) -> list[int | None] | None:
+        """Record these files (the usable ones' pixels as new records) and rewrite the index; each one's
+        row (None for an unusable file), or None (and a warning) when the cache cannot be written."""
+        if self.warning:
+            return None
+        usable = [pixels for _, pixels in decoded if pixels is not None]
+        try:
+            with open(self.pixels_path, "ab") as handle:
+                handle.truncate(self.rows * self.record_bytes)  # records an interrupted write left past the index
+                for image in usable:
+                    handle.write(np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes())
+        except OSError as err:
+            self.warning = (f"could not write the decoded-image cache in {self.index_path.parent} "
+                            f"({err.strerror or err}); next run decodes again")
+            return None
+        rows, placed = iter(range(self.rows, self.rows + len(usable))), []
+        for record, pixels in decoded:
+            placed.append(None if pixels is None else next(rows))
+            self.entries[record.path] = (record, placed[-1])
+        self.rows += len(usable)
+        self.write_index()
+        return placed
+
+    def write_index(self) -> None:
+        files = [asdict(record) | ({"row": row} if row is not None else {}) for record, row in self.entries.values()]
+        index = {"format": CACHE_FORMAT, "shape": list(self.shape), "rows": self.rows, "files": files}
+        try:
+            write_atomically(self.index_path, lambda p: p.write_text(json.dumps(index)))
+        except OSError as err:
+            self.warning = (f"could not write the decoded-image cache in {self.index_path.parent} "
+                            f"({err.strerror or err}); next run decodes again")
+
+    def mapped(self) -> torch.Tensor | None:
+        """Every record the index vouches for, memory-mapped: [rows, C, H, W] uint8 (pages read on use)."""
+        if not self.rows:
+            return None
+        array = np.memmap(self.pixels_path, dtype=np.uint8, mode="c", shape=(self.rows, *self.shape))
+        return torch.from_numpy(array)  # copy-on-write mapping: writable for torch, never written back
