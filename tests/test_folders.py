@@ -275,3 +275,17 @@ def test_a_disk_too_small_for_the_cache_stops_before_decoding(tmp_path, monkeypa
     with pytest.raises(SmallvisionError, match=r"decoding 18 images at 3x24x24 needs 31.1 kB .* only 1.0 kB is free "
                                                r"there: make room, or choose another place with --cache-dir"):
         load(root, tmp_path)
+
+
+def test_a_folder_over_the_memory_budget_trains_from_the_map_to_the_same_weights(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "pets", per_class=20)
+    options = dict(image_size=48, epochs=2, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
+                   precision="fp32", rotation_range=10.0)
+    held = sv.train(root, "seed-catsdogs", out=tmp_path / "held", **options)
+    streamed = sv.train(root, "seed-catsdogs", out=tmp_path / "streamed", memory_budget="10kB", **options)
+    assert "more than the memory budget (10.0 kB): training reads batches from the memory-mapped decode cache" \
+        in capsys.readouterr().err
+    assert streamed.metrics["streamed_from_cache"] is True and "streamed_from_cache" not in held.metrics
+    for name, tensor in held.model.state_dict().items():
+        assert torch.equal(tensor, streamed.model.state_dict()[name]), name
+    assert streamed.metrics["test_accuracy"] == held.metrics["test_accuracy"]

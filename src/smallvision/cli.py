@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                     run_train)
     train.add_argument("--resume", metavar="RUN", help="continue an unfinished run (stopped, killed or crashed) from "
                                                        "its checkpoint, with its own source and recipe")
+    train.add_argument("--memory-budget", metavar="SIZE", help="the most the training images may take in memory, e.g. "
+                       "1GB (default: half of what is free); a bigger folder trains from the memory-mapped decode cache")
     train.add_argument("--processes", type=at_least(1), metavar="N",
                        help="train as N processes on this machine's CPU cores (torch.distributed, gloo), each taking "
                             "its share of every batch: the same run as one process trains")

@@ -102,6 +102,9 @@ class Recipe:
     # improvement (0: never), restoring them, as Keras' EarlyStopping(restore_best_weights=True)
     keep_best: str | None = None
     early_stopping_patience: int = 0
+    # the most the training data may take in memory (or GPU memory, where it would sit on the GPU), e.g.
+    # "1GB"; auto: half of what is available. A bigger folder trains from the memory-mapped decode cache
+    memory_budget: str = "auto"
     seed: int = 0
     device: str = "auto"
 
@@ -122,6 +125,10 @@ class Recipe:
         for field, allowed in CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise unknown_name(field, str(getattr(self, field)), list(allowed))
+        if self.memory_budget != "auto":
+            from smallvision.data.cache import parse_size
+
+            parse_size(self.memory_budget)
         if self.keep_best is not None and self.keep_best not in KEEP_BEST:
             raise unknown_name("keep_best", str(self.keep_best), list(KEEP_BEST))
         if self.color_mode not in (None, "rgb", "grayscale"):

@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from smallvision import distributed
 from smallvision.augment import Augment
+from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.metrics import log_loss
@@ -168,16 +170,50 @@ class KeepBest(Callback):
             loop.state.history.kept = {"epoch": best.epoch, self.metric: best.value}
 
 
+class MappedBatches:
+    """Batches of a split bigger than memory, memory-mapped on the host: the next batch is read in the
+    background while this one trains, and the pages read are let go every so often, so the resident
+    memory stays bounded however big the split."""
+
+    RELEASE_EVERY = 256 * 2**20  # bytes of batches read between two releases of the mapped pages
+
+    def __init__(self, images: torch.Tensor, device: torch.device):
+        self.images, self.device, self.read_since = images, device, 0
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.ahead: tuple[torch.Tensor, Future] | None = None
+
+    def fetch(self, indices: torch.Tensor) -> torch.Tensor:
+        batch = self.images[indices.cpu()]  # reads only these records' pages
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+    def read(self, key, indices: torch.Tensor, next_key, upcoming: torch.Tensor | None) -> torch.Tensor:
+        """The batch of `indices` (read ahead already when `key` was the last call's `next_key`); starts
+        reading `upcoming`, the next batch."""
+        if self.ahead is not None and self.ahead[0] == key:
+            batch = self.ahead[1].result()
+        else:
+            batch = self.fetch(indices)
+        self.ahead = (next_key, self.pool.submit(self.fetch, upcoming)) if upcoming is not None else None
+        self.read_since += batch.numel()
+        if self.read_since >= self.RELEASE_EVERY:
+            release_pages()
+            self.read_since = 0
+        return batch
+
+
 class NonFiniteLoss(SmallvisionError):
     """The NaN guard's error: the loss stopped being a number."""
 
 
 def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None,
         device: torch.device | None = None, progress: bool = True, callbacks: list[Callback] = (),
-        resume=None, loop_ready=None, context: dict | None = None) -> History:
+        resume=None, loop_ready=None, context: dict | None = None, streaming: bool = False) -> History:
     """Train `model` in place on `train` as `recipe` says; validate after each epoch. `resume`, a
     callable, restores a checkpoint into the fresh Loop; `loop_ready(loop)` is told the Loop before
-    the first step (a signal handler asks it to stop); `context` is saved with each checkpoint."""
+    the first step (a signal handler asks it to stop); `context` is saved with each checkpoint. With
+    `streaming`, the training images stay memory-mapped on the host (MappedBatches)."""
     device = device or resolve_device(recipe.device)
     precision = training_precision(recipe.precision, device).precision
     torch.manual_seed(recipe.seed)
@@ -194,7 +230,10 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
                                f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} classes: "
                                f"use loss = \"categorical_crossentropy\"")
-    images, labels = train.images.to(device), train.labels.to(device)
+    if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
+        images, labels, reader = train.images, train.labels.to(device), MappedBatches(train.images, device)
+    else:
+        images, labels, reader = train.images.to(device), train.labels.to(device), None
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     if recipe.keep_best:
@@ -236,7 +275,14 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                 group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
             share = ranks.share(len(batch))
             mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
-            pixels = images[mine] if augment is None else augment(images[mine], generator, (share[0], len(batch)))
+            if reader is not None:  # the batch after this one, in the same order, is read while this one trains
+                following = state.order[state.cursor:state.cursor + recipe.batch_size]
+                upcoming = following[slice(*ranks.share(len(following)))] if len(following) else None
+                chosen = reader.read((id(state.order), state.cursor - recipe.batch_size), mine,
+                                     (id(state.order), state.cursor), upcoming)
+            else:
+                chosen = images[mine]
+            pixels = chosen if augment is None else augment(chosen, generator, (share[0], len(batch)))
             x, y = preprocess(pixels), labels[mine]
             with autocast(device, precision):
                 logits = model(x)

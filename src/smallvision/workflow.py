@@ -18,8 +18,9 @@ import torch
 from smallvision import distributed
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
 from smallvision.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from smallvision.data.cache import data_path, release_pages
 from smallvision.data.folders import scan_folder
-from smallvision.data.imageset import DataSource
+from smallvision.data.imageset import DataSource, ImageSet
 from smallvision.data.sources import is_photo_folder, open_source
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.images import has_dark_background
@@ -215,6 +216,13 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if dataset.skipped and ranks.main:
         print(f"warning: every skipped file is listed with its reason in {directory / 'skipped.csv'}",
               file=sys.stderr, flush=True)
+    pixels = sum(split.images.numel() for split in dataset.splits().values())
+    streaming, why = data_path(pixels, recipe.memory_budget, device) if dataset.mapped else (False, "")
+    if dataset.mapped and not streaming:  # within the budget: in memory, as every split was before the map
+        for name, split in dataset.splits().items():
+            setattr(dataset, name, ImageSet(split.images.clone(), split.labels, split.class_names, split.paths))
+    elif streaming and ranks.main:
+        print(f"{source}: {why}", file=sys.stderr, flush=True)
     train_split = dataset.train
     input_shape = tuple(train_split.images.shape[1:])
     expected = recipe_image_shape(recipe)
@@ -258,11 +266,14 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                                                             context=checkpoint[0]["context"] if checkpoint else None,
                                                             **common)
         else:
-            history = fit(model, train_split, chosen, dataset.validation, device, progress, **common)
+            history = fit(model, train_split, chosen, dataset.validation, device, progress, streaming=streaming,
+                          **common)
             test_metrics = {}
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
+    if streaming:
+        metrics["streamed_from_cache"] = True  # bigger than the memory budget: read from the mapped cache
     if history.stopped_early:
         metrics["stopped_early_after_epoch"] = history.stopped_early
     if history.features_seconds:
@@ -348,9 +359,11 @@ def split_fingerprints(dataset: DataSource) -> dict[str, str]:
     prints = {}
     for split, images in dataset.splits().items():
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(images.images.contiguous().numpy().tobytes())
+        for start in range(0, len(images), 1024):  # a chunk at a time: a mapped split is never copied whole
+            digest.update(images.images[start:start + 1024].contiguous().numpy().tobytes())
         digest.update(images.labels.contiguous().numpy().tobytes())
         prints[split] = digest.hexdigest()
+    release_pages()  # the mapped pages just read need not stay resident
     return prints
 
 

@@ -280,4 +280,58 @@ class CacheEntry:
         if not self.rows:
             return None
         array = np.memmap(self.pixels_path, dtype=np.uint8, mode="c", shape=(self.rows, *self.shape))
+        MAPS.append(array)
         return torch.from_numpy(array)  # copy-on-write mapping: writable for torch, never written back
+
+
+MAPS: list[np.memmap] = []  # every mapping handed out, so that release_pages can reach them
+
+
+def release_pages() -> None:
+    """Let the kernel drop the mapped pages read so far (they are read again from disk when used): a
+    split bigger than memory streams through a bounded resident set instead of filling it."""
+    import mmap
+
+    for array in MAPS:
+        handle = getattr(array, "_mmap", None)
+        if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
+def parse_size(text: str) -> int:
+    """"1GB", "512MB", "2.5G", "800000000" -> bytes."""
+    units = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+             "T": 10**12, "TB": 10**12}
+    number = text.strip().upper().rstrip("IB") if text.strip().upper().endswith("IB") else text.strip().upper()
+    digits = number.rstrip("KMGTB")
+    try:
+        value = float(digits) * units[number[len(digits):]]
+    except (ValueError, KeyError):
+        raise SmallvisionError(f"memory budget {text!r}: give a size such as 1GB, 512MB or 2.5G") from None
+    if value <= 0:
+        raise SmallvisionError(f"memory budget {text!r} must be positive")
+    return int(value)
+
+
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes free where the training data would sit: the GPU's memory, or this machine's."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def data_path(pixels: int, budget: str, device: torch.device | None = None) -> tuple[bool, str]:
+    """(stream from the memory-mapped cache?, why): whether `pixels` bytes of training images fit the budget."""
+    limit = available_memory(device) // 2 if budget == "auto" else parse_size(budget)
+    where = "GPU memory" if device is not None and device.type == "cuda" else "memory"
+    named = f"half the free {where}" if budget == "auto" else f"the memory budget"
+    if pixels > limit:
+        return True, (f"the images take {size(pixels)}, more than {named} ({size(limit)}): training reads batches "
+                      f"from the memory-mapped decode cache, the next ones read ahead")
+    return False, f"the images take {size(pixels)}, within {named} ({size(limit)}): they are held in {where}"

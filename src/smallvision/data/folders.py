@@ -121,6 +121,7 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], cache_dir: 
                         files=[(split, record) for (split, _, _), record in zip(ordered, records)])
     if stats.cache_warning:
         source.warnings.append(stats.cache_warning)
+    source.mapped = not pixels.untyped_storage().resizable()  # a view of the memory-mapped cache
     kept: dict[str, list[tuple[str, int]]] = {split: [] for split in scan.files}
     for (split, path, label), record in zip(ordered, records):
         if record.usable:

@@ -63,6 +63,8 @@ class DataSource:
     warnings: list[str] = field(default_factory=list)
     # (split, FileRecord) for every file seen, usable or not: what `data check` reports on
     files: list = field(default_factory=list)
+    # the splits' pixels are views of the memory-mapped decode cache (data/cache.py), not in memory
+    mapped: bool = False
 
     @property
     def class_names(self) -> list[str]:
