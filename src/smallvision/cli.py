@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(shares the decode cache with training runs)")
     check.add_argument("--image-size", type=int, help="decode at this size instead")
     check.add_argument("--samples", metavar="PNG", help="also draw 8 training images of each class, a row per class")
+    check.add_argument("--memory-budget", metavar="SIZE", help="say whether training would hold the images in memory "
+                       "or read them from the memory-mapped cache under this budget (default: the recipe's)")
     check.add_argument("--data", help="where to look for the source's files first")
     add_cache_dir(check)
 
@@ -527,10 +529,11 @@ def run_data_check(args) -> int:
     from smallvision.run import writable_directory
     from smallvision.workflow import recipe_image_shape
 
-    recipe = load_recipe(args.recipe).replace(image_size=args.image_size)
+    recipe = load_recipe(args.recipe).replace(image_size=args.image_size, memory_budget=args.memory_budget)
     if args.samples:  # before the decoding, not after it
         writable_directory(Path(args.samples).parent)
-    report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True)
+    report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True,
+                          memory_budget=recipe.memory_budget)
     print(format_report(report))
     if args.samples and report.source.train is not None:
         print(f"samples: {plot_class_samples(report.source, args.samples)}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from smallvision.data.cache import data_path
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import leave_out_empty_classes, load_source, training_problem
 
@@ -19,6 +20,7 @@ class DataReport:
     problem: str | None = None
     duplicates: list[list[tuple[str, str]]] = field(default_factory=list)  # groups of (split, path), same bytes
     warnings: list[str] = field(default_factory=list)
+    data_path: str = ""  # in memory or from the memory-mapped cache, and why
 
     @property
     def ok(self) -> bool:
@@ -26,10 +28,13 @@ class DataReport:
 
 
 def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, cache_dir=None,
-                 progress: bool = True) -> DataReport:
+                 progress: bool = True, memory_budget: str = "auto") -> DataReport:
     source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
     leave_out_empty_classes(source)  # as train does, so both say the same of the same folder
     report = DataReport(source, training_problem(source))
+    if source.mapped:  # the path training will take on this machine's CPU, as train decides it
+        pixels = sum(split.images.numel() for split in source.splits().values())
+        report.data_path = data_path(pixels, memory_budget)[1]
     report.warnings = list(source.warnings)
     report.duplicates = duplicate_groups(source)
     crossing = [group for group in report.duplicates if len({split for split, _ in group}) > 1]
@@ -96,6 +101,8 @@ def format_report(report: DataReport) -> str:
             lines.append(f"  ... and {len(report.duplicates) - 20} more groups")
     if report.warnings:
         lines += [""] + [f"warning: {w}" for w in report.warnings]
+    if report.data_path:
+        lines += ["", f"training: {report.data_path}"]
     lines += ["", f"cannot train: {report.problem}" if report.problem else "ready to train"]
     return "\n".join(lines)
 
