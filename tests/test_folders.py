@@ -282,8 +282,11 @@ def test_a_folder_over_the_memory_budget_trains_from_the_map_to_the_same_weights
     options = dict(image_size=48, epochs=2, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
                    precision="fp32", rotation_range=10.0)
     held = sv.train(root, "seed-catsdogs", out=tmp_path / "held", **options)
-    streamed = sv.train(root, "seed-catsdogs", out=tmp_path / "streamed", memory_budget="10kB", **options)
-    assert "more than the memory budget (10.0 kB): training reads batches from the memory-mapped decode cache" \
+    with pytest.raises(SmallvisionError, match=r"--memory-budget 10kB is smaller than one batch \(8 images of "
+                                               r"3x48x48: 55.3 kB\); give at least that, or a smaller --batch-size"):
+        sv.train(root, "seed-catsdogs", out=tmp_path / "refused", memory_budget="10kB", **options)
+    streamed = sv.train(root, "seed-catsdogs", out=tmp_path / "streamed", memory_budget="100kB", **options)
+    assert "more than the memory budget (100.0 kB): training reads batches from the memory-mapped decode cache" \
         in capsys.readouterr().err
     assert streamed.metrics["streamed_from_cache"] is True and "streamed_from_cache" not in held.metrics
     for name, tensor in held.model.state_dict().items():

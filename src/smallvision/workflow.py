@@ -18,7 +18,7 @@ import torch
 from smallvision import distributed
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
 from smallvision.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
-from smallvision.data.cache import data_path, release_pages
+from smallvision.data.cache import data_path, parse_size, release_pages, size
 from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource, ImageSet
 from smallvision.data.sources import is_photo_folder, open_source
@@ -217,6 +217,11 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print(f"warning: every skipped file is listed with its reason in {directory / 'skipped.csv'}",
               file=sys.stderr, flush=True)
     pixels = sum(split.images.numel() for split in dataset.splits().values())
+    one_batch = recipe.batch_size * dataset.train.images[0].numel()
+    if recipe.memory_budget != "auto" and parse_size(recipe.memory_budget) < one_batch:
+        raise SmallvisionError(f"--memory-budget {recipe.memory_budget} is smaller than one batch ({recipe.batch_size} "
+                               f"images of {'x'.join(map(str, dataset.train.images.shape[1:]))}: {size(one_batch)}); "
+                               f"give at least that, or a smaller --batch-size")
     streaming, why = data_path(pixels, recipe.memory_budget, device) if dataset.mapped else (False, "")
     if dataset.mapped and not streaming:  # within the budget: in memory, as every split was before the map
         for name, split in dataset.splits().items():
