@@ -312,12 +312,12 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                     distributed.max_across(first_bad)
                     if totals[2] and not loop.stop_requested:
                         loop.stop_requested = "a stop asked of another process"
+                    stopping = loop.stop_requested if totals[2] else None  # what all agreed, not what came since
                     state.loss_sum, state.correct = float(totals[0]), int(totals[1])
                 else:
                     state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
                 check_finite(first_bad, epoch, steps_per_epoch, recipe)
                 state.seen = seen
-                stopping = loop.stop_requested
                 state.seconds = time.perf_counter() - start
                 bar.set_postfix(loss=f"{state.loss_sum / seen:.4f}", accuracy=f"{state.correct / seen:.4f}",
                                 img_s=f"{seen / state.seconds:.0f}", refresh=False)
