@@ -123,7 +123,6 @@ def main() -> None:
         if not small.is_dir():
             subset(root, small, args.in_memory_images)
         shutil.rmtree(cache, ignore_errors=True)
-        from smallvision.data.folders import load_image_folder  # noqa: F401  (the same code the CLI runs)
         seconds, _ = smallvision("data", "check", str(root), "--image-size", "160", cache=cache)
         rate = (args.images + 1000) / seconds
         summary["first_decode"] = {"seconds": seconds, "images_per_second": rate}

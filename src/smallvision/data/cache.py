@@ -330,7 +330,7 @@ def data_path(pixels: int, budget: str, device: torch.device | None = None) -> t
     """(stream from the memory-mapped cache?, why): whether `pixels` bytes of training images fit the budget."""
     limit = available_memory(device) // 2 if budget == "auto" else parse_size(budget)
     where = "GPU memory" if device is not None and device.type == "cuda" else "memory"
-    named = f"half the free {where}" if budget == "auto" else f"the memory budget"
+    named = f"half the free {where}" if budget == "auto" else "the memory budget"
     if pixels > limit:
         return True, (f"the images take {size(pixels)}, more than {named} ({size(limit)}): training reads batches "
                       f"from the memory-mapped decode cache, the next ones read ahead")
