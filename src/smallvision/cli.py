@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as stop:
-        if not is_main_process():
+        from smallvision import distributed  # loaded already: training stopped
+
+        ranks = distributed.ranks()
+        if not ranks.main:
             return 130  # another process of a run trained by several: rank 0 says where it stopped
         state, stage = stop.loop.state, stop.loop.context.get("stage")
         where = f"step {state.step} (epoch {state.epoch + 1}{f' of stage {stage}' if stage else ''})"
-        processes = int(os.environ.get("WORLD_SIZE", "1"))
-        again = f" --processes {processes}" if processes > 1 else ""
+        again = f" --processes {ranks.world}" if ranks.world > 1 else ""
         print(f"{PROG}: stopped by {stop.loop.stop_requested} after {where}; the checkpoint is in {stop.directory}; "
               f"continue with:\n  smallvision train --resume {stop.directory}{again}", file=sys.stderr)
         return 143 if stop.loop.stop_requested == "SIGTERM" else 130
@@ -42,11 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if "smallvision.distributed" in sys.modules:  # leave the process group before exiting, as torch asks
             sys.modules["smallvision.distributed"].stop()
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a run trained by several processes (or the one process): the one that reports."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def at_least(minimum: int):

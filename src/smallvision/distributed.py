@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ import torch.distributed as dist
 
 from smallvision.errors import SmallvisionError
 
+# batch_norm_statistics needs the differentiable all_reduce, which warns on every call that it is deprecated
+warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce is deprecated", FutureWarning)
 TIMEOUT = datetime.timedelta(minutes=10)  # a process that stops answering stops the others after this long
 
 
@@ -140,11 +143,8 @@ def batch_norm_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     """(mean, biased variance, count) per channel of `x` [N, C, H, W] over every process's share of the
     batch, differentiable (the sums travel through torch.distributed.nn's all_reduce, whose backward
     sums the gradients back): what SyncBatchNorm computes, on the CPU too."""
-    import warnings
-
     from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is not public yet
 
-    warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce is deprecated", FutureWarning)
     x = x.float()
     count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float32, device=x.device)
     sums = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))

@@ -179,9 +179,11 @@ class Run:
             # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
             if architecture.get("layers") is not None:  # the network itself, written by every run since layer lists
                 layers = layers_from_json(architecture["layers"], str(description))
-                with torch.device("meta"):  # shapes only, no memory: a model.json cannot ask for more than
+                # Shapes first, on the meta device (no memory): a model.json cannot ask for more than the
+                # weights file holds. The sketch's layers are spent on it, so the network is read again.
+                with torch.device("meta"):
                     sketch = build_network(layers, architecture["input_shape"], architecture["num_classes"],
-                                           name=architecture["model"])  # the weights file holds
+                                           name=architecture["model"])
                 weights_fit(sketch, self.path / "model.safetensors")
                 self.model = build_network(layers_from_json(architecture["layers"], str(description)),
                                            architecture["input_shape"], architecture["num_classes"],

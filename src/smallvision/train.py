@@ -2,8 +2,8 @@
 
 import contextlib
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -180,7 +180,7 @@ class MappedBatches:
     def __init__(self, images: torch.Tensor, device: torch.device):
         self.images, self.device, self.read_since = images, device, 0
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.ahead: tuple[torch.Tensor, Future] | None = None
+        self.ahead: tuple[object, Future] | None = None  # (the key of the batch being read ahead, its reading)
 
     def fetch(self, indices: torch.Tensor) -> torch.Tensor:
         batch = self.images[indices.cpu()]  # reads only these records' pages
@@ -430,10 +430,10 @@ def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess,
     start, stop = ranks.share(len(data))
     probabilities = predict_probabilities(model, data.images[start:stop], preprocess, precision, device, test_time_flip)
     labels = data.labels[start:stop].cpu()
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64)  # this share's summed log loss, correct answers, images
     if len(labels):
-        picked = probabilities[torch.arange(len(labels)), labels.long()].clamp_min(1e-7)  # as log_loss clips
-        totals += torch.stack([-picked.double().log().sum(), (probabilities.argmax(1) == labels).sum().double(),
-                               torch.tensor(float(len(labels)), dtype=torch.float64)])
+        totals += torch.tensor([log_loss(labels, probabilities) * len(labels),
+                                float((probabilities.argmax(1) == labels).sum()), float(len(labels))],
+                               dtype=torch.float64)
     totals = distributed.sum_across(totals.to(device)).cpu()
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])

@@ -83,8 +83,7 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
         overrides.setdefault("dropout", 0.0)
     recipe_named = recipe or default_recipe(source)
     recipe = load_recipe(recipe_named).replace(**overrides)
-    ranks = distributed.start(resolve_device(recipe.device))  # one process, unless torchrun started several
-    device = distributed.process_device(resolve_device(recipe.device))
+    ranks, device = start_processes(recipe)
     progress = progress and ranks.main
     held_out = held_out_splits(source, recipe_named, recipe, overrides)
     if held_out:
@@ -145,8 +144,7 @@ def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=Non
         spec, data = started["source"], data or started.get("data")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise SmallvisionError(f"{directory / 'training.json'}: unreadable ({err})") from None
-    ranks = distributed.start(resolve_device(recipe.device))
-    device = distributed.process_device(resolve_device(recipe.device))
+    ranks, device = start_processes(recipe)
     progress = progress and ranks.main
     with training_lock(directory) if ranks.main else contextlib.nullcontext():
         try:
@@ -156,6 +154,12 @@ def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=Non
             raise
     distributed.barrier()
     return Run(directory, recipe.device)
+
+
+def start_processes(recipe: Recipe) -> tuple[distributed.Ranks, torch.device]:
+    """This process's place among the others (one alone, unless torchrun started several) and its device."""
+    device = resolve_device(recipe.device)
+    return distributed.start(device), distributed.process_device(device)
 
 
 def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int] | None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,9 +152,10 @@ def decode_into(entry: "CacheEntry", root: Path, relative_paths: list[str], shap
         bar.close()
         stats.decoded = len(to_decode)
         stats.cache_warning = stats.cache_warning or entry.warning
-    if set(entry.entries) != set(relative_paths) and not entry.warning:
+    present = set(relative_paths)
+    if set(entry.entries) != present and not entry.warning:
         # files gone from the folder leave the index (their records stay behind, unused)
-        entry.entries = {path: value for path, value in entry.entries.items() if path in set(relative_paths)}
+        entry.entries = {path: value for path, value in entry.entries.items() if path in present}
         entry.entries.update({record.path: (record, None) for record in records if record.path not in entry.entries})
         entry.write_index()
     usable = [i for i, record in enumerate(records) if record.usable]
@@ -280,11 +282,13 @@ class CacheEntry:
         if not self.rows:
             return None
         array = np.memmap(self.pixels_path, dtype=np.uint8, mode="c", shape=(self.rows, *self.shape))
-        MAPS.append(array)
+        MAPS[:] = [alive for alive in MAPS if alive() is not None] + [weakref.ref(array)]
         return torch.from_numpy(array)  # copy-on-write mapping: writable for torch, never written back
 
 
-MAPS: list[np.memmap] = []  # every mapping handed out, so that release_pages can reach them
+# Every mapping still in use (the tensors made from it keep it alive), so that release_pages reaches them;
+# held weakly, so that a split copied into memory lets its mapping go.
+MAPS: list[weakref.ref] = []
 
 
 def release_pages() -> None:
@@ -292,8 +296,8 @@ def release_pages() -> None:
     split bigger than memory streams through a bounded resident set instead of filling it."""
     import mmap
 
-    for array in MAPS:
-        handle = getattr(array, "_mmap", None)
+    for alive in MAPS:
+        handle = getattr(alive(), "_mmap", None)
         if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
             handle.madvise(mmap.MADV_DONTNEED)
 

@@ -89,20 +89,21 @@ def leave_out_empty_classes(source: DataSource) -> None:
         return
     counts, names = source.train.class_counts(), source.class_names
     kept = [index for index, count in enumerate(counts) if count]
-    if len(kept) == len(counts):
+    empty = [index for index, count in enumerate(counts) if not count]
+    if not empty:
         return
     new_label = torch.full((len(counts),), -1, dtype=torch.long)
     new_label[kept] = torch.arange(len(kept))
     elsewhere = {}  # class -> its images in validation and test, left out with it
     for split, images in source.splits().items():
         labels = images.labels.cpu()
-        for index in set(range(len(counts))) - set(kept):
+        for index in empty:
             if int((labels == index).sum()):
                 elsewhere.setdefault(index, []).append(f"{int((labels == index).sum())} {split}")
         subset = images.subset(torch.nonzero(new_label[labels] >= 0).flatten())
         setattr(source, split, ImageSet(subset.images, new_label[subset.labels.cpu()].to(subset.labels.device),
                                         [names[index] for index in kept], subset.paths))
-    for index in sorted(set(range(len(counts))) - set(kept), reverse=True):
+    for index in reversed(empty):
         also = f" (and its {' and '.join(elsewhere[index])} images)" if index in elsewhere else ""
         source.warnings.insert(0, f"class {names[index]!r} has no usable training images: it is left out of the "
                                   f"run{also}; the network learns the other {len(kept)}")
