@@ -292,3 +292,24 @@ def test_a_folder_over_the_memory_budget_trains_from_the_map_to_the_same_weights
     for name, tensor in held.model.state_dict().items():
         assert torch.equal(tensor, streamed.model.state_dict()[name]), name
     assert streamed.metrics["test_accuracy"] == held.metrics["test_accuracy"]
+
+
+def test_held_out_splits_of_a_mapped_folder_are_views_by_row_and_train_as_in_memory(tmp_path):
+    root = make_image_folder(tmp_path / "pets", splits=(), per_class=20)  # ROOT/CLASS: test and validation held out
+    source = open_source(root, val_split=0.2, test_split=0.2, image_shape=(3, 48, 48), cache_dir=tmp_path / "cache")
+    whole = source.train.store
+    for split in source.splits().values():  # each split reads the one mapped file through its own rows
+        assert split.mapped and split.store is whole and split.rows is not None
+    assert sorted(torch.cat([s.rows for s in source.splits().values()]).tolist()) == list(range(40))
+    test = source.test
+    assert torch.equal(test.take(torch.tensor([1, 0])), whole[test.rows[[1, 0]]])
+    assert torch.equal(torch.cat([chunk for _, chunk in test.chunks(3)]), test.images)
+    options = dict(image_size=48, epochs=2, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
+                   precision="fp32", val_split=0.2, test_split=0.2)
+    held = sv.train(root, "seed-catsdogs", out=tmp_path / "held", **options)
+    streamed = sv.train(root, "seed-catsdogs", out=tmp_path / "streamed", memory_budget="100kB", **options)
+    assert streamed.metrics["streamed_from_cache"] is True
+    for name, tensor in held.model.state_dict().items():
+        assert torch.equal(tensor, streamed.model.state_dict()[name]), name
+    assert streamed.metrics["test_accuracy"] == held.metrics["test_accuracy"]
+    assert streamed.metrics["val_loss"] == held.metrics["val_loss"]

@@ -33,7 +33,7 @@ def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, ca
     leave_out_empty_classes(source)  # as train does, so both say the same of the same folder
     report = DataReport(source, training_problem(source))
     if source.mapped:  # the path training will take on this machine's CPU, as train decides it
-        pixels = sum(split.images.numel() for split in source.splits().values())
+        pixels = sum(split.pixel_count for split in source.splits().values())
         report.data_path = data_path(pixels, memory_budget)[1]
     report.warnings = list(source.warnings)
     report.duplicates = duplicate_groups(source)
@@ -60,7 +60,7 @@ def plot_class_samples(source: DataSource, path: str | Path, per_class: int = 8,
     for label, name in enumerate(source.class_names):
         members = (images.labels == label).nonzero().flatten()
         chosen = members[torch.randperm(len(members), generator=generator)[:per_class]]
-        cells += [images.images[i] for i in chosen] + [None] * (per_class - len(chosen))
+        cells += list(images.take(chosen)) + [None] * (per_class - len(chosen))
         titles += [name if column == 0 else "" for column in range(per_class)]
     path = Path(path)
     plot_image_grid(cells, titles, path, title=f"{source.root or source.name}: {per_class} training images per class "

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -164,14 +165,37 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def launch(processes: int, argv: list[str]) -> int:
-    """Start `smallvision ARGV` as `processes` processes on this machine under torchrun (its standalone
-    rendezvous on a free local port); the exit status of the first that failed (0 when none did). A
-    failing process stops the others: torchrun ends the group when one of its workers fails."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+@dataclass(frozen=True)
+class Machines:
+    """Several machines in one run: how many, this one's place, where node 0 listens (HOST:PORT), and how
+    long to wait for all of them to join."""
+    nodes: int
+    node_rank: int
+    rendezvous: str
+    timeout: int = 120
+
+    def torchrun_flags(self) -> list[str]:
+        host, _, port = self.rendezvous.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SmallvisionError(f"--rendezvous {self.rendezvous!r}: give HOST:PORT, where node 0 listens, "
+                                   f"e.g. 10.0.0.1:29500")
+        # torchrun's static rendezvous waits 600 s by default, then fails with a screen of traceback; ours
+        # is bounded, and LauncherReport turns its failure into one line
+        return [f"--nnodes={self.nodes}", f"--node-rank={self.node_rank}", f"--master-addr={host.strip('[]')}",
+                f"--master-port={port}", f"--rdzv-conf=timeout={self.timeout}"]
+
+
+def launch(processes: int, argv: list[str], machines: Machines | None = None) -> int:
+    """Start `smallvision ARGV` as `processes` processes on this machine under torchrun (alone: its
+    standalone rendezvous on a free local port; with `machines`, one of several that meet at node 0);
+    the exit status of the first that failed (0 when none did). A failing process stops the others:
+    torchrun ends the group when one of its workers fails."""
+    where = machines.torchrun_flags() if machines else ["--standalone"]
+    command = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={processes}",
                "--max-restarts=0", "-m", "smallvision.cli", *argv]
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(
         1, (os.cpu_count() or 1) // processes)))}  # the cores shared out, not each process taking them all
+    started = time.monotonic()
     process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE)
     report, interrupted = LauncherReport(), None
     while True:
@@ -187,6 +211,11 @@ def launch(processes: int, argv: list[str]) -> int:
         report.feed(piece)
     report.feed(b"", final=True)
     code = process.wait()
+    if code and report.unreachable and machines:
+        raise SmallvisionError(f"could not meet the other machines at {machines.rendezvous} (gave up after "
+                               f"{time.monotonic() - started:.0f} s, {machines.timeout} s a try): start node 0 (--node-rank 0, which listens there) and every other node, check "
+                               f"that this machine can reach that address and port, or wait longer with "
+                               f"--rendezvous-timeout")
     if code and report.exit_code:
         return report.exit_code
     return 130 if code and interrupted else code
@@ -197,11 +226,17 @@ class LauncherReport:
     says the same error) and without torchrun's own log lines and failure report, whose root cause's
     exit status it keeps: the user sees our one line, not three screens."""
 
-    LOG_LINE = re.compile(rb"^[EWI]\d{4} \d\d:\d\d:\d\d")
+    LOG_LINE = re.compile(rb"^\[?[EWI]\d{4} \d\d:\d\d:\d\d")
+    # c10d's C++ stack dumps under its log lines ("Exception raised from ...", "frame #3: ..."): noise to a user
+    NATIVE_TRACE = re.compile(rb"^(Exception raised from |frame #\d+: |<omitting python frames>)")
     EXIT = re.compile(rb"exitcode\s*:\s*(-?\d+)")
+    RENDEZVOUS_FAILURES = (b"DistNetworkError", b"RendezvousTimeoutError", b"RendezvousConnectionError",
+                           b"DistStoreError")
 
     def __init__(self):
         self.pending, self.seen, self.closing, self.exit_code, self.block = b"", set(), False, None, None
+        self.unreachable = False  # torchrun itself failed to meet the other machines (no worker ever started)
+        self.in_native_trace = False
 
     def feed(self, data: bytes, final: bool = False) -> None:
         self.pending += data
@@ -225,11 +260,15 @@ class LauncherReport:
                 block, self.block = b"".join(self.block), None
                 if b"torch/distributed/run.py" in block:
                     self.closing = True  # torchrun's own, after every process has ended
+                    self.unreachable = any(name in block for name in self.RENDEZVOUS_FAILURES)
                 else:
                     self.write(block)
             return
         if line.startswith(b"Traceback (most recent call last)"):
             self.block = [piece]
+            return
+        if self.NATIVE_TRACE.match(line) or (self.in_native_trace and not line):  # its blank line ends it
+            self.in_native_trace = bool(line)
             return
         if self.LOG_LINE.match(line) or (line.startswith(b"smallvision: error:") and line in self.seen):
             return

@@ -51,7 +51,7 @@ def evaluate_run(run, source: str | Path | None = None, split: str | None = None
     source = source or run.meta["source"]
     split = run.split_to_score(source, split)
     data = run.labelled_split(source, split, data_dir, cache_dir, progress)
-    probabilities = run.probabilities(data.images)
+    probabilities = run.split_probabilities(data)
     metrics = {"source": str(source), "split": split,
                **classification_metrics(data.labels, probabilities, run.class_names)}
     if split == WHOLE:
@@ -97,7 +97,7 @@ def mistake_titles(evaluation: Evaluation, indices: list[int]) -> list[str]:
 def plot_mistakes(evaluation: Evaluation, indices: list[int], path) -> None:
     from smallvision.plots import plot_image_grid  # matplotlib is slow to import
 
-    plot_image_grid(evaluation.data.images[indices], mistake_titles(evaluation, indices), path,
+    plot_image_grid(evaluation.data.take(torch.tensor(indices, dtype=torch.long)), mistake_titles(evaluation, indices), path,
                     f"The {len(indices)} most confident mistakes", columns=4)
 
 

@@ -26,7 +26,7 @@ def preview_augmentation(source: str | Path, recipe: str | Path | Recipe, out: s
     train = load_source(str(source), data_dir, recipe_image_shape(recipe), cache_dir).train
     if train is None or not 0 <= index < len(train):
         raise SmallvisionError(f"{source}: no training image number {index} (it has {0 if train is None else len(train)})")
-    original = train.images[index:index + 1]
+    original = train.take(torch.tensor([index]))
     generator = torch.Generator().manual_seed(seed)
     augmented = augment(original.expand(count, -1, -1, -1), generator)
     name = train.paths[index] if train.paths else f"image {index}"

@@ -153,7 +153,7 @@ def gradcam_section(run, evaluation: Evaluation, samples: int, layer: str | None
     chosen = mistakes + others
     if not chosen:
         return "<p class=muted>No images to explain.</p>"
-    images = evaluation.data.images[chosen]
+    images = evaluation.data.take(torch.tensor(chosen, dtype=torch.long))
     predicted = evaluation.probabilities[chosen].argmax(1)  # the evaluation has them: no second forward pass
     heatmaps, _, layer = run_heatmaps(run, images, predicted, layer)
     titles = [title.replace("\n", " · ") for title in mistake_titles(evaluation, chosen)]

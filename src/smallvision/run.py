@@ -24,7 +24,7 @@ from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe, load_recipe
-from smallvision.train import Preprocess, predict_probabilities, resolve_device
+from smallvision.train import Preprocess, predict_probabilities, resolve_device, split_probabilities
 
 try:
     import fcntl
@@ -224,6 +224,10 @@ class Run:
         """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
         return predict_probabilities(self.model, images, self.preprocess, self.precision, self.device,
                                      self.test_time_flip)
+
+    def split_probabilities(self, data: ImageSet) -> torch.Tensor:
+        """`probabilities` for a labelled split, a chunk at a time when it is mapped from the decode cache."""
+        return split_probabilities(self.model, data, self.preprocess, self.precision, self.device, self.test_time_flip)
 
     def read_image(self, path: str | Path) -> torch.Tensor:
         """One image file as uint8 [C, H, W], converted as the run's preprocessing says."""

@@ -177,13 +177,13 @@ class MappedBatches:
 
     RELEASE_EVERY = 256 * 2**20  # bytes of batches read between two releases of the mapped pages
 
-    def __init__(self, images: torch.Tensor, device: torch.device):
+    def __init__(self, images: ImageSet, device: torch.device):
         self.images, self.device, self.read_since = images, device, 0
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.ahead: tuple[object, Future] | None = None  # (the key of the batch being read ahead, its reading)
 
     def fetch(self, indices: torch.Tensor) -> torch.Tensor:
-        batch = self.images[indices.cpu()]  # reads only these records' pages
+        batch = self.images.take(indices.cpu())  # reads only these records' pages
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch
@@ -231,7 +231,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
                                f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} classes: "
                                f"use loss = \"categorical_crossentropy\"")
     if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
-        images, labels, reader = train.images, train.labels.to(device), MappedBatches(train.images, device)
+        images, labels, reader = None, train.labels.to(device), MappedBatches(train, device)
     else:
         images, labels, reader = train.images.to(device), train.labels.to(device), None
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
@@ -419,16 +419,29 @@ def predict_probabilities(model: Sequential, images: torch.Tensor, preprocess: P
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
+def split_probabilities(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
+                        device: torch.device, test_time_flip: bool = False, chunk: int = 4096) -> torch.Tensor:
+    """predict_probabilities for a split, a chunk at a time: a split mapped from the decode cache is read
+    piece by piece, never copied whole."""
+    if not data.mapped:
+        return predict_probabilities(model, data.images, preprocess, precision, device, test_time_flip)
+    pieces = [predict_probabilities(model, images, preprocess, precision, device, test_time_flip)
+              for _, images in data.chunks(chunk)]
+    release_pages()
+    return torch.cat(pieces) if pieces else torch.empty(0, 0)
+
+
 def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
                       device: torch.device, test_time_flip: bool = False) -> tuple[float, float]:
     """(log loss, accuracy) on a labelled split; several processes score a share each and add up."""
     ranks = distributed.ranks()
     if ranks.world == 1:
-        probabilities = predict_probabilities(model, data.images, preprocess, precision, device, test_time_flip)
+        probabilities = split_probabilities(model, data, preprocess, precision, device, test_time_flip)
         labels = data.labels.cpu()
         return log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).float().mean())
     start, stop = ranks.share(len(data))
-    probabilities = predict_probabilities(model, data.images[start:stop], preprocess, precision, device, test_time_flip)
+    probabilities = split_probabilities(model, data.subset(torch.arange(start, stop)), preprocess, precision, device,
+                                        test_time_flip)
     labels = data.labels[start:stop].cpu()
     totals = torch.zeros(3, dtype=torch.float64)  # this share's summed log loss, correct answers, images
     if len(labels):

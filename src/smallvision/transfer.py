@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from smallvision import distributed
 from smallvision.data.cache import user_cache_dir
 from smallvision.data.imageset import DataSource, ImageSet
+from smallvision.data.sources import split_fingerprints
 from smallvision.files import write_atomically
 from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
@@ -27,13 +28,14 @@ from smallvision.train import History, Preprocess, autocast, evaluate_imageset, 
 FEATURES_FORMAT = "smallvision-features/1"
 
 
-def cached_features(model: BackboneClassifier, images: torch.Tensor, preprocess: Preprocess, precision: str,
-                    device: torch.device, cache_dir=None, progress: bool = True, description: str = "features",
-                    ) -> torch.Tensor:
-    """extract_features, kept on disk beside the decoded images and reused while the pixels, the
-    backbone's weights and the preprocessing are the same (the key hashes all three)."""
+def cached_features(model: BackboneClassifier, images: ImageSet, fingerprint: str, preprocess: Preprocess,
+                    precision: str, device: torch.device, cache_dir=None, progress: bool = True,
+                    description: str = "features") -> torch.Tensor:
+    """extract_features, kept on disk beside the decoded images and reused while the split (its
+    `fingerprint`, from sources.split_fingerprints: no pixel hashed for a folder), the backbone's weights
+    and the preprocessing are the same (the key hashes all three)."""
     key = hashlib.blake2b(digest_size=16)
-    key.update(images.contiguous().numpy().tobytes())
+    key.update(fingerprint.encode())
     for tensor in model.backbone.state_dict().values():
         key.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     key.update(repr((model.model_name, preprocess, precision, FEATURES_FORMAT)).encode())
@@ -52,16 +54,17 @@ def cached_features(model: BackboneClassifier, images: torch.Tensor, preprocess:
 
 
 @torch.no_grad()
-def extract_features(model: BackboneClassifier, images: torch.Tensor, preprocess: Preprocess, precision: str,
+def extract_features(model: BackboneClassifier, images: ImageSet, preprocess: Preprocess, precision: str,
                      device: torch.device, progress: bool = True, description: str = "features",
                      batch_size: int = 100) -> torch.Tensor:
-    """float32 [N, D, 1, 1] backbone features of uint8 images [N, C, H, W]."""
+    """float32 [N, D, 1, 1] backbone features of a split's uint8 images, a batch at a time (a split mapped
+    from the decode cache is read piece by piece)."""
     model.eval()
     chunks = []
     bar = progress_bar(progress, total=len(images), desc=description, unit="img", leave=False)
-    for start in range(0, len(images), batch_size):
+    for _, batch in images.chunks(batch_size):
         with autocast(device, precision):
-            chunks.append(model.features(preprocess(images[start:start + batch_size].to(device))).float())
+            chunks.append(model.features(preprocess(batch.to(device))).float())
         bar.update(len(chunks[-1]))
     bar.close()
     return torch.cat(chunks)
@@ -69,7 +72,7 @@ def extract_features(model: BackboneClassifier, images: torch.Tensor, preprocess
 
 def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
                             progress: bool = True, cache_dir=None, callbacks=(), resume=None, loop_ready=None,
-                            context: dict | None = None) -> tuple[History, dict]:
+                            context: dict | None = None, streaming: bool = False) -> tuple[History, dict]:
     """Both stages, as the recipe says; (the history of both, test metrics when stage one already has them).
     `callbacks`, `resume` and `loop_ready` are fit's, for each stage; `context` is that of the checkpoint
     being resumed: its stage is where training picks up (stage two: with stage one's history)."""
@@ -78,7 +81,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
     if stage == 1:
         if recipe.augments:
             history = fit(model, dataset.train, recipe, dataset.validation, device, progress, callbacks, resume,
-                          loop_ready, context={"stage": 1})
+                          loop_ready, context={"stage": 1}, streaming=streaming)
             test = {}
         else:
             history, test = fit_on_features(model, dataset, recipe, device, progress, cache_dir, callbacks, resume,
@@ -93,7 +96,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
         tuning = dataclasses.replace(recipe, learning_rate=recipe.fine_tune_learning_rate,
                                      epochs=recipe.fine_tune_epochs, seed=recipe.seed + 1)
         second = fit(model, dataset.train, tuning, dataset.validation, device, progress, callbacks, resume, loop_ready,
-                     context={"stage": 2, "earlier": dataclasses.asdict(history)})
+                     context={"stage": 2, "earlier": dataclasses.asdict(history)}, streaming=streaming)
         before = len(history.epochs)
         for row in second.epochs:
             row.update(epoch=row["epoch"] + before, stage=2)
@@ -116,10 +119,11 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     preprocess = Preprocess.from_recipe(recipe)
     features = {}
     started = time.perf_counter()
+    fingerprints = split_fingerprints(dataset)
     with distributed.main_first():  # rank 0 computes and caches the features; the others read them
         for split, images in dataset.splits().items():
-            values = cached_features(model, images.images.cpu(), preprocess, recipe.precision, device, cache_dir,
-                                     progress, f"{recipe.backbone} features of {split}")
+            values = cached_features(model, images, fingerprints[split], preprocess, recipe.precision, device,
+                                     cache_dir, progress, f"{recipe.backbone} features of {split}")
             features[split] = ImageSet(values, images.labels, images.class_names)
     # The head sees features as they are: no rescaling, normalisation or augmentation.
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,

@@ -3,8 +3,8 @@
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import json
+import math
 import platform
 import shutil
 import signal
@@ -18,10 +18,10 @@ import torch
 from smallvision import distributed
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
 from smallvision.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
-from smallvision.data.cache import data_path, parse_size, release_pages, size
+from smallvision.data.cache import data_path, parse_size, size
 from smallvision.data.folders import scan_folder
-from smallvision.data.imageset import DataSource, ImageSet
-from smallvision.data.sources import is_photo_folder, open_source
+from smallvision.data.imageset import DataSource
+from smallvision.data.sources import FINGERPRINT_KIND, is_photo_folder, open_source, split_fingerprints
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.images import has_dark_background
 from smallvision.models import build_network, create_model, default_input_shape, named_layers
@@ -220,20 +220,20 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if dataset.skipped and ranks.main:
         print(f"warning: every skipped file is listed with its reason in {directory / 'skipped.csv'}",
               file=sys.stderr, flush=True)
-    pixels = sum(split.images.numel() for split in dataset.splits().values())
-    one_batch = recipe.batch_size * dataset.train.images[0].numel()
+    pixels = sum(split.pixel_count for split in dataset.splits().values())
+    one_batch = recipe.batch_size * math.prod(dataset.train.shape[1:])
     if recipe.memory_budget != "auto" and parse_size(recipe.memory_budget) < one_batch:
         raise SmallvisionError(f"--memory-budget {recipe.memory_budget} is smaller than one batch ({recipe.batch_size} "
-                               f"images of {'x'.join(map(str, dataset.train.images.shape[1:]))}: {size(one_batch)}); "
+                               f"images of {'x'.join(map(str, dataset.train.shape[1:]))}: {size(one_batch)}); "
                                f"give at least that, or a smaller --batch-size")
     streaming, why = data_path(pixels, recipe.memory_budget, device) if dataset.mapped else (False, "")
     if dataset.mapped and not streaming:  # within the budget: in memory, as every split was before the map
         for name, split in dataset.splits().items():
-            setattr(dataset, name, ImageSet(split.images.clone(), split.labels, split.class_names, split.paths))
+            setattr(dataset, name, split.in_memory())
     elif streaming and ranks.main:
         print(f"{source}: {why}", file=sys.stderr, flush=True)
     train_split = dataset.train
-    input_shape = tuple(train_split.images.shape[1:])
+    input_shape = tuple(train_split.shape[1:])
     expected = recipe_image_shape(recipe)
     if expected and input_shape[0] != expected[0]:
         network = recipe.backbone or ("the network's Input" if recipe.layers else recipe.model)
@@ -273,7 +273,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         if recipe.backbone:  # two stages of their own; the checkpoint says which one it was written in
             history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir,
                                                             context=checkpoint[0]["context"] if checkpoint else None,
-                                                            **common)
+                                                            streaming=streaming, **common)
         else:
             history = fit(model, train_split, chosen, dataset.validation, device, progress, streaming=streaming,
                           **common)
@@ -322,7 +322,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                           "channels_last": recipe.channels_last,
                           "resize": "area when shrinking, bilinear when growing" if dataset.root else "none",
                           "color_mode": "L" if input_shape[0] == 1 else "RGB",
-                          "invert_light_background": has_dark_background(train_split.images)},
+                          "invert_light_background": has_dark_background(train_split.take(torch.arange(min(len(train_split), 1000))))},
     }
     if not recipe.backbone:  # the network itself, so the run reloads without knowing any name of ours
         meta["architecture"]["layers"] = layers_to_json(model.keras_layers)
@@ -349,7 +349,7 @@ def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> No
     summary = {"source": dataset.name, "root": root, "layout": dataset.layout, "seed": recipe.seed,
                "val_split": recipe.val_split, "test_split": recipe.test_split, "class_names": dataset.class_names,
                "counts": counts, "skipped": len(dataset.skipped), "warnings": dataset.warnings,
-               "fingerprints": split_fingerprints(dataset)}
+               "fingerprints": split_fingerprints(dataset), "fingerprint_kind": FINGERPRINT_KIND}
     if dataset.root is not None:
         with open(directory / "skipped.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -363,28 +363,14 @@ def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> No
     write_atomically(directory / "data.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
 
 
-def split_fingerprints(dataset: DataSource) -> dict[str, str]:
-    """A hash of each split's pixels and labels: a resumed run checks that it trains on the same data."""
-    prints = {}
-    for split, images in dataset.splits().items():
-        digest = hashlib.blake2b(digest_size=16)
-        for start in range(0, len(images), 1024):  # a chunk at a time: a mapped split is never copied whole
-            digest.update(images.images[start:start + 1024].contiguous().numpy().tobytes())
-            if start % (4 * 1024) == 0:
-                release_pages()  # nor does it stay resident once read
-        digest.update(images.labels.contiguous().numpy().tobytes())
-        prints[split] = digest.hexdigest()
-    release_pages()
-    return prints
-
-
 def check_same_data(directory: Path, dataset: DataSource) -> None:
     """Refuse to resume on data that changed since the run started, naming what changed."""
     summary = json.loads((directory / "data.json").read_text())
     if summary.get("class_names") != dataset.class_names:
         raise SmallvisionError(f"the source's classes changed since {directory} started: {summary.get('class_names')} "
                                f"then, {dataset.class_names} now; start a new run")
-    now = split_fingerprints(dataset)
+    # a run started before fingerprints used the files' hashes was fingerprinted by its pixels
+    now = split_fingerprints(dataset, by_pixels=summary.get("fingerprint_kind") != FINGERPRINT_KIND)
     for split, then in summary.get("fingerprints", {}).items():
         if now.get(split) == then:
             continue

@@ -7,36 +7,81 @@ import torch
 from smallvision.errors import SmallvisionError
 
 
-@dataclass
 class ImageSet:
-    """`images` uint8 [N, C, H, W], `labels` int64 [N], the names of the classes, and for images
-    read from files, each one's path (relative to the source's folder)."""
+    """One split: uint8 images [N, C, H, W], int64 labels [N], the names of the classes, and for images
+    read from files, each one's path (relative to the source's folder).
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
-    paths: list[str] | None = None
+    A split of a folder past the memory budget stays a view of the memory-mapped decode cache: `store`
+    holds the cache's records and `rows` (when not None) says which of them are this split, in order, so
+    a held-out split is chosen by index, not copied. `images` is the whole split as one tensor (a copy,
+    for a split chosen by rows); `take`, `chunks` and `shape` read only what they are asked for."""
 
-    def __post_init__(self):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                 paths: list[str] | None = None, rows: torch.Tensor | None = None):
         # float32 [N, D, 1, 1] stands for a frozen backbone's features of the images (feature extraction)
-        if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4:
+        if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W] (or float32 features [N, D, 1, 1]), "
-                             f"got {self.images.dtype} {tuple(self.images.shape)}")
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-        if self.paths is not None and len(self.paths) != len(self.labels):
-            raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+                             f"got {images.dtype} {tuple(images.shape)}")
+        if len(images if rows is None else rows) != len(labels):
+            raise ValueError(f"{len(images if rows is None else rows)} images but {len(labels)} labels")
+        if paths is not None and len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.store, self.rows, self.labels, self.class_names, self.paths = images, rows, labels, class_names, paths
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"ImageSet({len(self)} x {tuple(self.shape[1:])}, {self.num_classes} classes{', mapped' if self.mapped else ''})"
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.store if self.rows is None else self.store[self.rows]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.store.shape[1:])
+
+    @property
+    def pixel_count(self) -> int:
+        return len(self) * self.store[0].numel() if len(self.store) else 0
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the pixels are a view of the memory-mapped decode cache (data/cache.py), not in memory."""
+        return not self.store.untyped_storage().resizable()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at these positions of the split (reading only their records when mapped)."""
+        indices = indices.to(self.store.device) if self.rows is None else self.rows[indices.to(self.rows.device)]
+        return self.store[indices]
+
+    def chunks(self, size: int):
+        """(start, images) for consecutive pieces of at most `size` images: a mapped split is never whole
+        in memory."""
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            yield start, (self.store[start:stop] if self.rows is None else self.store[self.rows[start:stop]])
+
     def subset(self, indices: torch.Tensor) -> "ImageSet":
+        """The images at `indices`: copied from memory, or, from the mapped cache, a view by rows."""
         paths = None if self.paths is None else [self.paths[i] for i in indices.tolist()]
-        return ImageSet(self.images[indices], self.labels[indices], self.class_names, paths)
+        if self.mapped:
+            rows = indices if self.rows is None else self.rows[indices]
+            return ImageSet(self.store, self.labels[indices], self.class_names, paths, rows)
+        return ImageSet(self.take(indices), self.labels[indices], self.class_names, paths)
+
+    def relabelled(self, labels: torch.Tensor, class_names: list[str]) -> "ImageSet":
+        return ImageSet(self.store, labels, class_names, self.paths, self.rows)
+
+    def in_memory(self) -> "ImageSet":
+        """The split copied into memory (a mapped one is read whole, once)."""
+        images = self.store.clone() if self.rows is None else self.store[self.rows]
+        return ImageSet(images, self.labels, self.class_names, self.paths)
 
     def to(self, device: torch.device | str) -> "ImageSet":
         return ImageSet(self.images.to(device), self.labels.to(device), self.class_names, self.paths)

@@ -1,9 +1,11 @@
 """Turn what the user typed (`mnist`, a directory) into a DataSource with its splits."""
 
+import hashlib
 from pathlib import Path
 
 import torch
 
+from smallvision.data.cache import CACHE_FORMAT, RESIZE, release_pages
 from smallvision.data.folders import image_files, is_image_folder, load_image_folder
 from smallvision.data.imageset import DataSource, ImageSet, stratified_split
 from smallvision.data.mnist import is_idx_directory, load_idx_source, locate_mnist
@@ -101,12 +103,39 @@ def leave_out_empty_classes(source: DataSource) -> None:
             if int((labels == index).sum()):
                 elsewhere.setdefault(index, []).append(f"{int((labels == index).sum())} {split}")
         subset = images.subset(torch.nonzero(new_label[labels] >= 0).flatten())
-        setattr(source, split, ImageSet(subset.images, new_label[subset.labels.cpu()].to(subset.labels.device),
-                                        [names[index] for index in kept], subset.paths))
+        setattr(source, split, subset.relabelled(new_label[subset.labels.cpu()].to(subset.labels.device),
+                                                 [names[index] for index in kept]))
     for index in reversed(empty):
         also = f" (and its {' and '.join(elsewhere[index])} images)" if index in elsewhere else ""
         source.warnings.insert(0, f"class {names[index]!r} has no usable training images: it is left out of the "
                                   f"run{also}; the network learns the other {len(kept)}")
+
+
+FINGERPRINT_KIND = 2  # 2: a folder's split by its files' content hashes; 1: by its pixels
+
+
+def split_fingerprints(source: DataSource, by_pixels: bool = False) -> dict[str, str]:
+    """A hash of each split's content and labels: a resumed run checks that it trains on the same data,
+    and a frozen backbone's cached features are found by it. A folder's split is hashed by its files'
+    SHA-1s, which the decode cache keeps, with the size and resize rule they were decoded at: no pixel is
+    read, however big the folder. Digits from IDX files (and `by_pixels`) hash the pixels, a chunk at a time."""
+    hashes = {record.path: record.sha1 for _, record in source.files}
+    prints = {}
+    for split, images in source.splits().items():
+        digest = hashlib.blake2b(digest_size=16)
+        if not by_pixels and images.paths is not None and all(hashes.get(path) for path in images.paths):
+            digest.update(repr(("files", tuple(images.shape[1:]), RESIZE, CACHE_FORMAT)).encode())
+            for path in images.paths:
+                digest.update(hashes[path].encode())
+        else:
+            for start, chunk in images.chunks(1024):  # a mapped split is never copied whole
+                digest.update(chunk.contiguous().numpy().tobytes())
+                if start % (4 * 1024) == 0:
+                    release_pages()  # nor does it stay resident once read
+            release_pages()
+        digest.update(images.labels.contiguous().numpy().tobytes())
+        prints[split] = digest.hexdigest()
+    return prints
 
 
 def training_problem(source: DataSource) -> str | None:
