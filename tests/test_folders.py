@@ -1,5 +1,6 @@
 """Image-folder sources: layouts, the split rule, formats and modes, damaged files, the decode cache."""
 
+import json
 import os
 
 import numpy as np
@@ -313,3 +314,37 @@ def test_held_out_splits_of_a_mapped_folder_are_views_by_row_and_train_as_in_mem
         assert torch.equal(tensor, streamed.model.state_dict()[name]), name
     assert streamed.metrics["test_accuracy"] == held.metrics["test_accuracy"]
     assert streamed.metrics["val_loss"] == held.metrics["val_loss"]
+
+
+def test_the_memory_budget_is_the_machines_so_each_process_copy_counts():
+    from smallvision.data.cache import data_path
+
+    assert data_path(600_000, "1MB") == (False, "the images take 600.0 kB, within the memory budget (1.0 MB): "
+                                                "they are held in memory")
+    streaming, why = data_path(600_000, "1MB", copies=2)
+    assert streaming and why.startswith("the images take 600.0 kB in each of 2 processes, more than the memory budget")
+
+
+def test_records_no_file_uses_are_compacted_away_and_the_split_is_a_view_again(tmp_path):
+    from smallvision.data.cache import decode_files
+    from smallvision.images import load_image
+
+    root = make_image_folder(tmp_path / "pets", splits=("train",), per_class=4)
+    paths = load(root, tmp_path).train.paths
+    decoded = tmp_path / "cache" / "decoded"
+    for round_, changed in ((1, paths[:3]), (2, paths)):  # 3 unused records: kept; then 11 against 8 live: compacted
+        for path in changed:
+            write_image(root / path, COLOURS["dogs"], seed=100 + round_)
+            os.utime(root / path, ns=(round_, round_))
+        _, pixels, stats = decode_files(root, paths, SHAPE, tmp_path / "cache", progress=False)
+        assert stats.decoded == len(changed)
+        files = sorted(decoded.glob("*.pixels"))
+        assert len(files) == 1 and files[0].name.endswith(".pixels" if round_ == 1 else ".1.pixels")
+    index = json.loads(next(decoded.glob("*.json")).read_text())
+    assert index["pixels"] == files[0].name and index["rows"] == len(paths)  # only the live records are left
+    assert files[0].stat().st_size == len(paths) * 3 * SHAPE[1] * SHAPE[2]
+    _, again, stats = decode_files(root, paths, SHAPE, tmp_path / "cache", progress=False)
+    assert stats.reused == len(paths) and torch.equal(again, pixels)
+    assert not again.untyped_storage().resizable()  # in the folder's order again: a view of the map
+    for path, image in zip(paths, again):
+        assert torch.equal(image, load_image(root / path, *SHAPE))

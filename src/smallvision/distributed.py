@@ -57,6 +57,11 @@ def ranks() -> Ranks:
     return Ranks()
 
 
+def local_processes() -> int:
+    """How many processes of the run share this machine (torchrun says so)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """Whether torchrun started this process as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

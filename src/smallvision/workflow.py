@@ -226,7 +226,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         raise SmallvisionError(f"--memory-budget {recipe.memory_budget} is smaller than one batch ({recipe.batch_size} "
                                f"images of {'x'.join(map(str, dataset.train.shape[1:]))}: {size(one_batch)}); "
                                f"give at least that, or a smaller --batch-size")
-    streaming, why = data_path(pixels, recipe.memory_budget, device) if dataset.mapped else (False, "")
+    copies = distributed.local_processes() if device.type == "cpu" else 1  # on GPUs, each its own memory
+    streaming, why = data_path(pixels, recipe.memory_budget, device, copies) if dataset.mapped else (False, "")
     if dataset.mapped and not streaming:  # within the budget: in memory, as every split was before the map
         for name, split in dataset.splits().items():
             setattr(dataset, name, split.in_memory())

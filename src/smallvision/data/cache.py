@@ -9,6 +9,11 @@ time changed is decoded again into a new record. The index is rewritten after ev
 decodes, so a first decode that is interrupted continues where it stopped; records past the index
 (written, then interrupted before the index) are cut off. KEY.lock keeps two trainings from writing
 one entry at once.
+
+Records no file refers to any more (a file changed or removed) are dropped once they are as many as
+the live ones: the live records are copied, in the folder's order, into a new records file
+(KEY.N.pixels, named by the index, so an index never points at a half-written file), and the old one
+is removed; a split then lies in order again, a view of the map.
 """
 
 import contextlib
@@ -154,11 +159,16 @@ def decode_into(entry: "CacheEntry", root: Path, relative_paths: list[str], shap
         stats.cache_warning = stats.cache_warning or entry.warning
     present = set(relative_paths)
     if set(entry.entries) != present and not entry.warning:
-        # files gone from the folder leave the index (their records stay behind, unused)
+        # files gone from the folder leave the index (their records stay behind until compacted)
         entry.entries = {path: value for path, value in entry.entries.items() if path in present}
         entry.entries.update({record.path: (record, None) for record in records if record.path not in entry.entries})
         entry.write_index()
     usable = [i for i, record in enumerate(records) if record.usable]
+    live = sum(row is not None for _, row in entry.entries.values())
+    if not entry.warning and not in_memory and entry.rows - live >= max(live, 1):
+        renumbered = entry.compact([rows[i] for i in usable if i in rows])
+        if renumbered is not None:
+            rows = {i: renumbered[row] for i, row in rows.items()}
     return records, assemble(entry, usable, rows, in_memory, shape), stats
 
 
@@ -219,6 +229,10 @@ class CacheEntry:
             if index.get("format") != CACHE_FORMAT or tuple(index.get("shape", ())) != self.shape:
                 return {}
             rows = int(index["rows"])
+            name = index.get("pixels", self.pixels_path.name)  # the records file, named after a compaction
+            if Path(name).name != name or not name.startswith(self.pixels_path.name.split(".")[0] + "."):
+                return {}  # only a file of this entry, beside the index
+            self.pixels_path = self.pixels_path.with_name(name)
             if self.pixels_path.stat().st_size < rows * self.record_bytes:
                 return {}  # records missing: decode again, as on a first run
             entries = {}
@@ -268,9 +282,46 @@ class CacheEntry:
         self.write_index()
         return placed
 
+    def compact(self, order: list[int]) -> dict[int, int] | None:
+        """Copy the live records into a new records file, those of `order` (rows, in the folder's order)
+        first; the index then names it and the old file goes. {old row: new row}, or None when there is no
+        room for the copy (the unused records then stay)."""
+        first = set(order)
+        order = list(dict.fromkeys(order)) + sorted(row for _, row in self.entries.values()
+                                                    if row is not None and row not in first)
+        try:
+            if shutil.disk_usage(self.index_path.parent).free < len(order) * self.record_bytes:
+                return None
+        except OSError:
+            return None
+        old, previous = self.mapped(), self.pixels_path
+        generation = int(previous.suffixes[-2][1:]) + 1 if len(previous.suffixes) > 1 and \
+            previous.suffixes[-2][1:].isdigit() else 1
+        target = previous.with_name(f"{previous.name.split('.')[0]}.{generation}.pixels")
+        try:
+            with open(target, "wb") as handle:
+                for start in range(0, len(order), CHUNK):
+                    handle.write(old[torch.tensor(order[start:start + CHUNK], dtype=torch.long)].numpy().tobytes())
+                    release_pages()
+                handle.flush()
+                os.fsync(handle.fileno())  # whole on disk before the index names it
+        except OSError:
+            target.unlink(missing_ok=True)
+            return None
+        renumbered = {row: new for new, row in enumerate(order)}
+        self.entries = {path: (record, None if row is None else renumbered[row])
+                        for path, (record, row) in self.entries.items()}
+        self.pixels_path, self.rows = target, len(order)
+        self.write_index()
+        if self.warning:  # the old index still names the old file, which stays
+            return None
+        previous.unlink(missing_ok=True)  # a process mapping it keeps its pages until it lets go
+        return renumbered
+
     def write_index(self) -> None:
         files = [asdict(record) | ({"row": row} if row is not None else {}) for record, row in self.entries.values()]
-        index = {"format": CACHE_FORMAT, "shape": list(self.shape), "rows": self.rows, "files": files}
+        index = {"format": CACHE_FORMAT, "shape": list(self.shape), "rows": self.rows, "pixels": self.pixels_path.name,
+                 "files": files}
         try:
             write_atomically(self.index_path, lambda p: p.write_text(json.dumps(index)))
         except OSError as err:
@@ -330,12 +381,15 @@ def available_memory(device: torch.device | None = None) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def data_path(pixels: int, budget: str, device: torch.device | None = None) -> tuple[bool, str]:
-    """(stream from the memory-mapped cache?, why): whether `pixels` bytes of training images fit the budget."""
+def data_path(pixels: int, budget: str, device: torch.device | None = None, copies: int = 1) -> tuple[bool, str]:
+    """(stream from the memory-mapped cache?, why): whether `pixels` bytes of training images fit the budget,
+    held `copies` times (each of several processes on one machine's CPU holds its own; the budget is the
+    machine's)."""
     limit = available_memory(device) // 2 if budget == "auto" else parse_size(budget)
     where = "GPU memory" if device is not None and device.type == "cuda" else "memory"
     named = f"half the free {where}" if budget == "auto" else "the memory budget"
-    if pixels > limit:
-        return True, (f"the images take {size(pixels)}, more than {named} ({size(limit)}): training reads batches "
+    taken = f"{size(pixels)}{f' in each of {copies} processes' if copies > 1 else ''}"
+    if pixels * copies > limit:
+        return True, (f"the images take {taken}, more than {named} ({size(limit)}): training reads batches "
                       f"from the memory-mapped decode cache, the next ones read ahead")
-    return False, f"the images take {size(pixels)}, within {named} ({size(limit)}): they are held in {where}"
+    return False, f"the images take {taken}, within {named} ({size(limit)}): they are held in {where}"
