@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from smallvision import distributed
 from smallvision.data.cache import user_cache_dir
-from smallvision.data.imageset import DataSource, ImageSet
+from smallvision.data.imageset import DataSource, Features, ImageSet
 from smallvision.data.sources import split_fingerprints
 from smallvision.files import write_atomically
 from smallvision.models.backbones import BackboneClassifier
@@ -124,7 +124,7 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
         for split, images in dataset.splits().items():
             values = cached_features(model, images, fingerprints[split], preprocess, recipe.precision, device,
                                      cache_dir, progress, f"{recipe.backbone} features of {split}")
-            features[split] = ImageSet(values, images.labels, images.class_names)
+            features[split] = Features(values, images.labels, images.class_names)
     # The head sees features as they are: no rescaling, normalisation or augmentation.
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
                                       channels_last=False)

@@ -16,12 +16,13 @@ class ImageSet:
     a held-out split is chosen by index, not copied. `images` is the whole split as one tensor (a copy,
     for a split chosen by rows); `take`, `chunks` and `shape` read only what they are asked for."""
 
+    DTYPE, LAYOUT = torch.uint8, "[N, C, H, W]"
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
                  paths: list[str] | None = None, rows: torch.Tensor | None = None):
-        # float32 [N, D, 1, 1] stands for a frozen backbone's features of the images (feature extraction)
-        if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W] (or float32 features [N, D, 1, 1]), "
-                             f"got {images.dtype} {tuple(images.shape)}")
+        if images.dtype != self.DTYPE or images.dim() != 4:
+            raise ValueError(f"{type(self).__name__} holds {self.DTYPE} {self.LAYOUT}, got {images.dtype} "
+                             f"{tuple(images.shape)}")
         if len(images if rows is None else rows) != len(labels):
             raise ValueError(f"{len(images if rows is None else rows)} images but {len(labels)} labels")
         if paths is not None and len(paths) != len(labels):
@@ -72,22 +73,30 @@ class ImageSet:
         paths = None if self.paths is None else [self.paths[i] for i in indices.tolist()]
         if self.mapped:
             rows = indices if self.rows is None else self.rows[indices]
-            return ImageSet(self.store, self.labels[indices], self.class_names, paths, rows)
-        return ImageSet(self.take(indices), self.labels[indices], self.class_names, paths)
+            return type(self)(self.store, self.labels[indices], self.class_names, paths, rows)
+        return type(self)(self.take(indices), self.labels[indices], self.class_names, paths)
 
     def relabelled(self, labels: torch.Tensor, class_names: list[str]) -> "ImageSet":
-        return ImageSet(self.store, labels, class_names, self.paths, self.rows)
+        return type(self)(self.store, labels, class_names, self.paths, self.rows)
 
     def in_memory(self) -> "ImageSet":
         """The split copied into memory (a mapped one is read whole, once)."""
         images = self.store.clone() if self.rows is None else self.store[self.rows]
-        return ImageSet(images, self.labels, self.class_names, self.paths)
+        return type(self)(images, self.labels, self.class_names, self.paths)
 
     def to(self, device: torch.device | str) -> "ImageSet":
-        return ImageSet(self.images.to(device), self.labels.to(device), self.class_names, self.paths)
+        return type(self)(self.images.to(device), self.labels.to(device), self.class_names, self.paths)
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels.cpu(), minlength=self.num_classes).tolist()
+
+
+class Features(ImageSet):
+    """A frozen backbone's features of a split's images, float32 [N, D, 1, 1], with their labels: what the
+    head trains on in feature extraction. Not images: nothing augments or normalises them, and the training
+    loop takes them as they are (a 1x1 map per feature)."""
+
+    DTYPE, LAYOUT = torch.float32, "[N, D, 1, 1]"
 
 
 @dataclass
