@@ -144,3 +144,37 @@ def test_a_digit_drawn_small_on_a_big_white_page_is_framed_like_mnist(slice_run,
         page.save(tmp_path / f"{i:02d}.png")
     results = slice_run.predict([tmp_path])
     assert sum(r["label"] == str(label) for r, label in zip(results, labels)) >= 17
+
+
+def test_an_epoch_reads_from_the_device_only_at_the_progress_refreshes(monkeypatch):
+    """No host synchronisation per step: the loss, accuracy and NaN guard are read every 50 batches (and at
+    the epoch's end), and augmentation decides from its settings, not from each batch's maps."""
+    from smallvision.data.imageset import ImageSet
+    from smallvision.models import create_model
+    from smallvision.recipe import builtin_recipes
+    from smallvision.train import fit
+
+    generator = torch.Generator().manual_seed(0)
+    train = ImageSet(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=generator),
+                     torch.randint(0, 10, (64,), generator=generator), [str(i) for i in range(10)])
+    recipe = builtin_recipes()["seed-mnist"].replace(epochs=1, steps_per_epoch=120, batch_size=8, rotation_range=10.0,
+                                                     horizontal_flip=True, brightness_range=[0.8, 1.2])
+    model = create_model("mnist_convnet", (1, 28, 28), 10)
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for name in ("allclose", "equal", "is_nonzero"):  # answers in Python, so they read the device too
+        original = getattr(torch, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(torch, name, counted)
+    fit(model, train, recipe, device=torch.device("cpu"), progress=False)
+    refreshes = 3  # batches 50, 100 and the last, 120
+    assert 0 < len(reads) <= 4 * refreshes, reads

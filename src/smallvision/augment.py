@@ -77,15 +77,25 @@ class Augment:
         parameters = self.random_parameters(whole, height, width, generator, images.device)
         if whole != count:
             parameters = {name: value[start:start + count] for name, value in parameters.items()}
-        return self.apply(images, parameters)
+        return self.apply(images, parameters, self.moves_pixels)
 
-    def apply(self, images: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`images` transformed with the given parameters: one resampling pass, then brightness."""
+    @property
+    def moves_pixels(self) -> bool:
+        """Whether any geometric transform is asked for: decided from the settings, once, rather than by
+        comparing each batch's maps with the identity (a host sync on every step)."""
+        return bool(self.rotation_range or self.width_shift_range or self.height_shift_range or self.shear_range
+                    or tuple(self.zoom_range) != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip)
+
+    def apply(self, images: torch.Tensor, parameters: dict[str, torch.Tensor],
+              moves: bool | None = None) -> torch.Tensor:
+        """`images` transformed with the given parameters: one resampling pass (skipped when `moves` is
+        False, or, when it is not given, when every map is the identity), then brightness."""
         pixels = images.float()
         _, _, height, width = pixels.shape
         matrices = sampling_matrices(parameters, height, width)
-        identity = torch.eye(3, device=matrices.device)
-        if not torch.allclose(matrices, identity.expand_as(matrices)):
+        if moves is None:
+            moves = not torch.allclose(matrices, torch.eye(3, device=matrices.device).expand_as(matrices))
+        if moves:
             pixels = resample(pixels, matrices, self.fill_mode, self.cval)
         if self.brightness_range:
             # PIL's ImageEnhance.Brightness, as Keras uses it: a blend with black, kept in 0-255

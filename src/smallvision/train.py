@@ -1,6 +1,7 @@
 """The training loop: the whole split on the device as uint8, batches drawn by index, one pass to float."""
 
 import contextlib
+import functools
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +52,14 @@ class Preprocess:
 
 
 def per_channel(value: float | list[float], x: torch.Tensor) -> float | torch.Tensor:
-    return torch.tensor(value, device=x.device).view(1, -1, 1, 1) if isinstance(value, list) else value
+    return channel_tensor(tuple(value), x.device) if isinstance(value, list) else value
+
+
+@functools.lru_cache(maxsize=16)
+def channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """Per-channel constants [1, C, 1, 1] on `device`, made once: a new device tensor every step is a
+    host-to-device copy in the hot loop."""
+    return torch.tensor(values, device=device).view(1, -1, 1, 1)
 
 
 def autocast(device: torch.device, precision: str):
