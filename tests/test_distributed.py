@@ -80,6 +80,32 @@ def test_two_machines_simulated_on_loopback_train_the_one_process_run(mnist_slic
     assert sv.load_run(tmp_path / "two").metrics["processes"] == 2
 
 
+def test_a_machine_that_cannot_reach_the_rendezvous_says_so_in_one_line(mnist_slice, tmp_path):
+    port = free_port()  # nobody listens there: node 0 was never started
+    began = time.monotonic()
+    result = subprocess.run(cli(str(mnist_slice), "--out", str(tmp_path / "run"), "--nodes", "2", "--node-rank", "1",
+                                "--rendezvous", f"127.0.0.1:{port}", "--rendezvous-timeout", "2"),
+                            env=ENVIRONMENT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"smallvision: error: could not meet the other machines at "
+                                                   f"127.0.0.1:{port}"), result.stderr[-2000:]
+    assert time.monotonic() - began < 60  # bounded by the timeout asked for, not torchrun's 600 s
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--nodes", "2", "--rendezvous", "nohost"], "--rendezvous 'nohost': give HOST:PORT"),
+    (["--nodes", "2"], "--nodes 2 needs --rendezvous HOST:PORT"),
+    (["--nodes", "2", "--node-rank", "2", "--rendezvous", "127.0.0.1:1"], "--node-rank 2: with --nodes 2 it must be 0 to 1"),
+])
+def test_bad_machine_flags_are_one_line(mnist_slice, tmp_path, flags, said):
+    result = subprocess.run(cli(str(mnist_slice), "--out", str(tmp_path / "run"), *flags), env=ENVIRONMENT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and said in result.stderr
+
+
 def test_a_failing_process_stops_the_others(mnist_slice, tmp_path):
     out = tmp_path / "run"
     launcher = subprocess.Popen(cli(str(mnist_slice), "--epochs", "50", "--precision", "fp32", "--out", str(out),

@@ -10,14 +10,50 @@
     run.predict(["digit.png"]);  run.evaluate("mnist")
 """
 
-from smallvision.data import DataSource, ImageSet, open_source
-from smallvision.errors import SmallvisionError
-from smallvision.models import create_model, layers, summary
-from smallvision.models.layers import Sequential
-from smallvision.recipe import Recipe, builtin_recipes, load_recipe
-from smallvision.run import Run, load_run
-from smallvision.workflow import resume, train
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 __all__ = ["DataSource", "ImageSet", "Recipe", "Run", "Sequential", "SmallvisionError", "builtin_recipes", "create_model", "layers",
            "load_recipe", "load_run", "open_source", "resume", "summary", "train"]
+
+# Each public name is imported from its module when first asked for (PEP 562), not here: importing any
+# submodule runs this file first, and `predict MODEL.onnx` (onnxruntime alone) must not load PyTorch.
+_HOMES = {"DataSource": "smallvision.data", "ImageSet": "smallvision.data", "open_source": "smallvision.data",
+          "SmallvisionError": "smallvision.errors", "create_model": "smallvision.models", "layers": "smallvision.models",
+          "summary": "smallvision.models", "Sequential": "smallvision.models.layers", "Recipe": "smallvision.recipe",
+          "builtin_recipes": "smallvision.recipe", "load_recipe": "smallvision.recipe", "Run": "smallvision.run",
+          "load_run": "smallvision.run", "resume": "smallvision.workflow", "train": "smallvision.workflow"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'smallvision' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # asked once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """`sv.train` is the API function, but importing the submodule smallvision.train (the training loop,
+    which most of the package imports) sets the package's attribute of that name to the module. That
+    assignment is dropped here; the module stays in sys.modules, where `from smallvision.train import ...`
+    finds it."""
+
+    @property
+    def train(self):
+        from smallvision.workflow import train
+
+        return train
+
+    @train.setter
+    def train(self, value) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "smallvision train mnist --recipe seed-mnist --seed 1 --out runs/mnist-1\n"
                     "  smallvision train --resume runs/mnist-1        # after a Ctrl-C, a kill or a crash\n"
                     "  smallvision train mnist --processes 2          # two processes, one run (--gpus 4: four GPUs)\n"
+                    "  smallvision train photos/ --gpus 4 --nodes 2 --node-rank 0 --rendezvous 10.0.0.1:29500  # and on the other: 1\n"
                     "  smallvision train my_photos/ --recipe catsdogs-finetune --val-split 0.15 --test-split 0.15",
                     run_train)
     train.add_argument("--resume", metavar="RUN", help="continue an unfinished run (stopped, killed or crashed) from "
@@ -130,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "its share of every batch: the same run as one process trains")
     train.add_argument("--gpus", type=at_least(1), metavar="N",
                        help="train on N GPUs of this machine, one process each (torch.distributed, NCCL). Across "
-                            "machines, start `torchrun --nnodes M --nproc-per-node N ... -m smallvision.cli train ...` "
-                            "on each")
+                            "machines, see --nodes")
+    train.add_argument("--nodes", type=at_least(1), metavar="M", default=1,
+                       help="train across M machines: run the same command on each, with its own --node-rank and "
+                            "the same --rendezvous (torchrun's static rendezvous; default 1)")
+    train.add_argument("--node-rank", type=at_least(0), metavar="R", default=0,
+                       help="this machine's place among --nodes, 0 to M-1; node 0 listens at --rendezvous")
+    train.add_argument("--rendezvous", metavar="HOST:PORT", help="where node 0 listens, e.g. 10.0.0.1:29500")
+    train.add_argument("--rendezvous-timeout", type=at_least(1), metavar="SECONDS", default=120,
+                       help="how long to wait for every machine to join before giving up (default 120)")
     train.add_argument("source", nargs="?", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
                                       "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
     train.add_argument("--recipe", help="a built-in recipe (see `smallvision recipes`) or a .toml file (default: "
@@ -234,11 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     keras_in.add_argument("--force", action="store_true", help="write into an existing directory")
 
     export = command(sub, "export", "write a run's network in another format: a Keras 3 .keras archive that "
-                     "keras.models.load_model reads, its preprocessing inside (feed it 0-255 pixels)",
-                     "smallvision export runs/mnist-1 --format keras -o mnist.keras", run_export)
+                     "keras.models.load_model reads, its preprocessing inside (feed it 0-255 pixels); or one .onnx "
+                     "file that onnxruntime runs without PyTorch (uint8 images [N, H, W, C] in, the run's "
+                     "probabilities out), checked against the run on 64 of its test images",
+                     "smallvision export runs/mnist-1 --format keras -o mnist.keras\n"
+                     "  smallvision export runs/pets-1 --format onnx -o pets.onnx\n"
+                     "  smallvision predict pets.onnx my_cat.jpg          # onnxruntime alone", run_export)
     export.add_argument("run", help="a run directory")
-    export.add_argument("--format", choices=["keras"], default="keras", help="the file's format (default keras)")
-    export.add_argument("-o", "--out", help="the file to write (default RUN/model.keras)")
+    export.add_argument("--format", choices=["keras", "onnx"], default="keras", help="the file's format (default keras)")
+    export.add_argument("-o", "--out", help="the file to write (default RUN/model.keras, RUN/model.onnx)")
+    export.add_argument("--data", help="onnx: where to look for the run's source first, for its test images (without "
+                                       "them the check uses random images)")
 
     compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
                       "test accuracy", "smallvision compare runs/*/ --md", run_compare)
@@ -247,11 +261,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = command(sub, "predict", "classify image files; one JSON object per image, in file order (a file that "
                       "cannot be read gets one with its `error`, the others are still answered, and the exit status is 2)",
-                      "smallvision predict runs/mnist-1 my_digit.png more_digits/", run_predict)
-    predict.add_argument("run", help="a run directory")
+                      "smallvision predict runs/mnist-1 my_digit.png more_digits/\n"
+                      "  smallvision predict pets.onnx my_cat.jpg        # a file from `export --format onnx`: "
+                      "onnxruntime, no PyTorch", run_predict)
+    predict.add_argument("run", metavar="RUN|MODEL.onnx", help="a run directory, or an .onnx file that `smallvision "
+                         "export RUN --format onnx` wrote (run by onnxruntime alone; PyTorch is not loaded)")
     predict.add_argument("files", nargs="+", help="image files (PNG, JPEG, ...) or directories of them")
     predict.add_argument("--top", type=at_least(1), default=5, help="how many labels to list in `top`")
     predict.add_argument("--device", default="auto")
+
+    serve = command(sub, "serve", "serve runs over HTTP: a page to classify images (drop, paste or choose them) with "
+                    "Grad-CAM and each model's card, and a JSON API documented at /docs; Ctrl-C stops",
+                    "smallvision serve runs/pets-1 runs/mnist-1 --port 8000\n"
+                    "  curl -F files=@my_cat.jpg -F files=@my_dog.jpg 'http://127.0.0.1:8000/predict?model=pets-1'\n"
+                    "  curl --data-binary @my_cat.jpg http://127.0.0.1:8000/gradcam -o cam.png\n"
+                    "  smallvision serve runs/pets-1 --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"", run_serve)
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run directories, served by their directory's name")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                       "machine only; 0.0.0.0 reaches other machines, with a warning)")
+    serve.add_argument("--port", type=at_least(0), default=8000, help="the port (default 8000; 0: any free one)")
+    serve.add_argument("--token", help="require `Authorization: Bearer TOKEN` on every request but the page, the "
+                       "docs and /healthz (default: $SMALLVISION_TOKEN, if set)")
+    serve.add_argument("--max-batch", type=at_least(1), default=32, help="the most images in one forward pass")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for requests already "
+                       "arriving (default 5 ms)")
+    serve.add_argument("--max-queue", type=at_least(1), default=256, help="images waiting per model before "
+                       "requests are refused with 503 and Retry-After")
+    serve.add_argument("--access-log", action="store_true", help="print a line per request")
+    serve.add_argument("--device", default="auto")
 
     summary = command(sub, "summary", "print a network's layers, output shapes and parameters, as Keras does",
                       "smallvision summary mnist_convnet\n"
@@ -337,16 +374,19 @@ def parse_settings(settings: list[str]) -> dict:
 
 
 def without_launch_flags(argv: list[str]) -> list[str]:
-    """The command line as each started process runs it: --processes N and --gpus N taken out."""
+    """The command line as each started process runs it: the flags that say how to start them taken out."""
     kept, skip = [], False
     for token in argv:
         if skip:
             skip = False
-        elif token in ("--processes", "--gpus"):
+        elif token in LAUNCH_FLAGS:
             skip = True
-        elif not token.startswith(("--processes=", "--gpus=")):
+        elif not token.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
             kept.append(token)
     return kept
+
+
+LAUNCH_FLAGS = ("--processes", "--gpus", "--nodes", "--node-rank", "--rendezvous", "--rendezvous-timeout")
 
 
 def torch_cuda_count() -> int:
@@ -376,9 +416,16 @@ def run_train(args) -> int | None:
                                    f"{'; leave --gpus out to train on the CPU' if count == 0 else ''}")
         overrides["device"] = "cuda"
     wanted = args.gpus or args.processes or 1
-    if wanted > 1 and not distributed.launched():  # start the processes; each runs this command without the flag
+    if args.node_rank >= args.nodes:
+        raise SmallvisionError(f"--node-rank {args.node_rank}: with --nodes {args.nodes} it must be 0 to {args.nodes - 1}")
+    if args.nodes > 1 and not args.rendezvous:
+        raise SmallvisionError(f"--nodes {args.nodes} needs --rendezvous HOST:PORT, where node 0 listens (the same on "
+                               f"every machine)")
+    if (wanted > 1 or args.nodes > 1) and not distributed.launched():  # start the processes, each without the flags
         argv = without_launch_flags(args.argv) + (["--device", "cuda"] if args.gpus else [])
-        return distributed.launch(wanted, argv)
+        machines = distributed.Machines(args.nodes, args.node_rank, args.rendezvous, args.rendezvous_timeout) \
+            if args.nodes > 1 else None
+        return distributed.launch(wanted, argv, machines)
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
                 progress=not args.quiet, cache_dir=args.cache_dir, resume=args.resume, **overrides)
     if not distributed.ranks().main:
@@ -399,11 +446,14 @@ def run_import_keras(args) -> None:
     print(run.path)
 
 
-def run_export(args) -> None:
-    from smallvision.keras_files import export_keras
+def run_export(args) -> int | None:
     from smallvision.run import load_run
 
     run = load_run(args.run, "cpu")
+    if args.format == "onnx":
+        return export_onnx_and_report(run, args.out or run.path / "model.onnx", args.data)
+    from smallvision.keras_files import export_keras
+
     if run.test_time_flip:
         print("note: the run scores each image with its mirror image too; the Keras file scores the image alone",
               file=sys.stderr)
@@ -462,10 +512,36 @@ def run_compare(args) -> None:
     print(format_table(compare_runs(args.runs), markdown=args.md))
 
 
-def run_predict(args) -> int:
-    from smallvision.run import load_run
+def export_onnx_and_report(run, out, data_dir=None) -> int:
+    from smallvision.onnx_export import PARITY_BAR, export_onnx, parity
 
-    run = load_run(args.run, args.device)
+    path = export_onnx(run, out)
+    channels, height, width = run.meta["architecture"]["input_shape"]
+    inside = "preprocessing" + (", mirrored-image mean" if run.test_time_flip else "")
+    size = path.stat().st_size
+    size = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
+    print(f"wrote {path} ({size}, fp32): uint8 images [N, {height}, {width}, {channels}] in, "
+          f"{len(run.class_names)} class probabilities out; {inside} inside")
+    check = parity(run, path, data_dir)
+    print(f"largest probability difference, onnxruntime against the run in PyTorch (fp32): {check.difference:.1e} "
+          f"on {check.images} (bar {PARITY_BAR:.0e})")
+    print(path)
+    if not check.within_bar:
+        print(f"{PROG}: error: {path}: its probabilities differ from the run's by {check.difference:.1e}, over "
+              f"{PARITY_BAR:.0e}; do not ship it (please report this with the run's model.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_predict(args) -> int:
+    from smallvision.onnx_model import OnnxModel, is_onnx_path  # imports no PyTorch
+
+    if is_onnx_path(args.run):  # decided before anything imports PyTorch: onnxruntime answers alone
+        run = OnnxModel(args.run, args.device)
+    else:
+        from smallvision.run import load_run
+
+        run = load_run(args.run, args.device)
     unreadable = []
     for result in run.predict_each(args.files, top=args.top, progress=True):
         print(json.dumps(result))
@@ -477,6 +553,18 @@ def run_predict(args) -> int:
         print(f"{PROG}: error: {len(unreadable)} files could not be read, their lines say why; the first: "
               f"{unreadable[0]}", file=sys.stderr)
     return 2 if unreadable else 0
+
+
+def run_serve(args) -> None:
+    import os
+
+    from smallvision.serve.server import serve
+
+    if args.max_wait_ms < 0:
+        raise SmallvisionError(f"--max-wait-ms must not be negative, got {args.max_wait_ms:g}")
+    token = args.token or os.environ.get("SMALLVISION_TOKEN") or None
+    serve(args.runs, args.host, args.port, token, args.device, args.max_batch, args.max_wait_ms, args.max_queue,
+          args.access_log)
 
 
 def run_summary(args) -> None:

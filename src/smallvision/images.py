@@ -1,14 +1,21 @@
-"""Image files -> uint8 tensors at a model's input size: any format Pillow reads, any mode."""
+"""Image files -> uint8 pixels at a model's input size: any format Pillow reads, any mode.
+
+PyTorch is imported only by the two functions that hand back or take tensors: `predict MODEL.onnx`
+reads its images with `read_pixels` and never loads PyTorch.
+"""
 
 import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from smallvision.errors import SmallvisionError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -84,19 +91,34 @@ def decode_image(content: bytes, channels: int, height: int, width: int) -> tupl
     return (pixels[:, :, None] if pixels.ndim == 2 else pixels), info
 
 
-def load_image(path: Path, channels: int, height: int, width: int, invert_light_background: bool = False) -> torch.Tensor:
-    """One image file as uint8 [channels, height, width]; EXIF orientation applied, resized.
+def load_image(path: Path, channels: int, height: int, width: int,
+               invert_light_background: bool = False) -> "torch.Tensor":
+    """One image file as uint8 [channels, height, width]: `read_pixels`, as a tensor."""
+    import torch
+
+    pixels = read_pixels(path, channels, height, width, invert_light_background)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def read_pixels(path: Path, channels: int, height: int, width: int, invert_light_background: bool = False) -> np.ndarray:
+    """One image file as uint8 [height, width, channels] (a writable copy); EXIF orientation applied, resized.
 
     With `invert_light_background` (a model trained on light marks on black, like MNIST), dark ink on
     light paper is inverted and the marks are framed as MNIST frames its digits.
     """
-    framed = invert_light_background and channels == 1  # framing needs the marks at full resolution
     try:
-        image, _ = open_image(Path(path).read_bytes(), channels, at_least=None if framed else 2 * max(height, width))
+        return pixels_from_bytes(Path(path).read_bytes(), channels, height, width, invert_light_background)
     except DamagedImage as err:
         raise SmallvisionError(f"{path}: cannot use as an image: {err}") from None
     except OSError as err:
         raise SmallvisionError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def pixels_from_bytes(content: bytes, channels: int, height: int, width: int,
+                      invert_light_background: bool = False) -> np.ndarray:
+    """`read_pixels` for a file's bytes already in memory (an upload to `serve`); DamagedImage if unusable."""
+    framed = invert_light_background and channels == 1  # framing needs the marks at full resolution
+    image, _ = open_image(content, channels, at_least=None if framed else 2 * max(height, width))
     if framed:
         pixels = np.asarray(image, dtype=np.uint8)
         if border_mean(pixels) > 127:
@@ -105,7 +127,7 @@ def load_image(path: Path, channels: int, height: int, width: int, invert_light_
     else:
         pixels = resized_pixels(image, width, height)
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+    return pixels.copy()
 
 
 def resized_pixels(image: Image.Image, width: int, height: int) -> np.ndarray:
@@ -143,8 +165,10 @@ def border_mean(pixels: np.ndarray) -> float:
     return float(np.mean([edge.mean() for edge in edges]))
 
 
-def has_dark_background(images: torch.Tensor) -> bool:
+def has_dark_background(images: "torch.Tensor") -> bool:
     """Whether a split's images (uint8 [N, C, H, W]) are mostly dark at the border, as MNIST's are."""
+    import torch
+
     sample = images[: min(len(images), 1000)].float()
     border = torch.cat([sample[..., 0, :], sample[..., -1, :], sample[..., :, 0], sample[..., :, -1]], dim=-1)
     return bool(border.mean() < 64)

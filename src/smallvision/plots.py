@@ -81,6 +81,16 @@ def show_overlay(axis, image, heatmap) -> None:
     axis.axis("off")
 
 
+def heatmap_overlay(pixels, heatmap, alpha: float = 0.45):
+    """uint8 RGB pixels [H, W, 3] under a heatmap [H, W] in [0, 1], coloured and blended as `show_overlay`
+    draws it (jet at `alpha`), as pixels rather than a figure: `serve` answers them as a PNG."""
+    import numpy as np
+
+    colours = matplotlib.colormaps["jet"](np.clip(np.asarray(heatmap, dtype=np.float64), 0, 1))[..., :3] * 255
+    blended = (1 - alpha) * np.asarray(pixels, dtype=np.float64) + alpha * colours
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
 def plot_explanation(image, heatmap, path, title: str, caption: str) -> None:
     """The image beside the image under its Grad-CAM heatmap (red: most evidence for the class)."""
     figure, axes = plt.subplots(1, 2, figsize=(8, 4.4))

@@ -1,0 +1,15 @@
+"""`smallvision serve`: trained runs behind an HTTP API and a page (FastAPI on uvicorn).
+
+    from smallvision.serve import create_app      # the ASGI application, for any ASGI server or a TestClient
+    app = create_app(["runs/pets-1"], max_batch=32, max_wait_ms=5)
+
+app.py: the routes; batcher.py: the micro-batching worker per model; models.py: the served runs and their
+batches; cards.py: a model's card from its run files; picture.py: the Grad-CAM PNG; limits.py: the body
+size limit; server.py: binding, uvicorn and signals; page/: the page's static files.
+"""
+
+
+def create_app(*args, **kwargs):
+    from smallvision.serve.app import create_app as create  # FastAPI is imported when a server is made
+
+    return create(*args, **kwargs)
