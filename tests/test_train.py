@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import time
 
 import numpy as np
@@ -178,3 +179,48 @@ def test_an_epoch_reads_from_the_device_only_at_the_progress_refreshes(monkeypat
     fit(model, train, recipe, device=torch.device("cpu"), progress=False)
     refreshes = 3  # batches 50, 100 and the last, 120
     assert 0 < len(reads) <= 4 * refreshes, reads
+
+
+BN_LAYERS = ("Input(shape=(28, 28, 1)) Conv2D(8, 3, padding='same') BatchNormalization() Activation('relu') "
+             "MaxPooling2D(2) Conv2D(16, 3) BatchNormalization() Activation('relu') GlobalAveragePooling2D() "
+             "Dense(10, activation='softmax')")
+NEEDS_COMPILER = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="torch.compile on the CPU needs a C++ compiler (inductor); none here")
+
+
+@NEEDS_COMPILER
+def test_compiling_before_the_clock_leaves_the_weights_statistics_and_random_state_as_they_were():
+    from smallvision.models import build_network
+    from smallvision.models.layer_text import parse_layers
+    from smallvision.recipe import Recipe
+    from smallvision.train import Preprocess, compiled
+
+    torch.manual_seed(0)
+    model = build_network(parse_layers(BN_LAYERS), (1, 28, 28), 10)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    random_state = torch.get_rng_state()
+    forward, seconds = compiled(model, "default", [4, 3], (1, 28, 28), Preprocess(1 / 255), False, Recipe(),
+                                "fp32", torch.device("cpu"))
+    assert seconds > 0 and forward is not model
+    for name, tensor in model.state_dict().items():  # batch norm saw two batches of zeros while compiling
+        assert torch.equal(tensor, before[name]), name
+    assert torch.equal(torch.get_rng_state(), random_state)
+    assert model.training  # compiled for the mode the steps run in
+
+
+@NEEDS_COMPILER
+def test_a_compiled_step_trains_the_eager_weights_with_its_seconds_apart(mnist_slice, tmp_path):
+    """recipe.compile: the step compiled before the clock starts (at the full and the short last batch), so the
+    run trains as the eager one does; compile_seconds in metrics.json, apart from train_seconds. Without batch
+    norm, whose compiled statistics round differently, and with SGD, a step in proportion to the gradient
+    (RMSprop's first steps are the gradient's sign: a rounding near zero becomes a whole step)."""
+    layers = ("Input(shape=(28, 28, 1)) Conv2D(8, 3) Activation('relu') MaxPooling2D(2) Conv2D(16, 3) "
+              "Activation('relu') GlobalAveragePooling2D() Dense(10, activation='softmax')")
+    options = dict(epochs=1, steps_per_epoch=6, batch_size=24, precision="fp32", layers=layers, progress=False,
+                   val_split=0.0, optimizer="sgd", learning_rate=0.05)
+    eager = sv.train(mnist_slice, "seed-mnist", out=tmp_path / "eager", **options)
+    compiled = sv.train(mnist_slice, "seed-mnist", out=tmp_path / "compiled", compile="default", **options)
+    assert compiled.metrics["compile_seconds"] > 0 and "compile_seconds" not in eager.metrics
+    for name, tensor in eager.model.state_dict().items():
+        assert torch.allclose(tensor, compiled.model.state_dict()[name], atol=1e-6, rtol=0), name
+    assert compiled.recipe.compile == "default"

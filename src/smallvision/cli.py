@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--dropout", type=float, help="the network's Dropout rate, where it has one")
     overrides.add_argument("--precision", help="auto (the built-in recipes: bf16 where this machine computes it "
                                                             "natively, else fp32), bf16 or fp32")
+    overrides.add_argument("--compile", metavar="MODE", help="torch.compile the training step: off (default), "
+                                                             "default, reduce-overhead (CUDA graphs on a GPU) or "
+                                                             "max-autotune; its seconds go to compile_seconds")
     overrides.add_argument("--model", help="a network by name (see `smallvision summary --list`)")
     overrides.add_argument("--layers", type=layers_text, metavar="LAYERS|FILE",
                            help="the network written as layers in Keras' words, or a file of them, e.g. "

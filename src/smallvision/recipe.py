@@ -21,6 +21,7 @@ CHOICES = {
     "fill_mode": ("nearest", "reflect", "wrap", "constant"),
     "precision": PRECISIONS,
     "device": ("auto", "cpu", "cuda"),
+    "compile": ("off", "default", "reduce-overhead", "max-autotune"),
 }
 KEEP_BEST = ("val_accuracy", "val_loss")
 
@@ -95,6 +96,10 @@ class Recipe:
     # device computes it natively, fp32 elsewhere (precision.py; the run records what it chose and why)
     precision: str = "auto"
     channels_last: bool = True
+    # torch.compile the training step's forward and backward with this mode ("reduce-overhead": CUDA
+    # graphs on a GPU); off by default: on the CPU it was slower for these networks. Its seconds are
+    # paid before the first step and reported apart (metrics.json: compile_seconds)
+    compile: str = "off"
     # a checkpoint is written after every epoch and, inside a long one, every checkpoint_minutes
     checkpoint_minutes: float = 5.0
     # keep the weights of the best validation ("val_accuracy" or "val_loss"), as Keras'

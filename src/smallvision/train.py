@@ -78,6 +78,7 @@ class History:
     train_seconds: float = 0.0
     images_seen: int = 0
     features_seconds: float = 0.0  # computing a frozen backbone's features before the head trains on them
+    compile_seconds: float = 0.0  # torch.compile's work before the first step (recipe.compile), not training
     kept: dict | None = None  # with keep_best: the epoch whose weights the model holds at the end, and its score
     stopped_early: int | None = None  # the epoch after which early stopping ended training
 
@@ -211,6 +212,36 @@ class MappedBatches:
         return batch
 
 
+def compiled(model: Sequential, mode: str, batch_sizes: list[int], image_shape: tuple, preprocess: Preprocess,
+             binary: bool, recipe: Recipe, precision: str, device: torch.device):
+    """(torch.compile(model, mode=mode), the seconds it took): the forward and backward passes compiled now,
+    one step's worth at each batch size, on zeros, with the model's buffers (batch norm's running statistics)
+    and the random state put back after, so the run trains exactly as it would have. The training loop then
+    meets no shape it has not compiled: compilation is not counted in its seconds."""
+    import torch._dynamo  # noqa: F401 -- a clear error here, before the seconds are spent, when it is missing
+
+    forward = torch.compile(model, mode=mode, dynamic=False)
+    model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            for size in sorted(set(batch_sizes)):
+                x = preprocess(torch.zeros(size, *image_shape, dtype=torch.uint8, device=device))
+                with autocast(device, precision):
+                    logits = forward(x)
+                cross_entropy(logits, torch.zeros(size, dtype=torch.long, device=device), binary,
+                              recipe.label_smoothing).backward()
+        except Exception as err:  # the compiler's many failures (no C++ compiler, an unsupported op, ...)
+            raise SmallvisionError(f"compile = \"{mode}\" failed ({type(err).__name__}: "
+                                   f"{' '.join(str(err).split())[:300]}); train without it (--compile off)") from None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    model.load_state_dict(saved)  # in place: the flat weight buffers' views stay; each step zeroes the gradients
+    return forward, seconds
+
+
 class NonFiniteLoss(SmallvisionError):
     """The NaN guard's error: the loss stopped being a number."""
 
@@ -260,6 +291,13 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     if loop_ready is not None:
         loop_ready(loop)
     state = loop.state
+    forward, compile_seconds = model, 0.0
+    if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
+        last = len(train) % recipe.batch_size or recipe.batch_size
+        shapes = {ranks.share(recipe.batch_size), ranks.share(last)}
+        forward, compile_seconds = compiled(model, recipe.compile, [stop - start for start, stop in shapes],
+                                            tuple(train.shape[1:]), preprocess, binary, recipe, precision, device)
+    state.history.compile_seconds += compile_seconds
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
         if loop.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
             break
@@ -293,7 +331,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             pixels = chosen if augment is None else augment(chosen, generator, (share[0], len(batch)))
             x, y = preprocess(pixels), labels[mine]
             with autocast(device, precision):
-                logits = model(x)
+                logits = forward(x)
             zero_gradients(weight_groups)
             if ranks.world == 1:
                 loss = cross_entropy(logits, y, binary, recipe.label_smoothing)

@@ -286,6 +286,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         metrics["streamed_from_cache"] = True  # bigger than the memory budget: read from the mapped cache
     if history.stopped_early:
         metrics["stopped_early_after_epoch"] = history.stopped_early
+    if history.compile_seconds:
+        metrics["compile_seconds"] = round(history.compile_seconds, 3)  # paid before training, not in it
     if history.features_seconds:
         metrics["features_seconds"] = round(history.features_seconds, 3)  # from the cache: near 0
     if history.kept:  # keep_best: the weights are this epoch's, so are the validation figures
