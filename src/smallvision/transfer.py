@@ -103,8 +103,9 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
         if second.kept:
             second.kept["epoch"] += before
         history = History(history.epochs + second.epochs, history.train_seconds + second.train_seconds,
-                          history.images_seen + second.images_seen, history.features_seconds, second.kept,
-                          second.stopped_early and second.stopped_early + before)
+                          history.images_seen + second.images_seen, features_seconds=history.features_seconds,
+                          compile_seconds=history.compile_seconds + second.compile_seconds, kept=second.kept,
+                          stopped_early=second.stopped_early and second.stopped_early + before)
         test = {}  # the head's test score no longer describes the tuned network
     return history, test
 
