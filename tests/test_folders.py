@@ -348,3 +348,23 @@ def test_records_no_file_uses_are_compacted_away_and_the_split_is_a_view_again(t
     assert not again.untyped_storage().resizable()  # in the folder's order again: a view of the map
     for path, image in zip(paths, again):
         assert torch.equal(image, load_image(root / path, *SHAPE))
+
+
+def test_a_split_is_fingerprinted_by_its_files_hashes_and_a_run_from_before_by_its_pixels(tmp_path):
+    import hashlib
+
+    from smallvision.data.sources import split_fingerprints
+
+    root = make_image_folder(tmp_path / "pets", per_class=3)
+    source = load(root, tmp_path)
+    by_files, by_pixels = split_fingerprints(source), split_fingerprints(source, by_pixels=True)
+    train = source.train
+    digest = hashlib.blake2b(train.images.numpy().tobytes(), digest_size=16)  # the fingerprint runs were made with
+    digest.update(train.labels.numpy().tobytes())
+    assert by_pixels["train"] == digest.hexdigest() != by_files["train"]
+    changed = root / train.paths[0]
+    write_image(changed, COLOURS["dogs"], seed=77)
+    os.utime(changed, ns=(5, 5))
+    again = split_fingerprints(load(root, tmp_path))
+    assert again["train"] != by_files["train"]
+    assert again["validation"] == by_files["validation"] and again["test"] == by_files["test"]
