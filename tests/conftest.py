@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,26 @@ def missing_shared_data(message: str) -> None:
     if os.environ.get("SMALLVISION_REQUIRE_DATA") == "1":
         pytest.fail(f"{message}, and SMALLVISION_REQUIRE_DATA=1")
     pytest.skip(message)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def playwright_or_skip():
+    """Playwright's sync API, for a test that drives Debian's Chromium (`launch_chromium`): skipped where
+    there is no chromium on PATH, failed where it must run (.ci/run installs it and sets
+    SMALLVISION_REQUIRE_BROWSER=1)."""
+    if not CHROMIUM:
+        if os.environ.get("SMALLVISION_REQUIRE_BROWSER") == "1":
+            pytest.fail("SMALLVISION_REQUIRE_BROWSER=1 but no chromium on PATH")
+        pytest.skip("no chromium here (.ci/run installs Debian's)")
+    return pytest.importorskip("playwright.sync_api")
+
+
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,7 @@ def test_predict_rejects_a_file_that_is_not_an_image(capsys, tiny_source, tmp_pa
 def test_predict_answers_every_readable_file_in_order_and_names_the_unreadable(capsys, tiny_source, tmp_path, monkeypatch):
     from PIL import Image
 
+    import smallvision.predictions
     import smallvision.run
 
     assert main(["train", str(tiny_source), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
@@ -81,7 +82,7 @@ def test_predict_answers_every_readable_file_in_order_and_names_the_unreadable(c
     for name in ("a", "b", "d", "e", "f"):
         Image.new("L", (28, 28), 40 * "abdef".index(name)).save(folder / f"{name}.png")
     (folder / "c.png").write_bytes(b"\x89PNG broken")
-    monkeypatch.setattr(smallvision.run, "PREDICT_CHUNK", 4)  # the damaged file and the order across chunks
+    monkeypatch.setattr(smallvision.predictions, "CHUNK", 4)  # the damaged file and the order across chunks
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "run"), str(folder)]) == 2
     captured = capsys.readouterr()

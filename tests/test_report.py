@@ -1,16 +1,13 @@
 import json
-import os
-import shutil
 
 import pytest
+
+from conftest import launch_chromium, playwright_or_skip
 
 from smallvision.cli import main
 from smallvision.compare import compare_runs, format_table
 from smallvision.report import build_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# .ci/run installs Chromium and sets this, so that CI fails rather than skips when the browser is missing.
-BROWSER_REQUIRED = os.environ.get("SMALLVISION_REQUIRE_BROWSER") == "1"
 
 
 def test_evaluate_writes_its_files_under_the_run_not_the_source(shapes_run, shapes_folder, capsys):
@@ -31,19 +28,13 @@ def test_evaluate_writes_its_files_under_the_run_not_the_source(shapes_run, shap
 
 
 def test_a_report_opens_in_a_browser_with_every_picture_and_no_errors(runs_of_every_kind, tmp_path):
-    if not CHROMIUM:
-        if BROWSER_REQUIRED:
-            pytest.fail("SMALLVISION_REQUIRE_BROWSER=1 but no chromium on PATH")
-        pytest.skip("no chromium here (.ci/run installs Debian's)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = playwright_or_skip()
     run = runs_of_every_kind["sigmoid"]  # an image folder run: data, curves, evaluation, mistakes, Grad-CAM
     report = build_report(run, tmp_path / "report.html", cache_dir=tmp_path / "cache")
     page_text = report.read_text()
     assert "http://" not in page_text and "https://" not in page_text  # self-contained: nothing to fetch
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             for width, name in ((1280, "laptop"), (390, "phone")):
                 page = browser.new_page(viewport={"width": width, "height": 900})

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 fastapi = pytest.importorskip("fastapi")
+from conftest import launch_chromium, playwright_or_skip  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image, ImageStat  # noqa: E402
 
@@ -30,10 +31,6 @@ from smallvision.cli import main  # noqa: E402
 from smallvision.serve import create_app  # noqa: E402
 from smallvision.serve import server as serve_server  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_REQUIRED = os.environ.get("SMALLVISION_REQUIRE_BROWSER") == "1"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -474,17 +471,13 @@ def test_a_real_server_answers_then_stops_cleanly_on_a_signal(shapes_run, shape_
 
 
 def test_the_page_classifies_a_chosen_photo_at_laptop_and_phone_width(shapes_run, shape_photos, tmp_path):
-    if not CHROMIUM:
-        if BROWSER_REQUIRED:
-            pytest.fail("SMALLVISION_REQUIRE_BROWSER=1 but no chromium on PATH")
-        pytest.skip("no chromium here (.ci/run installs Debian's)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = playwright_or_skip()
     other = shutil.copytree(shapes_run.path, tmp_path / "b" / "shapes")  # two models: the selector shows
     photo = shape_photos["red_square"][0]
     server = RealServer([shapes_run.path, other])
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             try:
                 for width, name in ((1280, "laptop"), (390, "phone")):
                     page = browser.new_page(viewport={"width": width, "height": 900})
@@ -555,15 +548,11 @@ def test_the_page_classifies_a_chosen_photo_at_laptop_and_phone_width(shapes_run
 
 
 def test_the_page_asks_for_the_token_and_then_works(shapes_run, shape_photos):
-    if not CHROMIUM:
-        if BROWSER_REQUIRED:
-            pytest.fail("SMALLVISION_REQUIRE_BROWSER=1 but no chromium on PATH")
-        pytest.skip("no chromium here (.ci/run installs Debian's)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = playwright_or_skip()
     server = RealServer([shapes_run.path], "--token", "open-sesame")
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 390, "height": 800})
                 page.goto(server.base)

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from smallvision.errors import SmallvisionError
-from smallvision.images import expand_image_paths, read_pixels
-from smallvision.progress import progress_bar
+from smallvision.images import read_pixels
+from smallvision.predictions import predict_files
 
 FORMAT = "smallvision-onnx/1"  # the format tag in every file we write; a file without it is not ours
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 # What `export --format onnx` writes into the file's metadata_props, each value a string (JSON where marked).
 METADATA_KEYS = ("format", "class_names", "input_shape", "input_size", "input", "preprocessing", "test_time_flip",
                  "output_activation", "model", "precision", "metrics", "source", "recipe", "smallvision_version")
-PREDICT_CHUNK = 256  # image files decoded and classified together, as `predict RUN` does
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -102,25 +101,8 @@ class OnnxModel:
     def predict_each(self, paths: list[str | Path], top: int = 5, progress: bool = False):
         """One dict per image file in file order, as `Run.predict_each` gives them: path, label, probability
         and `top`; for a file that cannot be read, path and error instead. A chunk of files at a time."""
-        if top < 1:
-            raise SmallvisionError(f"top must be at least 1, got {top}")
-        files = expand_image_paths(paths)
-        bar = progress_bar(progress, total=len(files), desc="predicting", unit="img", delay=1.0)
-        for start in range(0, len(files), PREDICT_CHUNK):
-            chunk = files[start:start + PREDICT_CHUNK]
-            results, readable, images = [None] * len(chunk), [], []
-            for index, path in enumerate(chunk):
-                try:
-                    images.append(self.read_image(path))
-                    readable.append(index)
-                except SmallvisionError as err:  # one damaged file must not cost the answers for the others
-                    results[index] = {"path": str(path), "error": str(err)}
-            if images:
-                for index, probabilities in zip(readable, self.probabilities(np.stack(images))):
-                    results[index] = self.prediction(chunk[index], probabilities, top)
-            bar.update(len(chunk))
-            yield from results
-        bar.close()
+        yield from predict_files(paths, top, progress, self.read_image,
+                                 lambda images: self.probabilities(np.stack(images)), self.prediction)
 
     def prediction(self, path: Path, probabilities: np.ndarray, top: int) -> dict:
         """predict's answer for one file: its `top` classes, most probable first."""

@@ -22,7 +22,7 @@ from smallvision.images import expand_image_paths, load_image
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
-from smallvision.progress import progress_bar
+from smallvision.predictions import predict_files
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.train import Preprocess, predict_probabilities, resolve_device, split_probabilities
 
@@ -35,7 +35,6 @@ RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
 MAX_SIDE = 8192  # an input_shape beyond this in a model.json is damage, not a network to build
 WHOLE = "all"  # the split name that scores every image of a source
 LOCK_NAME = ".training.lock"
-PREDICT_CHUNK = 256  # image files decoded and classified together by predict
 
 
 def is_run(path: Path) -> bool:
@@ -247,25 +246,8 @@ class Run:
     def predict_each(self, paths: list[str | Path], top: int = 5, progress: bool = False):
         """`predict`, one dict at a time in file order, a chunk of files at a time: the first answers come
         at once and memory stays bounded however many files there are."""
-        if top < 1:
-            raise SmallvisionError(f"top must be at least 1, got {top}")
-        files = expand_image_paths(paths)
-        bar = progress_bar(progress, total=len(files), desc="predicting", unit="img", delay=1.0)
-        for start in range(0, len(files), PREDICT_CHUNK):
-            chunk = files[start:start + PREDICT_CHUNK]
-            results, readable, images = [None] * len(chunk), [], []
-            for index, path in enumerate(chunk):
-                try:
-                    images.append(self.read_image(path))
-                    readable.append(index)
-                except SmallvisionError as err:  # one damaged file must not cost the answers for the others
-                    results[index] = {"path": str(path), "error": str(err)}
-            if images:
-                for index, probabilities in zip(readable, self.probabilities(torch.stack(images))):
-                    results[index] = self.prediction(chunk[index], probabilities, top)
-            bar.update(len(chunk))
-            yield from results
-        bar.close()
+        yield from predict_files(paths, top, progress, self.read_image,
+                                 lambda images: self.probabilities(torch.stack(images)), self.prediction)
 
     def prediction(self, path: Path, probabilities: torch.Tensor, top: int) -> dict:
         """predict's answer for one file: its `top` classes, most probable first."""

@@ -218,8 +218,6 @@ def compiled(model: Sequential, mode: str, batch_sizes: list[int], image_shape: 
     one step's worth at each batch size, on zeros, with the model's buffers (batch norm's running statistics)
     and the random state put back after, so the run trains exactly as it would have. The training loop then
     meets no shape it has not compiled: compilation is not counted in its seconds."""
-    import torch._dynamo  # noqa: F401 -- a clear error here, before the seconds are spent, when it is missing
-
     forward = torch.compile(model, mode=mode, dynamic=False)
     model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}

@@ -1,0 +1,38 @@
+"""`predict`'s answers for image files, whatever computes the probabilities: a run in PyTorch (`Run`) or an
+exported file in onnxruntime (`OnnxModel`). Imports no PyTorch, so the ONNX path stays free of it."""
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+from smallvision.errors import SmallvisionError
+from smallvision.images import expand_image_paths
+from smallvision.progress import progress_bar
+
+CHUNK = 256  # image files decoded and classified together
+
+
+def predict_files(paths: list[str | Path], top: int, progress: bool, read_image: Callable,
+                  probabilities: Callable, prediction: Callable) -> Iterator[dict]:
+    """One dict per image file (directories are searched) in file order, a chunk of files at a time, so the
+    first answers come at once and memory stays bounded: `prediction(path, probabilities, top)` for a file
+    `read_image` could read, `{"path", "error"}` for one it could not. `probabilities` takes a chunk's
+    images as a list and gives one row per image."""
+    if top < 1:
+        raise SmallvisionError(f"top must be at least 1, got {top}")
+    files = expand_image_paths(paths)
+    bar = progress_bar(progress, total=len(files), desc="predicting", unit="img", delay=1.0)
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start:start + CHUNK]
+        results, readable, images = [None] * len(chunk), [], []
+        for index, path in enumerate(chunk):
+            try:
+                images.append(read_image(path))
+                readable.append(index)
+            except SmallvisionError as err:  # one damaged file must not cost the answers for the others
+                results[index] = {"path": str(path), "error": str(err)}
+        if images:
+            for index, row in zip(readable, probabilities(images)):
+                results[index] = prediction(chunk[index], row, top)
+        bar.update(len(chunk))
+        yield from results
+    bar.close()
