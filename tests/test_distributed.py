@@ -156,6 +156,30 @@ def test_an_error_in_every_process_is_said_once_with_status_2(mnist_slice, tmp_p
                                                   f"{mnist_slice} has 1 channels"]
 
 
+def torchrun_report(*failures: int) -> bytes:
+    """torchrun's closing report as it prints it: the other failures, then the root cause, last."""
+    entries = [f"[{i}]:\n  time      : 2026-12-01_14:00:00\n  rank      : {i} (local_rank: {i})\n"
+               f"  exitcode  : {code} (pid: {100 + i})\n  traceback : To enable traceback see: ...\n"
+               for i, code in enumerate(failures)]
+    return ("Traceback (most recent call last):\n  File \"/x/torch/distributed/run.py\", line 1, in main\n"
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+            "============================================================\nsmallvision.cli FAILED\n"
+            "------------------------------------------------------------\nFailures:\n"
+            + ("".join(entries[:-1]) or "  <NO_OTHER_FAILURES>\n")
+            + "------------------------------------------------------------\nRoot Cause (first observed failure):\n"
+            + entries[-1] + "============================================================\n").encode()
+
+
+@pytest.mark.parametrize("failures, status", [((2,), 2), ((-15, 2), 2), ((2, -15), 2), ((-15, -15), 143),
+                                              ((-2,), 130)])
+def test_the_launcher_answers_with_a_process_own_status_not_torchruns_sigterm(capsys, failures, status):
+    from smallvision.distributed import LauncherReport
+    report = LauncherReport()
+    report.feed(b"smallvision: error: something\n" + torchrun_report(*failures), final=True)
+    assert report.exit_code == status
+    assert capsys.readouterr().err == "smallvision: error: something\n"  # the report itself not shown
+
+
 def test_a_run_of_two_processes_stopped_by_ctrl_c_resumes_to_the_same_weights(mnist_slice, tmp_path):
     options = ["--epochs", "100", "--steps-per-epoch", "5", "--batch-size", "32", "--precision", "fp32",
                "--processes", "2"]

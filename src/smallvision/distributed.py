@@ -239,7 +239,8 @@ class LauncherReport:
                            b"DistStoreError")
 
     def __init__(self):
-        self.pending, self.seen, self.closing, self.exit_code, self.block = b"", set(), False, None, None
+        self.pending, self.seen, self.closing, self.block = b"", set(), False, None
+        self.exit_codes: list[int] = []  # in the report's order: the other failures, then the root cause
         self.unreachable = False  # torchrun itself failed to meet the other machines (no worker ever started)
         self.in_native_trace = False
 
@@ -254,10 +255,10 @@ class LauncherReport:
 
     def show(self, piece: bytes) -> None:
         line = piece.strip()
-        if self.closing:  # torchrun's failure report: only the root cause's exit status matters
+        if self.closing:  # torchrun's failure report: only the exit statuses matter
             found = self.EXIT.search(line)
-            if found and self.exit_code is None:
-                self.exit_code = int(found.group(1))
+            if found:
+                self.exit_codes.append(int(found.group(1)))
             return
         if self.block is not None:  # a traceback, held until its last line says whose it is
             self.block.append(piece)
@@ -279,6 +280,16 @@ class LauncherReport:
             return
         self.seen.add(line)
         self.write(piece)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The status a user should see: a process's own (our 2 for an error, 130 for Ctrl-C) rather than
+        the SIGTERM torchrun sent the others once one had failed, which its report may list, even as the
+        "root cause" when the processes ended together; a signal alone as a shell says it (128 + N)."""
+        own = [code for code in self.exit_codes if code > 0]
+        if own:
+            return own[-1] if self.exit_codes[-1] > 0 else own[0]
+        return 128 - self.exit_codes[-1] if self.exit_codes else None
 
     @staticmethod
     def write(data: bytes) -> None:
