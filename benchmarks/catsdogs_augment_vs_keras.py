@@ -66,7 +66,8 @@ def smallvision_parts(data: Path, scratch: Path) -> dict:
     from smallvision.models import create_model
     from smallvision.optim import build_optimizer, flatten_parameters, zero_gradients
     from smallvision.recipe import load_recipe
-    from smallvision.train import Preprocess, autocast, cross_entropy
+    from smallvision.step import autocast, cross_entropy
+    from smallvision.train import Preprocess
 
     cache = scratch / "parts-cache"
     start = time.perf_counter()

@@ -18,11 +18,13 @@ from smallvision import workflow
 from smallvision.checkpoint import NAME, read_checkpoint
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.files import write_atomically
+from smallvision.step import Refresh
 from smallvision.run import training_lock
 
 from conftest import make_image_folder, write_idx_source
 
 train_module = importlib.import_module("smallvision.train")  # the module, not sv.train the function
+step_module = importlib.import_module("smallvision.step")
 
 # Dropout (the global generator) and augmentation (the loop's own generator) both draw random numbers,
 # so a resume that lost either would not end where the uninterrupted run does.
@@ -57,6 +59,7 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(uninterrupted, mnist_
     options = dict(SETTINGS)
     if where == "mid-epoch":  # a checkpoint at every progress refresh, as a long epoch gets every few minutes
         stop_at(monkeypatch, "on_batch_end", lambda loop: loop.state.step == 50)
+        monkeypatch.setattr(Refresh, "SECONDS_QUIET", 0.0)  # a refresh after every batch
         options["checkpoint_minutes"] = 1e-9
     else:
         stop_at(monkeypatch, "on_epoch_end", lambda loop: loop.state.epoch == 1)
@@ -107,14 +110,14 @@ def _slice_arrays(folder):
 
 def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_slice, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = train_module.cross_entropy
+    original = step_module.cross_entropy
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 70 else loss
 
-    monkeypatch.setattr(train_module, "cross_entropy", poisoned)
+    monkeypatch.setattr(step_module, "cross_entropy", poisoned)
     out = tmp_path / "run"
     with pytest.raises(SmallvisionError, match=r"NaN or infinite at step 71 \(epoch 2, batch 14 of 57\).*--lr"):
         sv.train(mnist_slice, "seed-mnist", out=out, **SETTINGS)

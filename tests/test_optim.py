@@ -314,3 +314,30 @@ def test_a_model_with_only_biases_gets_one_undecayed_group():
     rmsprop.step()  # Keras' first step: lr g / sqrt(0.1 g^2 + eps), about lr sqrt(10) sign(g)
     expected = [-0.1 * g / math.sqrt(0.1 * g * g + 1e-7) for g in (4.0, -8.0, 12.0)]
     torch.testing.assert_close(model.bias, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_keras_rmsprop_steps_alike_with_the_learning_rate_a_float_or_a_tensor(momentum):
+    """The training step gives the rate as a device tensor (filled each step, never baked into a compiled
+    step); the rule must not change with it."""
+    steps = []
+    for lr in (0.01, torch.tensor(0.01)):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 50))
+        optimizer = KerasRMSprop([p], lr=lr, momentum=momentum)
+        for i in range(5):
+            p.grad = torch.sin(torch.arange(50.0) * (i + 1))
+            optimizer.step()
+        steps.append(p.detach().clone())
+    assert torch.equal(steps[0], steps[1])  # bit for bit: a run's steps do not depend on it
+    assert not torch.allclose(steps[0], torch.linspace(-1, 1, 50), atol=1e-3)  # it did step
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_pytorchs_optimisers_are_fused_and_take_a_tensor_learning_rate(name):
+    p = torch.nn.Parameter(torch.ones(10))
+    optimizer = build_optimizer([p], Recipe(optimizer=name, learning_rate=0.1, momentum=0.9))
+    assert optimizer.param_groups[0]["fused"] is True
+    optimizer.param_groups[0]["lr"] = torch.tensor(0.1)
+    p.grad = torch.ones(10)
+    optimizer.step()
+    assert float(p.detach().max()) < 1.0

@@ -148,11 +148,13 @@ def test_a_digit_drawn_small_on_a_big_white_page_is_framed_like_mnist(slice_run,
 
 
 def test_an_epoch_reads_from_the_device_only_at_the_progress_refreshes(monkeypatch):
-    """No host synchronisation per step: the loss, accuracy and NaN guard are read every 50 batches (and at
-    the epoch's end), and augmentation decides from its settings, not from each batch's maps."""
+    """No host synchronisation per step: the loss, accuracy and NaN guard are read at the progress refreshes
+    (here, quiet and quick, only at the epoch's end), and augmentation decides from its settings, not from
+    each batch's maps."""
     from smallvision.data.imageset import ImageSet
     from smallvision.models import create_model
     from smallvision.recipe import builtin_recipes
+    from smallvision.step import Refresh
     from smallvision.train import fit
 
     generator = torch.Generator().manual_seed(0)
@@ -176,9 +178,24 @@ def test_an_epoch_reads_from_the_device_only_at_the_progress_refreshes(monkeypat
             reads.append(_name)
             return _original(*args, **kwargs)
         monkeypatch.setattr(torch, name, counted)
+    monkeypatch.setattr(Refresh, "SECONDS_QUIET", 3600.0)  # however slow the machine: the end's refresh alone
     fit(model, train, recipe, device=torch.device("cpu"), progress=False)
-    refreshes = 3  # batches 50, 100 and the last, 120
-    assert 0 < len(reads) <= 4 * refreshes, reads
+    assert 0 < len(reads) <= 4, reads  # the sums, the NaN guard: one refresh
+
+
+def test_one_process_refreshes_by_the_clock_and_several_every_50_batches(monkeypatch):
+    from smallvision import step
+
+    now = [0.0]
+    monkeypatch.setattr(step.time, "perf_counter", lambda: now[0])
+    shown, quiet, together = step.Refresh(1, progress=True), step.Refresh(1, progress=False), step.Refresh(2, True)
+    assert [shown.due(i, False, False) for i in range(100)] == [False] * 100  # no time passed: no read
+    assert shown.due(100, True, False) and shown.due(101, False, True)  # the epoch's end; a stop asked
+    now[0] = 0.6
+    assert shown.due(102, False, False) and not shown.due(103, False, False) and not quiet.due(104, False, False)
+    now[0] = 5.1
+    assert quiet.due(105, False, False)
+    assert [i for i in range(200) if together.due(i, False, False)] == [49, 99, 149, 199]  # the clock not heeded
 
 
 BN_LAYERS = ("Input(shape=(28, 28, 1)) Conv2D(8, 3, padding='same') BatchNormalization() Activation('relu') "
@@ -193,7 +210,8 @@ def test_compiling_before_the_clock_leaves_the_weights_statistics_and_random_sta
     from smallvision.models import build_network
     from smallvision.models.layer_text import parse_layers
     from smallvision.recipe import Recipe
-    from smallvision.train import Preprocess, compiled
+    from smallvision.step import compiled
+    from smallvision.train import Preprocess
 
     torch.manual_seed(0)
     model = build_network(parse_layers(BN_LAYERS), (1, 28, 28), 10)

@@ -19,6 +19,7 @@ from smallvision.train import Best
 
 FORMAT = "smallvision-checkpoint/2"  # 2: the best weights, early stopping, a stage's context
 NAME = "checkpoint.safetensors"
+IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")  # an optimiser's settings that are not the recipe's
 
 
 def save_checkpoint(directory: Path, loop) -> Path:
@@ -43,7 +44,9 @@ def save_checkpoint(directory: Path, loop) -> Path:
               "train_seconds": state.history.train_seconds, "images_seen": state.history.images_seen,
               "best": None if state.best is None else {"epoch": state.best.epoch, "value": state.best.value},
               "waited": state.waited, "stopped_early": state.history.stopped_early, "context": loop.context,
-              "param_groups": optimizer["param_groups"], "optimizer_keys": sorted(
+              "param_groups": [{key: float(value) if isinstance(value, torch.Tensor) else value  # lr: a device tensor
+                                for key, value in group.items()} for group in optimizer["param_groups"]],
+              "optimizer_keys": sorted(
                   {f"{index}.{key}" for index, moments in optimizer["state"].items() for key in moments})}
     path = directory / NAME
     try:
@@ -119,7 +122,10 @@ def restore_checkpoint(loop, header: dict, tensors: dict[str, torch.Tensor]) -> 
         index, name = key.split(".", 1)
         value = tensors[f"optimizer.{key}"]
         optimizer_state.setdefault(int(index), {})[name] = value
-    loop.optimizer.load_state_dict({"state": optimizer_state, "param_groups": header["param_groups"]})
+    # the hyperparameters are the checkpoint's; how the update runs (fused or not) is this version's, on this device
+    groups = [{**saved, **{key: current[key] for key in IMPLEMENTATION if key in current}}
+              for saved, current in zip(header["param_groups"], loop.optimizer.param_groups)]
+    loop.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
     state = loop.state
     state.step, state.epoch, state.cursor = header["step"], header["epoch"], header["cursor"]
     state.loss_sum, state.correct, state.seen, state.seconds = (header["loss_sum"], header["correct"],

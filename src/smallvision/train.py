@@ -1,6 +1,5 @@
 """The training loop: the whole split on the device as uint8, batches drawn by index, one pass to float."""
 
-import contextlib
 import functools
 import math
 import time
@@ -8,19 +7,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from smallvision import distributed
-from smallvision.augment import Augment
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.metrics import log_loss
 from smallvision.models.layers import Sequential
-from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor, zero_gradients
+from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
 from smallvision.precision import inference_precision, training_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
+from smallvision.step import Refresh, Step, autocast
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,13 +58,6 @@ def channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Ten
     """Per-channel constants [1, C, 1, 1] on `device`, made once: a new device tensor every step is a
     host-to-device copy in the hot loop."""
     return torch.tensor(values, device=device).view(1, -1, 1, 1)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for "bf16"; nothing for "fp32" (precision.py decides which a run uses)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -131,8 +122,9 @@ class Callback:
     """Keras' hook points; each job (checkpointing, stopping early, ...) is one small callback."""
 
     def on_batch_end(self, loop: Loop) -> None:
-        """Called at each progress refresh (every 50 batches), where the loop reads the device anyway:
-        calling it after every batch would put a host sync in the hot loop."""
+        """Called at each refresh inside an epoch (step.Refresh: every half second with a progress bar, every
+        few seconds without), where the loop reads the device anyway: calling it after every batch would put
+        a host sync in the hot loop."""
 
     def on_epoch_end(self, loop: Loop) -> None:
         pass
@@ -212,38 +204,6 @@ class MappedBatches:
         return batch
 
 
-def compiled(model: Sequential, mode: str, batch_sizes: list[int], image_shape: tuple, preprocess: Preprocess,
-             binary: bool, recipe: Recipe, precision: str, device: torch.device):
-    """(torch.compile(model, mode=mode), the seconds it took): the forward and backward passes compiled now,
-    one step's worth at each batch size, on zeros, with the model's buffers (batch norm's running statistics)
-    and the random state put back after, so the run trains exactly as it would have. The training loop then
-    meets no shape it has not compiled: compilation is not counted in its seconds."""
-    forward = torch.compile(model, mode=mode, dynamic=False)
-    model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
-    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    started = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
-            for size in sorted(set(batch_sizes)):
-                x = preprocess(torch.zeros(size, *image_shape, dtype=torch.uint8, device=device))
-                with autocast(device, precision):
-                    logits = forward(x)
-                cross_entropy(logits, torch.zeros(size, dtype=torch.long, device=device), binary,
-                              recipe.label_smoothing).backward()
-        except Exception as err:  # the compiler's many failures (no C++ compiler, an unsupported op, ...)
-            raise SmallvisionError(f"compile = \"{mode}\" failed ({type(err).__name__}: "
-                                   f"{' '.join(str(err).split())[:300]}); train without it (--compile off)") from None
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    model.load_state_dict(saved)  # in place: the flat weight buffers' views stay; each step zeroes the gradients
-    return forward, seconds
-
-
-class NonFiniteLoss(SmallvisionError):
-    """The NaN guard's error: the loss stopped being a number."""
-
-
 def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None,
         device: torch.device | None = None, progress: bool = True, callbacks: list[Callback] = (),
         resume=None, loop_ready=None, context: dict | None = None, streaming: bool = False) -> History:
@@ -261,7 +221,6 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     weight_groups = flatten_parameters(model)  # flat buffers: decayed kernels, undecayed biases and scales
     optimizer = build_optimizer(weight_groups, recipe)
     preprocess = Preprocess.from_recipe(recipe)
-    augment = Augment.from_recipe(recipe)
     binary = model.output_activation == "sigmoid"
     if recipe.loss == "binary_crossentropy" and not binary:
         raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
@@ -289,78 +248,51 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     if loop_ready is not None:
         loop_ready(loop)
     state = loop.state
-    forward, compile_seconds = model, 0.0
+    step = Step(model, optimizer, weight_groups, recipe, preprocess, binary, precision, device, ranks)
     if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
         last = len(train) % recipe.batch_size or recipe.batch_size
         shapes = {ranks.share(recipe.batch_size), ranks.share(last)}
-        forward, compile_seconds = compiled(model, recipe.compile, [stop - start for start, stop in shapes],
-                                            tuple(train.shape[1:]), preprocess, binary, recipe, precision, device)
-    state.history.compile_seconds += compile_seconds
+        state.history.compile_seconds += step.compile(recipe.compile, [stop - start for start, stop in shapes],
+                                                      tuple(train.shape[1:]))
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
         if loop.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
             break
         model.train()
         start = time.perf_counter() - state.seconds
-        # this process's sums (a resumed epoch's sums so far, which are every process's, count once: on rank 0)
-        loss_sum = torch.tensor(state.loss_sum if ranks.main else 0.0, device=device)
-        correct = torch.tensor(state.correct if ranks.main else 0, device=device, dtype=torch.long)
-        first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite; no sync per step
+        step.begin_epoch(state.loss_sum, state.correct)
         seen = state.seen
         first_batch = state.step - (epoch - 1) * steps_per_epoch
         bar = progress_bar(progress, total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch}/{recipe.epochs}",
                            unit="batch", leave=False)
+        refresh = Refresh(ranks.world, progress)
         stopping = None  # what the processes agreed at the last refresh (one process: at once)
         for batch_index in range(first_batch, steps_per_epoch):
             if state.cursor >= len(state.order):
                 state.order, state.cursor = torch.randperm(len(train), device=device, generator=generator), 0
             batch = state.order[state.cursor:state.cursor + recipe.batch_size]
             state.cursor += recipe.batch_size
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
             share = ranks.share(len(batch))
             mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
             if reader is not None:  # the batch after this one, in the same order, is read while this one trains
                 following = state.order[state.cursor:state.cursor + recipe.batch_size]
                 upcoming = following[slice(*ranks.share(len(following)))] if len(following) else None
-                chosen = reader.read((id(state.order), state.cursor - recipe.batch_size), mine,
+                pixels = reader.read((id(state.order), state.cursor - recipe.batch_size), mine,
                                      (id(state.order), state.cursor), upcoming)
             else:
-                chosen = images[mine]
-            pixels = chosen if augment is None else augment(chosen, generator, (share[0], len(batch)))
-            x, y = preprocess(pixels), labels[mine]
-            with autocast(device, precision):
-                logits = forward(x)
-            zero_gradients(weight_groups)
-            if ranks.world == 1:
-                loss = cross_entropy(logits, y, binary, recipe.label_smoothing)
-                loss.backward()
-                loss_sum += loss.detach() * len(batch)
-            else:  # each share's loss summed over the batch, over the batch's size: the gradients then add up
-                share_sum = cross_entropy(logits, y, binary, recipe.label_smoothing, reduction="sum")
-                loss = share_sum / len(batch)
-                loss.backward()
-                for group in weight_groups:
-                    distributed.sum_across(group["params"][0].grad)
-                loss_sum += share_sum.detach()
-            optimizer.step()
+                pixels = images[mine]
+            rate = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
+            step(pixels, labels[mine], share, len(batch), rate, state.step + 1, generator)
             state.step += 1
             seen += len(batch)
-            correct += (predicted_labels(logits, binary) == y).sum()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), state.step, first_bad)
             last = batch_index == steps_per_epoch - 1
             # The loop's only host syncs. Several processes agree on a stop only here, where they meet anyway.
-            if batch_index % 50 == 49 or last or (loop.stop_requested and ranks.world == 1):
+            if refresh.due(batch_index, last, loop.stop_requested is not None):
+                state.loss_sum, state.correct, anyone_stops = step.totals(loop.stop_requested is not None)
                 if ranks.world > 1:
-                    totals = distributed.sum_across(torch.stack([loss_sum.double(), correct.double(), torch.tensor(
-                        float(loop.stop_requested is not None), dtype=torch.float64, device=device)]))
-                    distributed.max_across(first_bad)
-                    if totals[2] and not loop.stop_requested:
+                    if anyone_stops and not loop.stop_requested:
                         loop.stop_requested = "a stop asked of another process"
-                    stopping = loop.stop_requested if totals[2] else None  # what all agreed, not what came since
-                    state.loss_sum, state.correct = float(totals[0]), int(totals[1])
-                else:
-                    state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
-                check_finite(first_bad, epoch, steps_per_epoch, recipe)
+                    stopping = loop.stop_requested if anyone_stops else None  # what all agreed, not what came since
+                step.check_finite(epoch, steps_per_epoch)
                 state.seen = seen
                 state.seconds = time.perf_counter() - start
                 bar.set_postfix(loss=f"{state.loss_sum / seen:.4f}", accuracy=f"{state.correct / seen:.4f}",
@@ -382,7 +314,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         history.train_seconds += seconds
         history.images_seen += seen
         row = dict(epoch=epoch, loss=state.loss_sum / seen, accuracy=state.correct / seen,
-                   seconds=seconds, learning_rate=optimizer.param_groups[0]["lr"])
+                   seconds=seconds, learning_rate=step.rate)
         if validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
             val_start = time.perf_counter()
             val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess,
@@ -413,29 +345,6 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         print(f"kept the weights of epoch {kept['epoch']} ({recipe.keep_best} {kept[recipe.keep_best]:.4f}, "
               f"the best)", flush=True)
     return state.history
-
-
-def check_finite(first_bad: torch.Tensor, epoch: int, steps_per_epoch: int, recipe: Recipe) -> None:
-    """The NaN guard: stop at the first non-finite loss, saying where, and what usually helps."""
-    bad = int(first_bad.item())
-    if bad >= 0:
-        raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (epoch {epoch}, batch "
-                            f"{bad - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}): training stopped, and "
-                            f"the last checkpoint (if any) holds the last good weights; try a lower learning rate "
-                            f"than {recipe.learning_rate:g}, e.g. --lr {recipe.learning_rate / 10:g}")
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float,
-                  reduction: str = "mean") -> torch.Tensor:
-    """Categorical cross-entropy on softmax logits, or binary on one sigmoid unit (the same loss for two classes)."""
-    if binary:
-        targets = labels.float() * (1 - label_smoothing) + 0.5 * label_smoothing
-        return F.binary_cross_entropy_with_logits(logits.float().view(-1), targets, reduction=reduction)
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
-
-
-def predicted_labels(logits: torch.Tensor, binary: bool) -> torch.Tensor:
-    return (logits.view(-1) > 0).long() if binary else logits.argmax(1)
 
 
 def format_epoch(row: dict, epochs: int, images_per_second: float) -> str:

@@ -23,7 +23,8 @@ from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
-from smallvision.train import History, Preprocess, autocast, evaluate_imageset, fit
+from smallvision.step import autocast
+from smallvision.train import History, Preprocess, evaluate_imageset, fit
 
 FEATURES_FORMAT = "smallvision-features/1"
 

@@ -1,0 +1,170 @@
+"""One training step and when the loop looks at its results.
+
+`Step` is augment -> preprocess -> forward -> loss -> backward -> average across processes -> update,
+with the epoch's loss, accuracy and first non-finite step summed on the device. It never reads the
+device, so on a GPU the host queues steps ahead of the kernels; `Refresh` says when the loop does read
+(the progress bar, the callbacks, the NaN guard, several processes agreeing to stop).
+"""
+
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+from smallvision import distributed
+from smallvision.augment import Augment
+from smallvision.errors import SmallvisionError
+from smallvision.optim import zero_gradients
+from smallvision.recipe import Recipe
+
+
+class NonFiniteLoss(SmallvisionError):
+    """The NaN guard's error: the loss stopped being a number."""
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for "bf16"; nothing for "fp32" (precision.py decides which a run uses)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float,
+                  reduction: str = "mean") -> torch.Tensor:
+    """Categorical cross-entropy on softmax logits, or binary on one sigmoid unit (the same loss for two classes)."""
+    if binary:
+        targets = labels.float() * (1 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits.float().view(-1), targets, reduction=reduction)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def predicted_labels(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    return (logits.view(-1) > 0).long() if binary else logits.argmax(1)
+
+
+def compiled(model: torch.nn.Module, mode: str, batch_sizes: list[int], image_shape: tuple, preprocess,
+             binary: bool, recipe: Recipe, precision: str, device: torch.device):
+    """(torch.compile(model, mode=mode), the seconds it took): the forward and backward passes compiled now,
+    one step's worth at each batch size, on zeros, with the model's buffers (batch norm's running statistics)
+    and the random state put back after, so the run trains exactly as it would have. The training loop then
+    meets no shape it has not compiled: compilation is not counted in its seconds."""
+    forward = torch.compile(model, mode=mode, dynamic=False)
+    model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            for size in sorted(set(batch_sizes)):
+                x = preprocess(torch.zeros(size, *image_shape, dtype=torch.uint8, device=device))
+                with autocast(device, precision):
+                    logits = forward(x)
+                cross_entropy(logits, torch.zeros(size, dtype=torch.long, device=device), binary,
+                              recipe.label_smoothing).backward()
+        except Exception as err:  # the compiler's many failures (no C++ compiler, an unsupported op, ...)
+            raise SmallvisionError(f"compile = \"{mode}\" failed ({type(err).__name__}: "
+                                   f"{' '.join(str(err).split())[:300]}); train without it (--compile off)") from None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    model.load_state_dict(saved)  # in place: the flat weight buffers' views stay; each step zeroes the gradients
+    return forward, seconds
+
+
+class Step:
+    """One optimiser step on one batch, as a callable; `compile` swaps in a compiled forward pass.
+    Built after a checkpoint is restored: it gives the optimiser its learning rate tensor."""
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, weight_groups: list[dict], recipe: Recipe,
+                 preprocess, binary: bool, precision: str, device: torch.device, ranks: distributed.Ranks):
+        self.model, self.forward, self.optimizer, self.weight_groups = model, model, optimizer, weight_groups
+        self.recipe, self.preprocess, self.augment = recipe, preprocess, Augment.from_recipe(recipe)
+        self.binary, self.precision, self.device, self.ranks = binary, precision, device, ranks
+        # The learning rate is a device tensor filled before each step: a Python float would be baked into
+        # a compiled step (a recompile per value), and the fused optimisers read a tensor where it lies.
+        self.learning_rate = torch.tensor(float(recipe.learning_rate), device=device)
+        self.rate = float(recipe.learning_rate)  # the same, on the host, for the history
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite
+
+    def compile(self, mode: str, batch_sizes: list[int], image_shape: tuple) -> float:
+        """Compile the forward and backward passes at these batch sizes now (`compiled`); their seconds."""
+        self.forward, seconds = compiled(self.model, mode, batch_sizes, image_shape, self.preprocess, self.binary,
+                                         self.recipe, self.precision, self.device)
+        return seconds
+
+    def begin_epoch(self, loss_sum: float, correct: int) -> None:
+        """Start the epoch's sums from a resumed epoch's (every process's: counted once, on rank 0)."""
+        self.loss_sum.fill_(loss_sum if self.ranks.main else 0.0)
+        self.correct.fill_(correct if self.ranks.main else 0)
+        self.first_bad.fill_(-1)
+
+    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, share: tuple[int, int], batch_size: int,
+                 rate: float, number: int, generator: torch.Generator) -> None:
+        """Train on this process's `share` (start, stop) of a batch of `batch_size`: `pixels` and `labels`
+        are that share's. `rate` is this step's learning rate, `number` the step's (for the NaN guard)."""
+        if rate != self.rate:  # a constant schedule fills it once
+            self.learning_rate.fill_(rate)
+            self.rate = rate
+        if self.augment is not None:
+            pixels = self.augment(pixels, generator, (share[0], batch_size))
+        x = self.preprocess(pixels)
+        with autocast(self.device, self.precision):
+            logits = self.forward(x)
+        zero_gradients(self.weight_groups)
+        if self.ranks.world == 1:
+            loss = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing)
+            loss.backward()
+            self.loss_sum += loss.detach() * batch_size
+        else:  # each share's loss summed over the batch, over the batch's size: the gradients then add up
+            share_sum = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing, reduction="sum")
+            loss = share_sum / batch_size
+            loss.backward()
+            for group in self.weight_groups:
+                distributed.sum_across(group["params"][0].grad)
+            self.loss_sum += share_sum.detach()
+        self.optimizer.step()
+        self.correct += (predicted_labels(logits, self.binary) == labels).sum()
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), number, self.first_bad)
+
+    def totals(self, stop: bool) -> tuple[float, int, bool]:
+        """Read the epoch's sums so far, every process's (a host sync), and whether any process asked to stop."""
+        if self.ranks.world == 1:
+            return self.loss_sum.item(), int(self.correct.item()), stop
+        totals = distributed.sum_across(torch.stack([self.loss_sum.double(), self.correct.double(), torch.tensor(
+            float(stop), dtype=torch.float64, device=self.device)]))
+        distributed.max_across(self.first_bad)
+        return float(totals[0]), int(totals[1]), bool(totals[2])
+
+    def check_finite(self, epoch: int, steps_per_epoch: int) -> None:
+        """The NaN guard: stop at the first non-finite loss, saying where, and what usually helps."""
+        bad, recipe = int(self.first_bad.item()), self.recipe
+        if bad >= 0:
+            raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (epoch {epoch}, batch "
+                                f"{bad - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}): training stopped, and "
+                                f"the last checkpoint (if any) holds the last good weights; try a lower learning rate "
+                                f"than {recipe.learning_rate:g}, e.g. --lr {recipe.learning_rate / 10:g}")
+
+
+class Refresh:
+    """When the loop reads the device: at the end of each epoch, and in between at most every `seconds`
+    (half a second with a progress bar, a few seconds without: enough for the checkpointer's minutes).
+    Several processes must meet at the same step to sum their counts, so they read every 50 batches."""
+
+    SECONDS_SHOWN, SECONDS_QUIET, BATCHES_TOGETHER = 0.5, 5.0, 50
+
+    def __init__(self, world: int, progress: bool):
+        self.world, self.seconds = world, self.SECONDS_SHOWN if progress else self.SECONDS_QUIET
+        self.last = time.perf_counter()
+
+    def due(self, batch_index: int, last: bool, stop_requested: bool) -> bool:
+        if self.world > 1:
+            return last or batch_index % self.BATCHES_TOGETHER == self.BATCHES_TOGETHER - 1
+        now = time.perf_counter()
+        if last or stop_requested or now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
