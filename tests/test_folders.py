@@ -316,6 +316,28 @@ def test_held_out_splits_of_a_mapped_folder_are_views_by_row_and_train_as_in_mem
     assert streamed.metrics["val_loss"] == held.metrics["val_loss"]
 
 
+def test_mapped_batches_read_each_process_share_and_the_next_batch_ahead(monkeypatch):
+    """The streamed reader: the second of two processes gets the second half of every batch of the shared
+    order, the next batch is read while this one trains, and the order is copied to the host once."""
+    from smallvision.data.imageset import ImageSet
+    from smallvision.distributed import Ranks
+    from smallvision.train import MappedBatches
+
+    images = ImageSet(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous(),
+                      torch.zeros(10, dtype=torch.long), ["a"])
+    reader = MappedBatches(images, torch.device("cpu"), Ranks(rank=1, world=2))
+    order = torch.tensor([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    copies = []
+    original = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self: copies.append(1) or original(self))
+    first = reader.read(order, 0, 4)
+    assert first[:, 0, 0, 0].tolist() == [7, 6] and reader.ahead[0] == (id(order), 4)  # the next share asked for
+    second = reader.read(order, 4, 4)
+    assert second[:, 0, 0, 0].tolist() == [3, 2]
+    assert reader.read(order, 8, 4)[:, 0, 0, 0].tolist() == [0] and reader.ahead is None  # a short last batch
+    assert len(copies) == 1
+
+
 def test_the_memory_budget_is_the_machines_so_each_process_copy_counts():
     from smallvision.data.cache import data_path
 
