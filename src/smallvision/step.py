@@ -7,6 +7,7 @@ device, so on a GPU the host queues steps ahead of the kernels; `Refresh` says w
 """
 
 import contextlib
+import logging
 import time
 
 import torch
@@ -53,6 +54,10 @@ def compiled(model: torch.nn.Module, mode: str, batch_sizes: list[int], image_sh
     model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     started = time.perf_counter()
+    # inductor on a CPU-only machine warns that it found no CUDA runtime: true, and nothing a user should act on
+    quiet_extensions = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet_extensions.level
+    quiet_extensions.setLevel(logging.ERROR)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         try:
             for size in sorted(set(batch_sizes)):
@@ -64,6 +69,8 @@ def compiled(model: torch.nn.Module, mode: str, batch_sizes: list[int], image_sh
         except Exception as err:  # the compiler's many failures (no C++ compiler, an unsupported op, ...)
             raise SmallvisionError(f"compile = \"{mode}\" failed ({type(err).__name__}: "
                                    f"{' '.join(str(err).split())[:300]}); train without it (--compile off)") from None
+        finally:
+            quiet_extensions.setLevel(level)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
