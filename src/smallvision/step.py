@@ -113,7 +113,7 @@ class Step:
                  rate: float, number: int, generator: torch.Generator) -> None:
         """Train on this process's `share` (start, stop) of a batch of `batch_size`: `pixels` and `labels`
         are that share's. `rate` is this step's learning rate, `number` the step's (for the NaN guard)."""
-        if rate != self.rate:  # a constant schedule fills it once
+        if rate != self.rate:  # a constant schedule never refills it
             self.learning_rate.fill_(rate)
             self.rate = rate
         if self.augment is not None:
