@@ -44,49 +44,18 @@ def predicted_labels(logits: torch.Tensor, binary: bool) -> torch.Tensor:
     return (logits.view(-1) > 0).long() if binary else logits.argmax(1)
 
 
-def compiled(model: torch.nn.Module, mode: str, batch_sizes: list[int], image_shape: tuple, preprocess,
-             binary: bool, recipe: Recipe, precision: str, device: torch.device):
-    """(torch.compile(model, mode=mode), the seconds it took): the forward and backward passes compiled now,
-    one step's worth at each batch size, on zeros, with the model's buffers (batch norm's running statistics)
-    and the random state put back after, so the run trains exactly as it would have. The training loop then
-    meets no shape it has not compiled: compilation is not counted in its seconds."""
-    forward = torch.compile(model, mode=mode, dynamic=False)
-    model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
-    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    started = time.perf_counter()
-    # inductor on a CPU-only machine warns that it found no CUDA runtime: true, and nothing a user should act on
-    quiet_extensions = logging.getLogger("torch.utils.cpp_extension")
-    level = quiet_extensions.level
-    quiet_extensions.setLevel(logging.ERROR)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
-            for size in sorted(set(batch_sizes)):
-                x = preprocess(torch.zeros(size, *image_shape, dtype=torch.uint8, device=device))
-                with autocast(device, precision):
-                    logits = forward(x)
-                cross_entropy(logits, torch.zeros(size, dtype=torch.long, device=device), binary,
-                              recipe.label_smoothing).backward()
-        except Exception as err:  # the compiler's many failures (no C++ compiler, an unsupported op, ...)
-            raise SmallvisionError(f"compile = \"{mode}\" failed ({type(err).__name__}: "
-                                   f"{' '.join(str(err).split())[:300]}); train without it (--compile off)") from None
-        finally:
-            quiet_extensions.setLevel(level)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    model.load_state_dict(saved)  # in place: the flat weight buffers' views stay; each step zeroes the gradients
-    return forward, seconds
-
-
 class Step:
-    """One optimiser step on one batch, as a callable; `compile` swaps in a compiled forward pass.
-    Built after a checkpoint is restored: it gives the optimiser its learning rate tensor."""
+    """One optimiser step on one batch, as a callable. Built after a checkpoint is restored: it gives the
+    optimiser its learning rate tensor. `compile` compiles everything from uint8 pixels to the loss and the
+    count of correct answers (with its backward pass): on a GPU, with mode "reduce-overhead", two CUDA
+    graphs replayed, and only the indexing, augmentation and the fused update launched one by one."""
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, weight_groups: list[dict], recipe: Recipe,
                  preprocess, binary: bool, precision: str, device: torch.device, ranks: distributed.Ranks):
-        self.model, self.forward, self.optimizer, self.weight_groups = model, model, optimizer, weight_groups
+        self.model, self.optimizer, self.weight_groups = model, optimizer, weight_groups
         self.recipe, self.preprocess, self.augment = recipe, preprocess, Augment.from_recipe(recipe)
         self.binary, self.precision, self.device, self.ranks = binary, precision, device, ranks
+        self.losses = self.forward_and_loss  # or its compiled form (compile)
         # The learning rate is a device tensor filled before each step: a Python float would be baked into
         # a compiled step (a recompile per value), and the fused optimisers read a tensor where it lies.
         self.learning_rate = torch.tensor(float(recipe.learning_rate), device=device)
@@ -97,10 +66,50 @@ class Step:
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite
 
-    def compile(self, mode: str, batch_sizes: list[int], image_shape: tuple) -> float:
-        """Compile the forward and backward passes at these batch sizes now (`compiled`); their seconds."""
-        self.forward, seconds = compiled(self.model, mode, batch_sizes, image_shape, self.preprocess, self.binary,
-                                         self.recipe, self.precision, self.device)
+    def forward_and_loss(self, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int):
+        """(the loss to differentiate, this share's summed loss, its count of correct answers). Several
+        processes each sum their share's losses over the whole batch's size: their gradients then add up."""
+        x = self.preprocess(pixels)
+        with autocast(self.device, self.precision):
+            logits = self.model(x)
+        if self.ranks.world == 1:
+            loss = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing)
+            total = loss.detach() * batch_size
+        else:
+            total = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing, reduction="sum")
+            loss, total = total / batch_size, total.detach()
+        return loss, total, (predicted_labels(logits, self.binary) == labels).sum()
+
+    def compile(self, mode: str, sizes: set[tuple[int, int]], image_shape: tuple) -> float:
+        """Compile `forward_and_loss` and its backward pass now, once for each (share, batch) size the run will
+        meet (this process's images, the whole batch's), on zeros, with the model's buffers (batch norm's running statistics) and the random state put back after,
+        so the run trains exactly as it would have, and no step meets a shape not compiled; the seconds."""
+        losses = torch.compile(self.forward_and_loss, mode=mode, dynamic=False)
+        self.model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
+        saved = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+        started = time.perf_counter()
+        # inductor on a CPU-only machine warns that it found no CUDA runtime: true, and nothing to act on
+        quiet_extensions = logging.getLogger("torch.utils.cpp_extension")
+        level = quiet_extensions.level
+        quiet_extensions.setLevel(logging.ERROR)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            try:
+                for share, batch_size in sorted(sizes):
+                    pixels = torch.zeros(share, *image_shape, dtype=torch.uint8, device=self.device)
+                    labels = torch.zeros(share, dtype=torch.long, device=self.device)
+                    for _ in range(2 if mode == "reduce-overhead" else 1):  # CUDA graphs are recorded at the second call
+                        torch.compiler.cudagraph_mark_step_begin()
+                        losses(pixels, labels, batch_size)[0].backward()
+            except Exception as err:  # the compiler's many failures (no C++ compiler, an unsupported op, ...)
+                raise SmallvisionError(f"compile = \"{mode}\" failed ({type(err).__name__}: "
+                                       f"{' '.join(str(err).split())[:300]}); train without it (--compile off)") from None
+            finally:
+                quiet_extensions.setLevel(level)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.model.load_state_dict(saved)  # in place: the flat weight buffers' views stay; each step zeroes the gradients
+        self.losses = losses
         return seconds
 
     def begin_epoch(self, loss_sum: float, correct: int) -> None:
@@ -118,24 +127,18 @@ class Step:
             self.rate = rate
         if self.augment is not None:
             pixels = self.augment(pixels, generator, (share[0], batch_size))
-        x = self.preprocess(pixels)
-        with autocast(self.device, self.precision):
-            logits = self.forward(x)
         zero_gradients(self.weight_groups)
-        if self.ranks.world == 1:
-            loss = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing)
-            loss.backward()
-            self.loss_sum += loss.detach() * batch_size
-        else:  # each share's loss summed over the batch, over the batch's size: the gradients then add up
-            share_sum = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing, reduction="sum")
-            loss = share_sum / batch_size
-            loss.backward()
+        if self.losses is not self.forward_and_loss:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+        loss, total, correct = self.losses(pixels, labels, batch_size)
+        loss.backward()
+        if self.ranks.world > 1:
             for group in self.weight_groups:
                 distributed.sum_across(group["params"][0].grad)
-            self.loss_sum += share_sum.detach()
         self.optimizer.step()
-        self.correct += (predicted_labels(logits, self.binary) == labels).sum()
-        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), number, self.first_bad)
+        self.loss_sum += total
+        self.correct += correct
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(total), number, self.first_bad)
 
     def totals(self, stop: bool) -> tuple[float, int, bool]:
         """Read the epoch's sums so far, every process's (a host sync), and whether any process asked to stop."""

@@ -265,9 +265,8 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     step = Step(model, optimizer, weight_groups, recipe, preprocess, binary, precision, device, ranks)
     if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
         last = len(train) % recipe.batch_size or recipe.batch_size
-        shapes = {ranks.share(recipe.batch_size), ranks.share(last)}
-        state.history.compile_seconds += step.compile(recipe.compile, [stop - start for start, stop in shapes],
-                                                      tuple(train.shape[1:]))
+        sizes = {(stop - start, size) for size in (recipe.batch_size, last) for start, stop in [ranks.share(size)]}
+        state.history.compile_seconds += step.compile(recipe.compile, sizes, tuple(train.shape[1:]))
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
         if loop.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
             break
