@@ -295,6 +295,28 @@ def test_a_batch_between_two_sizes_leaves_its_last_requests_for_the_next():
     assert [job.future for job in second] == [futures[4], big]  # 1 + 3 = 4: a size, kept whole
 
 
+def test_an_idle_worker_gives_the_memory_its_batches_freed_back_once(monkeypatch):
+    from smallvision.serve import batcher as batcher_module
+    from smallvision.serve import heap
+
+    releases = []
+    monkeypatch.setattr(batcher_module, "release_free_memory", lambda: releases.append(time.monotonic()))
+    monkeypatch.setattr(batcher_module.Batcher, "IDLE_SECONDS", 0.02)
+    batcher = batcher_module.Batcher("m", lambda key, jobs, images: [None] * len(jobs), max_wait=0)
+    batcher.start()
+    try:
+        time.sleep(0.3)
+        assert len(releases) == 1  # after the warm-up (none here), then no more while nothing runs
+        for count in (2, 3):
+            batcher.submit(("predict",), torch.zeros(1, 1, 2, 2, dtype=torch.uint8)).result(timeout=10)
+            time.sleep(0.3)  # idle: one release after the batch, not one per idle moment
+            assert len(releases) == count
+    finally:
+        batcher.stop()
+    heap.limit_arenas()  # the real ones run, on glibc or as no-ops elsewhere
+    heap.release_free_memory()
+
+
 def test_a_full_queue_is_503_with_retry_after(shapes_run, shape_photos):
     app = create_app([shapes_run.path], max_queue=1)
     photo = shape_photos["blue_disk"][0].read_bytes()

@@ -10,6 +10,7 @@ back a moment after each batch, are gathered into one batch instead of splitting
 take turns (16 clients made batches of 8 and 8 that way, where one batch of 16 costs less per image). The queue is bounded in images: past `max_queue`, `submit` refuses at once (QueueFull,
 which the API answers 503 with Retry-After) instead of letting latency grow without end. Before its first
 batch the worker runs `warm_up` (the model's own, see models.py); until then it queues but is not ready.
+Idle for a moment after a batch, it gives the memory the batches freed back to the system (heap.py).
 """
 
 import concurrent.futures
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from smallvision.serve.heap import release_free_memory
 
 
 class QueueFull(Exception):
@@ -44,6 +47,8 @@ Handler = Callable[[Any, list[Job], torch.Tensor], list[Any]]
 
 
 class Batcher:
+    IDLE_SECONDS = 0.05  # no job for this long after a batch: the worker gives the freed memory back (heap.py)
+
     def __init__(self, name: str, handler: Handler, max_batch: int = 32, max_wait: float = 0.005,
                  max_queue: int = 256, warm_up: Callable[[], None] | None = None, sizes: list[int] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
@@ -56,6 +61,7 @@ class Batcher:
         self.batches = 0  # forward passes run (one per batch)
         self.images = 0  # images run through them
         self.busy = 0.0  # seconds spent in the handler: over the wall time, how busy the worker is
+        self.freed_since_idle = True  # batches (or the warm-up) have freed memory since the heap was last trimmed
         self.condition = threading.Condition()
         self.stopping = False
         self.thread: threading.Thread | None = None
@@ -125,7 +131,11 @@ class Batcher:
         """The jobs of the next batch, or None once stopping."""
         with self.condition:
             while not self.jobs and not self.stopping:
-                self.condition.wait()
+                if self.freed_since_idle and not self.condition.wait(self.IDLE_SECONDS):
+                    release_free_memory()  # idle: what the last batches freed goes back to the system
+                    self.freed_since_idle = False
+                elif not self.freed_since_idle:
+                    self.condition.wait()
             if self.stopping:
                 return None
             batch = [self.jobs.popleft()]
@@ -183,6 +193,7 @@ class Batcher:
                 job.future.set_exception(err)
             return
         finally:
+            self.freed_since_idle = True
             self.batches += 1
             self.images += len(images)
             self.busy += time.perf_counter() - started
