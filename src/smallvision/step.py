@@ -55,7 +55,7 @@ class Step:
         self.model, self.optimizer, self.weight_groups = model, optimizer, weight_groups
         self.recipe, self.preprocess, self.augment = recipe, preprocess, Augment.from_recipe(recipe)
         self.binary, self.precision, self.device, self.ranks = binary, precision, device, ranks
-        self.losses = self.forward_and_loss  # or its compiled form (compile)
+        self.losses, self.compiled = self.forward_and_loss, False  # or its compiled form (compile)
         # The learning rate is a device tensor filled before each step: a Python float would be baked into
         # a compiled step (a recompile per value), and the fused optimisers read a tensor where it lies.
         self.learning_rate = torch.tensor(float(recipe.learning_rate), device=device)
@@ -81,9 +81,10 @@ class Step:
         return loss, total, (predicted_labels(logits, self.binary) == labels).sum()
 
     def compile(self, mode: str, sizes: set[tuple[int, int]], image_shape: tuple) -> float:
-        """Compile `forward_and_loss` and its backward pass now, once for each (share, batch) size the run will
-        meet (this process's images, the whole batch's), on zeros, with the model's buffers (batch norm's running statistics) and the random state put back after,
-        so the run trains exactly as it would have, and no step meets a shape not compiled; the seconds."""
+        """Compile `forward_and_loss` and its backward pass now, once for each (share, batch) size the run
+        will meet (this process's images, the whole batch's), on zeros, with the model's buffers (batch
+        norm's running statistics) and the random state put back after, so the run trains exactly as it
+        would have, and no step meets a shape not compiled; the seconds it took."""
         losses = torch.compile(self.forward_and_loss, mode=mode, dynamic=False)
         self.model.train()  # the mode the steps run in: compiled for it, not recompiled at the first step
         saved = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
@@ -109,7 +110,7 @@ class Step:
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
         self.model.load_state_dict(saved)  # in place: the flat weight buffers' views stay; each step zeroes the gradients
-        self.losses = losses
+        self.losses, self.compiled = losses, True
         return seconds
 
     def begin_epoch(self, loss_sum: float, correct: int) -> None:
@@ -128,7 +129,7 @@ class Step:
         if self.augment is not None:
             pixels = self.augment(pixels, generator, (share[0], batch_size))
         zero_gradients(self.weight_groups)
-        if self.losses is not self.forward_and_loss:
+        if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
         loss, total, correct = self.losses(pixels, labels, batch_size)
         loss.backward()
