@@ -189,33 +189,38 @@ def test_an_epoch_reads_from_the_device_only_at_the_progress_refreshes(monkeypat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's sync debug mode watches CUDA only (no GPU "
                     "here); the test above counts the CPU's reads")
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adamw", "sgd"])
-def test_a_cuda_epoch_waits_for_the_gpu_only_around_its_steps(monkeypatch, optimizer):
-    """On a GPU, torch itself counts the synchronising calls: setting up and the epoch's end only, not one per
-    step (augmentation, the learning rate, the optimisers, the sums)."""
+def test_no_cuda_step_waits_for_the_gpu(monkeypatch, optimizer):
+    """On a GPU, torch itself watches every step (augmentation, the learning rate, the forward and backward
+    passes, the optimiser, the sums) for a call that waits for the device: there is none."""
     import warnings
 
     from smallvision.data.imageset import ImageSet
     from smallvision.models import create_model
     from smallvision.recipe import builtin_recipes
-    from smallvision.step import Refresh
+    from smallvision.step import Step
     from smallvision.train import fit
 
     generator = torch.Generator().manual_seed(0)
     train = ImageSet(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=generator),
                      torch.randint(0, 10, (64,), generator=generator), [str(i) for i in range(10)])
-    recipe = builtin_recipes()["seed-mnist"].replace(epochs=1, steps_per_epoch=120, batch_size=8, rotation_range=10.0,
+    recipe = builtin_recipes()["seed-mnist"].replace(epochs=1, steps_per_epoch=30, batch_size=8, rotation_range=10.0,
                                                      horizontal_flip=True, optimizer=optimizer, schedule="onecycle")
-    monkeypatch.setattr(Refresh, "SECONDS_QUIET", 3600.0)
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit(create_model("mnist_convnet", (1, 28, 28), 10), train, recipe, device=torch.device("cuda"),
-                progress=False)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    synchronising = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(synchronising) <= 12, synchronising  # 120 steps: one per step would be 120
+    step, steps, waits = Step.__call__, [], []
+
+    def watched(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        steps.append(1)
+        waits.extend(str(w.message) for w in caught if "synchroniz" in str(w.message).lower())
+
+    monkeypatch.setattr(Step, "__call__", watched)
+    fit(create_model("mnist_convnet", (1, 28, 28), 10), train, recipe, device=torch.device("cuda"), progress=False)
+    assert len(steps) == 30 and waits == [], waits[:3]
 
 
 def test_one_process_refreshes_by_the_clock_and_several_every_50_batches(monkeypatch):
