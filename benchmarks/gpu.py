@@ -4,7 +4,9 @@ One command for a lent GPU machine. Each recipe is trained by the CLI as a whole
 per compile mode asked for; for each it prints the test accuracy (the mean over the seeds), the training
 seconds, the compile seconds (`metrics.json`: `compile_seconds`, paid before training and not in it) and
 the whole command's seconds, beside the figures recorded on the H200 before this work and the issue's bars.
-Then `report` on the fine-tuned run, timed, and `train --gpus 1` against plain `train` (images per second).
+Then, in this process, where a step's time goes for the MNIST recipes (wall time per step against the
+kernels' time: how busy the GPU is), `report` on the fine-tuned run, timed, and `train --gpus 1` against
+plain `train` (images per second).
 
     python3 benchmarks/gpu.py                                   # on the GPU machine, data in $SMALLVISION_DATA
     python3 benchmarks/gpu.py --modes off,reduce-overhead,max-autotune --seeds 0,1,2
@@ -79,6 +81,35 @@ def summary_line(recipe: str, mode: str, rows: list[dict]) -> str:
             f"compile {compiling:5.1f} s  command {command:6.1f} s  {'; '.join(verdict)}")
 
 
+def gpu_busy(recipe: str, mode: str, device: str, steps: int = 60) -> str:
+    """Where a step's time goes, in this process: `steps` steps of `recipe` under torch's profiler after as
+    many unprofiled ones; the wall time per step, the kernels' time per step, and their ratio (how busy the
+    GPU is: for a network this small, the rest is Python and launches)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from smallvision.data.sources import open_source
+    from smallvision.models import create_model
+    from smallvision.recipe import builtin_recipes
+    from smallvision.train import fit
+
+    chosen = builtin_recipes()[recipe].replace(epochs=1, steps_per_epoch=steps, compile=mode)
+    source = open_source(source_of(recipe), image_shape=(1, 28, 28) if "mnist" in recipe else (3, chosen.image_size,
+                         chosen.image_size), val_split=0.0, test_split=0.0)
+    where = torch.device(device)
+    fit(create_model(chosen.model, source.train.shape[1:], source.train.num_classes), source.train, chosen,
+        device=where, progress=False)  # warm: the allocator, cuDNN's choices, the compiled graphs
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if where.type == "cuda" else [])
+    with profile(activities=activities) as profiled:
+        history = fit(create_model(chosen.model, source.train.shape[1:], source.train.num_classes), source.train,
+                      chosen, device=where, progress=False)
+    wall = history.train_seconds / steps
+    kernels = sum(event.self_device_time_total for event in profiled.key_averages()) / 1e6 / steps
+    busy = f"{kernels / wall:.0%} busy" if where.type == "cuda" else "no GPU"
+    return (f"{recipe} ({mode}), {steps} steps profiled: {1000 * wall:.2f} ms a step, of which the device's kernels "
+            f"{1000 * kernels:.2f} ms ({busy})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -100,6 +131,13 @@ def main() -> int:
             done = [train(recipe, seed, mode, args, scratch) for seed in (seeds if "mnist" in recipe else seeds[:1])]
             rows += done
             lines.append(summary_line(recipe, mode, done))
+            print(lines[-1], flush=True)
+    for recipe in ("seed-mnist", "fast-mnist"):  # how much of a step the GPU spends working
+        for mode in args.modes.split(","):
+            try:
+                lines.append(gpu_busy(recipe, mode, args.device, steps=10 if args.quick else 60))
+            except Exception as err:  # noqa: BLE001 -- a diagnosis, not a figure: the rest still runs
+                lines.append(f"{recipe} ({mode}) profile FAILED: {type(err).__name__}: {str(err)[:300]}")
             print(lines[-1], flush=True)
     tuned = [row for row in rows if row["recipe"] == "catsdogs-finetune" and "error" not in row]
     if tuned:
