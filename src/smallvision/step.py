@@ -65,6 +65,7 @@ class Step:
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite
+        self.previous: tuple | None = None  # the last step's augmented batch and loss (see __call__)
 
     def forward_and_loss(self, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int):
         """(the loss to differentiate, this share's summed loss, its count of correct answers). Several
@@ -132,6 +133,10 @@ class Step:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
         loss, total, correct = self.losses(pixels, labels, batch_size)
+        # Held until the next step, as the loop held them before this class: freed at once instead, the
+        # batch's tensors had glibc map fresh pages at every step (catsdogs-finetune: 9% more page faults,
+        # about 8% slower on this CPU)
+        self.previous = pixels, loss
         loss.backward()
         if self.ranks.world > 1:
             for group in self.weight_groups:
