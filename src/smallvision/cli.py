@@ -376,6 +376,9 @@ def parse_settings(settings: list[str]) -> dict:
     return changes
 
 
+LAUNCH_FLAGS = ("--processes", "--gpus", "--nodes", "--node-rank", "--rendezvous", "--rendezvous-timeout")
+
+
 def without_launch_flags(argv: list[str]) -> list[str]:
     """The command line as each started process runs it: the flags that say how to start them taken out."""
     kept, skip = [], False
@@ -387,9 +390,6 @@ def without_launch_flags(argv: list[str]) -> list[str]:
         elif not token.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
             kept.append(token)
     return kept
-
-
-LAUNCH_FLAGS = ("--processes", "--gpus", "--nodes", "--node-rank", "--rendezvous", "--rendezvous-timeout")
 
 
 def torch_cuda_count() -> int:

@@ -15,7 +15,7 @@ import numpy as np
 
 from smallvision.errors import SmallvisionError
 from smallvision.images import read_pixels
-from smallvision.predictions import predict_files
+from smallvision.predictions import answer, predict_files
 
 FORMAT = "smallvision-onnx/1"  # the format tag in every file we write; a file without it is not ours
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
@@ -106,9 +106,7 @@ class OnnxModel:
 
     def prediction(self, path: Path, probabilities: np.ndarray, top: int) -> dict:
         """predict's answer for one file: its `top` classes, most probable first."""
-        order = np.argsort(-probabilities, kind="stable")[:min(top, len(self.class_names))]
-        ranked = [[self.class_names[i], round(float(probabilities[i]), 6)] for i in order]
-        return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
+        return answer(path, self.class_names, probabilities, top)
 
 
 def metadata_problem(meta: dict[str, str]) -> str | None:

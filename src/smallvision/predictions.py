@@ -4,6 +4,8 @@ exported file in onnxruntime (`OnnxModel`). Imports no PyTorch, so the ONNX path
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from smallvision.errors import SmallvisionError
 from smallvision.images import expand_image_paths
 from smallvision.progress import progress_bar
@@ -36,3 +38,10 @@ def predict_files(paths: list[str | Path], top: int, progress: bool, read_image:
         bar.update(len(chunk))
         yield from results
     bar.close()
+
+
+def answer(path: str | Path, class_names: list[str], probabilities: np.ndarray, top: int) -> dict:
+    """predict's answer for one file: its `top` classes, most probable first (of equal ones, the first)."""
+    order = np.argsort(-probabilities, kind="stable")[:min(top, len(class_names))]
+    ranked = [[class_names[i], round(float(probabilities[i]), 6)] for i in order]
+    return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}

@@ -22,7 +22,7 @@ from smallvision.images import expand_image_paths, load_image
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
-from smallvision.predictions import predict_files
+from smallvision.predictions import answer, predict_files
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.train import Preprocess, predict_probabilities, resolve_device, split_probabilities
 
@@ -251,9 +251,7 @@ class Run:
 
     def prediction(self, path: Path, probabilities: torch.Tensor, top: int) -> dict:
         """predict's answer for one file: its `top` classes, most probable first."""
-        values, indices = probabilities.topk(min(top, len(self.class_names)))
-        ranked = [[self.class_names[i], round(float(v), 6)] for v, i in zip(values, indices)]
-        return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
+        return answer(path, self.class_names, probabilities.numpy(), top)
 
     def split_to_score(self, source: str | Path | None = None, split: str | None = None) -> str:
         """`split`, or when none is named: "test", except for a folder of class folders (ROOT/CLASS/*) that is

@@ -240,8 +240,12 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
                                f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} classes: "
                                f"use loss = \"categorical_crossentropy\"")
+    ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
+    if recipe.batch_size < ranks.world:
+        raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {ranks.world} processes sharing "
+                               f"each batch; use a batch of at least {ranks.world}")
     if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
-        images, labels, reader = None, train.labels.to(device), MappedBatches(train, device, distributed.ranks())
+        images, labels, reader = None, train.labels.to(device), MappedBatches(train, device, ranks)
     else:
         images, labels, reader = train.images.to(device), train.labels.to(device), None
     steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
@@ -251,10 +255,6 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             raise SmallvisionError(f"keep_best = \"{recipe.keep_best}\" needs a validation split to score epochs on: "
                                    f"give the source a validation/ folder, or hold some out with --val-split 0.15")
         callbacks = [KeepBest(recipe.keep_best, recipe.early_stopping_patience), *callbacks]
-    ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
-    if recipe.batch_size < ranks.world:
-        raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {ranks.world} processes sharing "
-                               f"each batch; use a batch of at least {ranks.world}")
     loop = Loop(model, optimizer, generator, recipe, device,
                 TrainingState(order=torch.empty(0, dtype=torch.long, device=device)), context=context or {})
     if resume is not None:

@@ -1,10 +1,11 @@
 """The models a server serves: each run loaded once, under a name of its own, with its card and the worker
 that runs its batches (predictions and Grad-CAM).
 
-A batch runs at one of a few sizes (`buckets`: powers of two, and max_batch), padded with copies of its last
-image. Each new input shape leaves buffers of its own in the process for good (oneDNN's and the allocator's):
-batches of every size from 1 to 32 grew a server by 200-300 MB, where six sizes, each run once as the
-worker starts, keep it flat. The padding costs compute only for a batch between two sizes.
+A batch runs at one of a few sizes (`buckets`: powers of two, one and a half times them, and max_batch),
+padded with copies of its last image. Each new input shape leaves buffers of its own in the process for good
+(oneDNN's and the allocator's): batches of every size from 1 to 32 grew a server by 200-300 MB, where a few
+sizes, each run once as the worker starts, keep it flat. The padding costs compute only for a request of
+several images that falls between two sizes (the batcher trims the rest).
 
 PyTorch's parallel work (OpenMP) happens in each model's worker thread alone: runs are loaded in a thread of
 their own that then ends, and decoding stays in NumPy. GNU OpenMP keeps a team of threads for every thread
