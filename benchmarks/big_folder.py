@@ -95,7 +95,7 @@ def smallvision(*args: str, cache: Path, measure_memory: bool = False) -> tuple[
 def train(folder: Path, out: Path, cache: Path, *extra: str, measure_memory: bool = False) -> dict:
     seconds, stderr = smallvision("train", str(folder), "--layers", LAYERS, "--recipe", "catsdogs", "--epochs", "1",
                                   "--steps-per-epoch", str(STEPS), "--batch-size", str(BATCH), "--set",
-                                  "validation_freq=1", "--out", str(out), "--quiet", *extra, cache=cache,
+                                  "validation_freq=1", "--out", str(out), "--force", "--quiet", *extra, cache=cache,
                                   measure_memory=measure_memory)
     metrics = json.loads((out / "metrics.json").read_text())
     result = {"command_seconds": seconds, "images_per_second": metrics["images_per_second"],

@@ -5,12 +5,15 @@ import json
 import sys
 from pathlib import Path
 
+from smallvision import heap
 from smallvision.errors import SmallvisionError, TrainingStopped
 
 PROG = "smallvision"
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command's own process (a caller's process is theirs): freed batches kept for the next
+        heap.keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --processes N` starts N of this command

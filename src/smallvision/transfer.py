@@ -24,7 +24,7 @@ from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 from smallvision.step import autocast
-from smallvision.train import History, Preprocess, evaluate_imageset, fit
+from smallvision.train import History, Preprocess, evaluate_imageset, fit, inference_batch
 
 FEATURES_FORMAT = "smallvision-features/1"
 
@@ -59,11 +59,10 @@ def extract_features(model: BackboneClassifier, images: ImageSet, preprocess: Pr
                      device: torch.device, progress: bool = True, description: str = "features",
                      batch_size: int | None = None) -> torch.Tensor:
     """float32 [N, D, 1, 1] backbone features of a split's uint8 images, a batch at a time (a split mapped
-    from the decode cache is read piece by piece): 100 images on the CPU, 500 on a GPU, whose cores a small
-    batch leaves idle."""
+    from the decode cache is read piece by piece), in batches as `inference_batch` says (500 on a GPU)."""
     model.eval()
     chunks = []
-    batch_size = batch_size or (500 if device.type == "cuda" else 100)
+    batch_size = batch_size or inference_batch(images.shape, device, on_gpu=500)
     bar = progress_bar(progress, total=len(images), desc=description, unit="img", leave=False)
     for _, batch in images.chunks(batch_size):
         with autocast(device, precision):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from smallvision.serve.heap import release_free_memory
+from smallvision.heap import release_free_memory
 
 
 class QueueFull(Exception):
