@@ -338,6 +338,23 @@ def test_mapped_batches_read_each_process_share_and_the_next_batch_ahead(monkeyp
     assert len(copies) == 1
 
 
+def test_a_view_of_the_map_reads_the_same_rows_on_one_thread_as_with_torch(tmp_path):
+    """The background reader's copy (numpy's take, on its own thread) picks the rows torch's would."""
+    import numpy as np
+
+    from smallvision.data.imageset import ImageSet
+
+    written = np.memmap(tmp_path / "pixels", dtype=np.uint8, mode="w+", shape=(20, 3, 4, 4))
+    written[:] = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+    written.flush()
+    store = torch.from_numpy(np.memmap(tmp_path / "pixels", dtype=np.uint8, mode="c", shape=(20, 3, 4, 4)))
+    split = ImageSet(store, torch.zeros(5, dtype=torch.long), ["a"], rows=torch.tensor([3, 17, 5, 11, 0]))
+    picked = torch.tensor([4, 1, 1, 2])
+    on_one_thread = split.take(picked, one_thread=True)
+    assert on_one_thread[:, :, 0, 0].tolist() == [[0] * 3, [17] * 3, [17] * 3, [5] * 3]
+    assert torch.equal(on_one_thread, split.take(picked))
+
+
 def test_the_memory_budget_is_the_machines_so_each_process_copy_counts():
     from smallvision.data.cache import data_path
 

@@ -186,7 +186,7 @@ class MappedBatches:
         self.host_order: torch.Tensor | None = None  # once per shuffle, not once per batch (a host sync)
 
     def fetch(self, indices: torch.Tensor) -> torch.Tensor:
-        batch = self.images.take(indices)  # reads only these records' pages
+        batch = self.images.take(indices, one_thread=True)  # reads only these records' pages, on this thread
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch
@@ -289,7 +289,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
             if reader is not None:  # the batch after this one, in the same order, is read while this one trains
                 pixels = reader.read(state.order, state.cursor - recipe.batch_size, recipe.batch_size)
             else:
-                pixels = images[mine]
+                pixels = images.index_select(0, mine)  # whole rows copied; `images[mine]` went pixel by pixel, 6x slower
             rate = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
             step(pixels, labels[mine], share, len(batch), rate, state.step + 1, generator)
             state.step += 1
