@@ -296,8 +296,8 @@ def test_a_batch_between_two_sizes_leaves_its_last_requests_for_the_next():
 
 
 def test_an_idle_worker_gives_the_memory_its_batches_freed_back_once(monkeypatch):
-    from smallvision.serve import batcher as batcher_module
     from smallvision import heap
+    from smallvision.serve import batcher as batcher_module
 
     releases = []
     monkeypatch.setattr(batcher_module, "release_free_memory", lambda: releases.append(time.monotonic()))

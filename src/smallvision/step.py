@@ -134,8 +134,9 @@ class Step:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
         loss, total, correct = self.losses(pixels, labels, batch_size)
         # Held until the next step, as the loop held them before this class: freed at once instead, the
-        # batch's tensors had glibc map fresh pages at every step (catsdogs-finetune: 9% more page faults,
-        # about 8% slower on this CPU)
+        # batch's tensors had glibc's default heap map fresh pages at every step (catsdogs-finetune: 9% more
+        # page faults, about 8% slower on this CPU). The command keeps its heap (heap.py); a library user's
+        # process has the default one
         self.previous = pixels, loss
         loss.backward()
         if self.ranks.world > 1:
