@@ -48,8 +48,12 @@ def test_two_processes_train_the_run_one_process_trains(mnist_slice, tmp_path, n
         options += ["--layers", BN_LAYERS, "--optimizer", "sgd", "--lr", "0.05", "--steps-per-epoch", "2"]
         bound = 1e-4
     subprocess.run(cli(str(mnist_slice), *options, "--out", str(tmp_path / "one")), env=ENVIRONMENT, check=True)
+    scratch = tmp_path / "tmp"  # the launcher's temporary directory, not the machine's /tmp
+    scratch.mkdir()
     subprocess.run(cli(str(mnist_slice), *options, "--out", str(tmp_path / "two"), "--processes", "2"),
-                   env=ENVIRONMENT, check=True)
+                   env={**ENVIRONMENT, "TMPDIR": str(scratch)}, check=True)
+    # torchrun's log directory (before, a torchelastic_* left behind by every run) went with the run
+    assert not [entry.name for entry in scratch.iterdir() if "torchelastic" in entry.name or "torchrun" in entry.name]
     assert largest_difference(tmp_path / "one", tmp_path / "two") <= bound
     one, two = sv.load_run(tmp_path / "one").metrics, sv.load_run(tmp_path / "two").metrics
     assert two["processes"] == 2 and "processes" not in one
@@ -70,6 +74,7 @@ def test_two_machines_simulated_on_loopback_train_the_one_process_run(mnist_slic
     port = free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "--log-dir", str(tmp_path / f"logs-{rank}"),  # not a torchelastic_* left in /tmp
                                "-m", "smallvision.cli", "train", str(mnist_slice), *options, "--quiet",
                                "--out", str(tmp_path / "two")], env=ENVIRONMENT, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]

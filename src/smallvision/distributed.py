@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -196,10 +197,17 @@ def launch(processes: int, argv: list[str], machines: Machines | None = None) ->
     the exit status of the first that failed (0 when none did). A failing process stops the others:
     torchrun ends the group when one of its workers fails."""
     where = machines.torchrun_flags() if machines else ["--standalone"]
-    command = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={processes}",
-               "--max-restarts=0", "-m", "smallvision.cli", *argv]
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(
         1, (os.cpu_count() or 1) // processes)))}  # the cores shared out, not each process taking them all
+    # torchrun keeps its workers' error files in a log directory it makes under /tmp and never removes
+    # (one torchelastic_* directory per run); ours goes when the run does
+    with tempfile.TemporaryDirectory(prefix="smallvision-torchrun-") as logs:
+        command = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={processes}",
+                   "--max-restarts=0", f"--log-dir={logs}", "-m", "smallvision.cli", *argv]
+        return _run_torchrun(command, environment, machines)
+
+
+def _run_torchrun(command: list[str], environment: dict[str, str], machines: Machines | None) -> int:
     started = time.monotonic()
     process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE)
     report, interrupted = LauncherReport(), None
@@ -218,9 +226,9 @@ def launch(processes: int, argv: list[str], machines: Machines | None = None) ->
     code = process.wait()
     if code and report.unreachable and machines:
         raise SmallvisionError(f"could not meet the other machines at {machines.rendezvous} (gave up after "
-                               f"{time.monotonic() - started:.0f} s, {machines.timeout} s a try): start node 0 (--node-rank 0, which listens there) and every other node, check "
-                               f"that this machine can reach that address and port, or wait longer with "
-                               f"--rendezvous-timeout")
+                               f"{time.monotonic() - started:.0f} s, {machines.timeout} s a try): start node 0 "
+                               f"(--node-rank 0, which listens there) and every other node, check that this "
+                               f"machine can reach that address and port, or wait longer with --rendezvous-timeout")
     if code and report.exit_code:
         return report.exit_code
     return 130 if code and interrupted else code
