@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
+import numpy as np
 
 fastapi = pytest.importorskip("fastapi")
 from conftest import launch_chromium, playwright_or_skip  # noqa: E402
@@ -268,7 +268,7 @@ def test_batches_run_at_a_few_padded_sizes_and_answer_for_their_own_images(shape
 
     assert buckets(32) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32] and buckets(20) == [1, 2, 3, 4, 6, 8, 12, 16, 20]
     assert buckets(1) == [1]
-    images = torch.arange(3 * 2).view(3, 2)
+    images = np.arange(3 * 2).reshape(3, 2)
     assert padded(images, 4).tolist() == [[0, 1], [2, 3], [4, 5], [4, 5]] and padded(images, 3) is images
     app = create_app([shapes_run.path])
     with TestClient(app) as client:
@@ -286,11 +286,11 @@ def test_a_batch_between_two_sizes_leaves_its_last_requests_for_the_next():
 
     batcher = Batcher("m", lambda key, jobs, images: [None] * len(jobs), max_wait=0, sizes=[1, 2, 3, 4, 6, 8])
     batcher.thread = threading.current_thread()  # counts as running; next_batch is called by hand here
-    futures = [batcher.submit(("predict",), torch.zeros(1, 1, 2, 2, dtype=torch.uint8)) for _ in range(5)]
+    futures = [batcher.submit(("predict",), np.zeros((1, 1, 2, 2), np.uint8)) for _ in range(5)]
     first = batcher.next_batch()
     assert [job.future for job in first] == futures[:4]  # 5 waiting: 4 now, not 5 padded to 6
     assert list(batcher.jobs)[0].future is futures[4] and batcher.queued == 1
-    big = batcher.submit(("predict",), torch.zeros(3, 1, 2, 2, dtype=torch.uint8))
+    big = batcher.submit(("predict",), np.zeros((3, 1, 2, 2), np.uint8))
     second = batcher.next_batch()
     assert [job.future for job in second] == [futures[4], big]  # 1 + 3 = 4: a size, kept whole
 
@@ -308,7 +308,7 @@ def test_an_idle_worker_gives_the_memory_its_batches_freed_back_once(monkeypatch
         time.sleep(0.3)
         assert len(releases) == 1  # after the warm-up (none here), then no more while nothing runs
         for count in (2, 3):
-            batcher.submit(("predict",), torch.zeros(1, 1, 2, 2, dtype=torch.uint8)).result(timeout=10)
+            batcher.submit(("predict",), np.zeros((1, 1, 2, 2), np.uint8)).result(timeout=10)
             time.sleep(0.3)  # idle: one release after the batch, not one per idle moment
             assert len(releases) == count
     finally:
@@ -396,6 +396,56 @@ def test_every_kind_of_run_answers_predictions_and_gradcam(runs_of_every_kind, t
             size = Image.open(io.BytesIO(cam.content)).size
             assert size == ((256, 256) if name == "mnist" else (256, 192)), name  # a framed digit as the model saw it
         assert client.post("/predict?model=mnist", content=png_bytes(digit)).json()["predictions"][0]["label"] == "1"
+
+
+@pytest.fixture(scope="module")
+def exports(runs_of_every_kind, tmp_path_factory) -> dict[str, Path]:
+    """The shapes run (small_convnet) and the seed's MNIST run exported as .onnx files, by `export`."""
+    base, done = tmp_path_factory.mktemp("exports"), {}
+    for kind in ("small_convnet", "mnist"):
+        done[kind] = base / f"{kind}-export.onnx"
+        assert main(["export", str(runs_of_every_kind[kind].path), "--format", "onnx", "-o", str(done[kind])]) == 0
+    return done
+
+
+def test_an_exported_onnx_file_is_served_as_its_run_answers_without_pytorch(shapes_run, shape_photos, exports):
+    photos = [photo for name in ("red_square", "blue_disk", "background_only") for photo in shape_photos[name]]
+    upload = [("files", (photo.name, photo.read_bytes())) for photo in photos]
+    digit = Image.new("L", (200, 150), 255)
+    digit.paste(0, (90, 30, 104, 120))  # a dark "1" on white paper: inverted and framed as the run reads it
+    app = create_app([shapes_run.path, exports["small_convnet"], exports["mnist"]])
+    served = app.state.models["small_convnet-export"]
+    passes, forward = [], served.forward
+    served.forward = lambda images: passes.append(len(images)) or forward(images)
+    with TestClient(app) as client:
+        run_card, export_card, _ = client.get("/models").json()["models"]
+        assert [run_card["name"], export_card["name"]] == ["shapes", "small_convnet-export"]
+        for field in ("classes", "model", "input_shape", "parameters", "test_accuracy", "val_accuracy", "epochs",
+                      "train_seconds", "trained"):
+            assert export_card[field] == run_card[field], field
+        assert export_card["recipe"]["name"] == run_card["recipe"]["name"] and set(export_card) == set(run_card)
+        assert export_card["exported_file"] == "small_convnet-export.onnx" and run_card["exported_file"] is None
+        assert export_card["gradcam_layer"] is None and export_card["gradcam_layers"] == []
+        by_run = client.post("/predict?model=shapes", files=upload).json()["predictions"]
+        by_export = client.post("/predict?model=small_convnet-export", files=upload).json()["predictions"]
+        assert [p["label"] for p in by_export] == [p["label"] for p in by_run] == [p.parent.name for p in photos]
+        # the run answers in bf16 where this CPU computes it natively (2e-3 away here), the export in fp32
+        assert max(abs(a["probability"] - b["probability"]) for a, b in zip(by_run, by_export)) <= 1e-2
+        stats = client.get("/readyz").json()["models"]
+        assert stats["shapes"]["max_batch"] == 32 and stats["small_convnet-export"]["max_batch"] == 1
+        assert passes == [1] * (1 + len(photos))  # the warm-up's, then the request's nine, one at a time
+        cam = client.post("/gradcam?model=small_convnet-export", content=photos[0].read_bytes())
+        assert cam.status_code == 400 and "serve its run directory for heatmaps" in cam.json()["detail"]
+        assert client.post("/predict?model=mnist-export", content=png_bytes(digit)).json()["predictions"][0]["label"] == "1"
+    script = ("import json, sys\n"
+              "from fastapi.testclient import TestClient\n"
+              "from smallvision.serve import create_app\n"
+              f"with TestClient(create_app([{str(exports['small_convnet'])!r}])) as client:\n"
+              f"    answer = client.post('/predict', content=open({str(photos[0])!r}, 'rb').read()).json()\n"
+              "print(json.dumps({'label': answer['predictions'][0]['label'], 'torch': 'torch' in sys.modules}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"label": "red_square", "torch": False}
 
 
 def test_serve_with_a_bad_run_is_one_line_and_exit_2_before_binding(tmp_path, monkeypatch, capsys):
@@ -562,6 +612,35 @@ def test_the_page_classifies_a_chosen_photo_at_laptop_and_phone_width(shapes_run
                     assert len(image.getcolors(1 << 16) or range(1 << 16)) > 50
                     assert problems == [] and elsewhere == []
                     page.close()
+            finally:
+                browser.close()
+    finally:
+        status, stderr = server.stop()
+    assert status == 0, stderr
+
+
+def test_the_page_serves_an_exported_file_without_asking_for_grad_cam(shape_photos, exports):
+    playwright = playwright_or_skip()
+    server = RealServer([exports["small_convnet"]])
+    try:
+        with playwright.sync_playwright() as p:
+            browser = launch_chromium(p)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                problems, asked = [], []
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+                page.on("request", lambda request: asked.append(request.url))
+                page.goto(server.base)
+                page.wait_for_selector("#card dd.big")
+                card = page.inner_text("#card")
+                assert "small_convnet-export.onnx (ONNX, without Grad-CAM)" in card and "fast-mnist" in card
+                assert " parameters, input 64×64×3" in card and "null" not in card and "undefined" not in card
+                page.set_input_files("#files", str(shape_photos["blue_disk"][0]))
+                page.wait_for_selector(".result .label strong")
+                assert page.inner_text(".result .label strong") == "blue_disk"
+                assert page.eval_on_selector_all(".result .heat-note", "notes => notes.length") == 0
+                assert not [url for url in asked if "/gradcam" in url] and problems == []
             finally:
                 browser.close()
     finally:

@@ -277,18 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
 
     serve = command(sub, "serve", "serve runs over HTTP: a page to classify images (drop, paste or choose them) with "
-                    "Grad-CAM and each model's card, and a JSON API documented at /docs; Ctrl-C stops",
+                    "Grad-CAM and each model's card, and a JSON API documented at /docs; Ctrl-C stops. An exported "
+                    ".onnx file is served by onnxruntime, without PyTorch (no Grad-CAM)",
                     "smallvision serve runs/pets-1 runs/mnist-1 --port 8000\n"
                     "  curl -F files=@my_cat.jpg -F files=@my_dog.jpg 'http://127.0.0.1:8000/predict?model=pets-1'\n"
                     "  curl --data-binary @my_cat.jpg http://127.0.0.1:8000/gradcam -o cam.png\n"
-                    "  smallvision serve runs/pets-1 --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"", run_serve)
-    serve.add_argument("runs", nargs="+", metavar="RUN", help="run directories, served by their directory's name")
+                    "  smallvision serve runs/pets-1 --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"\n"
+                    "  smallvision export runs/pets-1 --format onnx -o pets.onnx && smallvision serve pets.onnx", run_serve)
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run directories, served by their directory's name, or "
+                       "exported .onnx files, by their name without .onnx")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
                        "machine only; 0.0.0.0 reaches other machines, with a warning)")
     serve.add_argument("--port", type=at_least(0), default=8000, help="the port (default 8000; 0: any free one)")
     serve.add_argument("--token", help="require `Authorization: Bearer TOKEN` on every request but the page, the "
                        "docs and /healthz (default: $SMALLVISION_TOKEN, if set)")
-    serve.add_argument("--max-batch", type=at_least(1), default=32, help="the most images in one forward pass")
+    serve.add_argument("--max-batch", type=at_least(1), help="the most images in one forward pass (default 32 for a "
+                       "run directory; 1 for an .onnx file: onnxruntime gains little or nothing from batches, and "
+                       "keeps the memory of the largest)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for requests already "
                        "arriving (default 5 ms)")
     serve.add_argument("--max-queue", type=at_least(1), default=256, help="images waiting per model before "

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from smallvision.errors import unknown_name
+from smallvision.predictions import class_index
 from smallvision.run import writable_directory
 from smallvision.taps import check_layers, default_cam_layer, map_geometry, run_with_taps
 
@@ -73,14 +73,6 @@ def run_heatmaps(run, images: torch.Tensor, classes: torch.Tensor | None = None,
     return place_on_image(heatmaps, images.shape[2], images.shape[3], map_geometry(model, layer)), classes, layer
 
 
-def class_index(run, name: str) -> int:
-    if name in run.class_names:
-        return run.class_names.index(name)
-    if name.isdigit() and int(name) < len(run.class_names):  # MNIST's classes are digits; so are indices
-        return int(name)
-    raise unknown_name("class", name, run.class_names)
-
-
 def explain(run, paths: list[str | Path], class_name: str | None = None, layer: str | None = None,
             out_dir: str | Path | None = None) -> list[dict]:
     """A Grad-CAM picture for each image file, written to `out_dir` (default RUN/explain/).
@@ -91,7 +83,7 @@ def explain(run, paths: list[str | Path], class_name: str | None = None, layer: 
     probabilities = run.probabilities(images)
     classes = probabilities.argmax(1)
     if class_name is not None:
-        classes = torch.full((len(images),), class_index(run, class_name), dtype=torch.long)
+        classes = torch.full((len(images),), class_index(run.class_names, class_name), dtype=torch.long)
     heatmaps, classes, layer = run_heatmaps(run, images, classes, layer)
     out_dir = writable_directory(out_dir or run.path / "explain")
     results, used = [], set()

@@ -25,6 +25,7 @@ from torch import nn
 
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
+from smallvision.models.summary import count_parameters
 from smallvision.onnx_model import FORMAT, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME, OnnxModel, one_line
 from smallvision.run import writable_directory
 from smallvision.train import predict_probabilities
@@ -133,6 +134,7 @@ def metadata(run) -> dict[str, str]:
         "test_time_flip": json.dumps(run.test_time_flip),
         "output_activation": run.model.output_activation,
         "model": architecture.get("backbone") or architecture["model"],
+        "parameters": str(count_parameters(run.model)),  # for the model card `serve` shows
         "precision": f"fp32 (trained in {run.meta.get('precision', 'fp32')})",
         "metrics": json.dumps(run.metrics),
         "source": str(run.meta.get("source", "")),

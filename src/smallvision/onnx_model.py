@@ -21,7 +21,8 @@ FORMAT = "smallvision-onnx/1"  # the format tag in every file we write; a file w
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 # What `export --format onnx` writes into the file's metadata_props, each value a string (JSON where marked).
 METADATA_KEYS = ("format", "class_names", "input_shape", "input_size", "input", "preprocessing", "test_time_flip",
-                 "output_activation", "model", "precision", "metrics", "source", "recipe", "smallvision_version")
+                 "output_activation", "model", "parameters", "precision", "metrics", "source", "recipe",
+                 "smallvision_version")
 
 
 def is_onnx_path(path: str | Path) -> bool:

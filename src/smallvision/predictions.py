@@ -6,7 +6,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from smallvision.errors import SmallvisionError
+from smallvision.errors import SmallvisionError, unknown_name
 from smallvision.images import expand_image_paths
 from smallvision.progress import progress_bar
 
@@ -45,3 +45,12 @@ def answer(path: str | Path, class_names: list[str], probabilities: np.ndarray, 
     order = np.argsort(-probabilities, kind="stable")[:min(top, len(class_names))]
     ranked = [[class_names[i], round(float(probabilities[i]), 6)] for i in order]
     return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
+
+
+def class_index(class_names: list[str], name: str) -> int:
+    """A class by its name (or, as MNIST's classes are digits, by its index); the nearest names if unknown."""
+    if name in class_names:
+        return class_names.index(name)
+    if name.isdigit() and int(name) < len(class_names):
+        return int(name)
+    raise unknown_name("class", name, class_names)

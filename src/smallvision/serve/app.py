@@ -3,6 +3,7 @@
 
 The event loop only moves bytes: decoding runs in a bounded thread pool, the networks in each model's
 worker thread (batcher.py), and a request awaits its batch's result. Every error is JSON {"detail": ...}.
+Nothing here imports PyTorch: a server of exported `.onnx` files runs without it (models.py).
 """
 
 import asyncio
@@ -14,7 +15,6 @@ from urllib.parse import quote
 
 import anyio
 import numpy as np
-import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -23,12 +23,11 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from smallvision.errors import SmallvisionError
-from smallvision.explain import class_index
 from smallvision.images import DamagedImage
+from smallvision.predictions import class_index
 from smallvision.serve.batcher import NotRunning, QueueFull
 from smallvision.serve.limits import BodyLimit
 from smallvision.serve.models import PREDICT, ServedModel, load_models
-from smallvision.serve.picture import gradcam_png
 
 PAGE = Path(__file__).parent / "page"
 MAX_BODY = 10 * 2**20
@@ -61,14 +60,14 @@ class Predictions(BaseModel):
     predictions: list[Prediction]
 
 
-def create_app(runs: list, *, device: str = "auto", max_batch: int = 32, max_wait_ms: float = 5.0,
+def create_app(runs: list, *, device: str = "auto", max_batch: int | None = None, max_wait_ms: float = 5.0,
                max_queue: int = 256, max_body: int = MAX_BODY, token: str | None = None,
                decode_threads: int | None = None) -> FastAPI:
-    """The application serving `runs` (run directories, or Runs already loaded), each by its directory's
-    name. A run that cannot be loaded raises SmallvisionError here, before anything listens.
+    """The application serving `runs` (run directories, exported `.onnx` files, or Runs already loaded), each
+    by its name. A run that cannot be loaded raises SmallvisionError here, before anything listens.
     With `token`, every route but the page, the docs and /healthz wants `Authorization: Bearer TOKEN`."""
     if not runs:
-        raise SmallvisionError("serve needs at least one run directory")
+        raise SmallvisionError("serve needs at least one run directory or exported .onnx file")
     models = load_models(runs, device, max_batch, max_wait_ms / 1000, max_queue)
     default = next(iter(models))
     decoders = anyio.CapacityLimiter(decode_threads or max(2, os.cpu_count() or 1))
@@ -148,7 +147,7 @@ def create_app(runs: list, *, device: str = "auto", max_batch: int = 32, max_wai
         files = await uploads(request)
         probabilities = await infer(chosen, files, PREDICT)
         return {"model": chosen.name,
-                "predictions": [chosen.run.prediction(name, row, top) for (name, _), row in zip(files, probabilities)]}
+                "predictions": [chosen.prediction(name, row, top) for (name, _), row in zip(files, probabilities)]}
 
     @app.post("/gradcam", tags=["inference"], dependencies=guarded, openapi_extra={"requestBody": UPLOAD_BODY},
               response_class=Response, responses={200: {"content": {"image/png": {}},
@@ -163,14 +162,14 @@ def create_app(runs: list, *, device: str = "auto", max_batch: int = 32, max_wai
         chosen = served(model)
         layer = layer or chosen.default_layer
         if layer is None:
-            raise HTTPException(400, f"model {chosen.name!r} has no convolutional layer to explain")
+            raise HTTPException(400, chosen.no_gradcam)
         if layer not in chosen.map_layers:
             raise HTTPException(400, f"model {chosen.name!r} has no layer {layer!r} with a feature map; its layers "
                                      f"with maps are: {', '.join(chosen.map_layers)}")
         explained = None
         if class_name is not None:
             try:
-                explained = class_index(chosen.run, class_name)
+                explained = class_index(chosen.class_names, class_name)
             except SmallvisionError as err:
                 raise HTTPException(400, str(err)) from None
         files = await uploads(request)
@@ -178,10 +177,12 @@ def create_app(runs: list, *, device: str = "auto", max_batch: int = 32, max_wai
             raise HTTPException(400, f"Grad-CAM takes one image a request, got {len(files)}")
         images = []
         (probabilities, heatmaps, classes, used), = await infer(chosen, files, ("gradcam", layer), explained, images)
+        from smallvision.serve.picture import gradcam_png  # Pillow and matplotlib, on the first Grad-CAM
+
         png = await anyio.to_thread.run_sync(gradcam_png, files[0][1], images[0], heatmaps[0], chosen.framed,
                                              limiter=decoders)
         predicted = int(probabilities[0].argmax())
-        names = chosen.run.class_names
+        names = chosen.class_names
         return Response(png, media_type="image/png", headers={
             "X-Label": quote(names[predicted]), "X-Probability": f"{float(probabilities[0][predicted]):.6f}",
             "X-Explained": quote(names[int(classes[0])]), "X-Layer": quote(used), "Cache-Control": "no-store"})
@@ -225,9 +226,8 @@ async def uploads(request: Request) -> list[tuple[str, bytes]]:
     return [("body", body)]
 
 
-def decode_all(model: ServedModel, files: list[tuple[str, bytes]]) -> torch.Tensor:
-    """uint8 [N, C, H, W] at the model's input; 415 for a file that is not an image, 400 for a bomb.
-    Stacked by NumPy and only wrapped by PyTorch (no copy): no PyTorch work in the decoding threads."""
+def decode_all(model: ServedModel, files: list[tuple[str, bytes]]) -> np.ndarray:
+    """uint8 [N, ...] in the model's input layout; 415 for a file that is not an image, 400 for a bomb."""
     images = []
     for name, content in files:
         try:
@@ -235,4 +235,4 @@ def decode_all(model: ServedModel, files: list[tuple[str, bytes]]) -> torch.Tens
         except DamagedImage as err:
             bomb = "decompression bomb" in str(err)
             raise HTTPException(400 if bomb else 415, f"{name}: cannot use as an image: {err}") from None
-    return torch.from_numpy(np.stack(images))
+    return np.stack(images)

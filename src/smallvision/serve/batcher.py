@@ -1,7 +1,7 @@
 """Micro-batching: the requests that arrive within a few milliseconds of each other share one forward pass.
 
 One worker thread per model owns the model: predictions and Grad-CAM run there, one batch at a time, so
-the event loop never waits on PyTorch and no two threads run the network at once (Grad-CAM hangs hooks
+the event loop never waits on the network and no two threads run it at once (Grad-CAM hangs hooks
 on its layers while it runs). A batch is the first waiting job and every later job of the same kind
 (same key) that still fits under `max_batch` images. The worker waits up to `max_wait` seconds for more
 only when there is company: other jobs were waiting with the first, or requests are on their way
@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
+import numpy as np
 
 from smallvision.heap import release_free_memory
 
@@ -37,13 +37,13 @@ class NotRunning(Exception):
 @dataclass
 class Job:
     key: Any  # jobs with equal keys may share a batch (the kind of work, and e.g. Grad-CAM's layer)
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: np.ndarray  # uint8 [N, ...], in the model's input layout
     extra: Any = None  # whatever the handler needs per job (a class to explain)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
 # handler(key, jobs, images of all jobs concatenated) -> one result per job, in order
-Handler = Callable[[Any, list[Job], torch.Tensor], list[Any]]
+Handler = Callable[[Any, list[Job], np.ndarray], list[Any]]
 
 
 class Batcher:
@@ -111,7 +111,7 @@ class Batcher:
                 self.coming -= 1
                 self.condition.notify_all()
 
-    def submit(self, key: Any, images: torch.Tensor, extra: Any = None) -> concurrent.futures.Future:
+    def submit(self, key: Any, images: np.ndarray, extra: Any = None) -> concurrent.futures.Future:
         """Queue `images` (uint8 [N, C, H, W]) for the next batch of its key; the future gets the handler's
         result for this job. A job bigger than the queue is still taken when the queue is empty."""
         job = Job(key, images, extra)
@@ -184,7 +184,7 @@ class Batcher:
         batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not batch:
             return
-        images = batch[0].images if len(batch) == 1 else torch.cat([job.images for job in batch])
+        images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
         started = time.perf_counter()
         try:
             results = self.handler(batch[0].key, batch, images)

@@ -1,5 +1,6 @@
 """A served model's card: what it tells apart, how well, how it was trained and on what, read from the
-run's own files (model.json through `Run`, metrics.json, recipe.toml, data.json, training.json).
+run's own files (model.json through `Run`, metrics.json, recipe.toml, data.json, training.json), or from
+an exported `.onnx` file's metadata (`export_card`, which needs no PyTorch).
 
 A file that is missing or unreadable leaves its fields out (None), never the card: a run imported from
 Keras has no history or data.json, and an old run may lack newer fields. Paths on this machine are not
@@ -9,8 +10,6 @@ shown (a server may be reached from elsewhere): a source is named by its last pa
 import json
 import time
 from pathlib import Path
-
-from smallvision.models.summary import count_parameters
 
 
 def read_json(path: Path) -> dict:
@@ -27,12 +26,12 @@ def source_name(source) -> str | None:
     return Path(source.rstrip("/")).name or source
 
 
-def trained_on(run, metrics: dict) -> str | None:
-    """When the run finished: metrics.json's `finished`, or else the weights file's modification time."""
+def trained_on(metrics: dict, weights: Path) -> str | None:
+    """When the run finished: its metrics' `finished`, or else the weights file's modification time."""
     if isinstance(metrics.get("finished"), str):
         return metrics["finished"]
     try:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime((run.path / "model.safetensors").stat().st_mtime))
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(weights.stat().st_mtime))
     except OSError:
         return None
 
@@ -56,6 +55,8 @@ def number(value) -> float | None:
 
 def model_card(run, name: str) -> dict:
     """The card of `run`, served as `name`."""
+    from smallvision.models.summary import count_parameters  # PyTorch: a run's server has it loaded already
+
     metrics, data = read_json(run.path / "metrics.json"), read_json(run.path / "data.json")
     training = read_json(run.path / "training.json")
     architecture = run.meta["architecture"]
@@ -78,8 +79,40 @@ def model_card(run, name: str) -> dict:
             "layout": data.get("layout") or None,
             "counts": counts(data, run.class_names),
         },
-        "trained": trained_on(run, metrics),
+        "trained": trained_on(metrics, run.path / "model.safetensors"),
         "train_seconds": number(metrics.get("train_seconds")),
         "imported_from": source_name((run.meta.get("imported_from") or {}).get("file")
                                      if isinstance(run.meta.get("imported_from"), dict) else None),
+        "exported_file": None,
+    }
+
+
+def export_card(model, name: str) -> dict:
+    """The card of an exported file (`OnnxModel`), served as `name`: the same fields, from what the export
+    wrote into its metadata; what it did not keep (the recipe's text, the data's counts) is None."""
+    try:
+        metrics = json.loads(model.meta.get("metrics", "{}"))
+    except (json.JSONDecodeError, RecursionError):
+        metrics = {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+    parameters = model.meta.get("parameters", "")
+    return {
+        "name": name,
+        "classes": list(model.class_names),
+        "model": model.meta.get("model") or None,
+        "backbone": None,
+        "input_shape": list(model.input_shape),
+        "parameters": int(parameters) if parameters.isdigit() else None,  # older exports lack it
+        "test_accuracy": number(metrics.get("test_accuracy")),
+        "val_accuracy": number(metrics.get("val_accuracy")),
+        "epochs": metrics.get("epochs") if isinstance(metrics.get("epochs"), int) else None,
+        "fine_tune_epochs": None,
+        "recipe": {"name": model.meta.get("recipe") or None, "description": None, "summary": None},
+        "training_data": {"source": source_name(model.meta.get("source")), "layout": None, "counts": None},
+        "trained": trained_on(metrics, model.path),
+        "train_seconds": number(metrics.get("train_seconds")),
+        "imported_from": None,
+        "exported_file": model.path.name,
+        "gradcam_layer": None,
+        "gradcam_layers": [],
     }

@@ -1,32 +1,26 @@
-"""The models a server serves: each run loaded once, under a name of its own, with its card and the worker
-that runs its batches (predictions and Grad-CAM).
+"""The models a server serves: each loaded once, under a name of its own, with its card and the worker that
+runs its batches. Two kinds share one face (`ServedModel`): a run directory, run by PyTorch with Grad-CAM
+(`served_run.py`), and an exported `.onnx` file, run by onnxruntime without PyTorch (`served_onnx.py`).
+This module imports neither, so that a server of `.onnx` files never loads PyTorch.
 
 A batch runs at one of a few sizes (`buckets`: powers of two, one and a half times them, and max_batch),
 padded with copies of its last image. Each new input shape leaves buffers of its own in the process for good
-(oneDNN's and the allocator's): batches of every size from 1 to 32 grew a server by 200-300 MB, where a few
-sizes, each run once as the worker starts, keep it flat. The padding costs compute only for a request of
-several images that falls between two sizes (the batcher trims the rest).
+(oneDNN's and the allocator's, or onnxruntime's): batches of every size from 1 to 32 grew a server by
+200-300 MB, where a few sizes, each run once as the worker starts, keep it flat. The padding costs compute
+only for a request of several images that falls between two sizes (the batcher trims the rest).
 
-PyTorch's parallel work (OpenMP) happens in each model's worker thread alone: runs are loaded in a thread of
-their own that then ends, and decoding stays in NumPy. GNU OpenMP keeps a team of threads for every thread
-that ever ran parallel work, and once they outnumber the cores it stops spinning between parallel regions:
-a photo's forward pass in the worker then took 34-43 ms instead of 21 (EfficientNet-Lite0, 2 cores).
+Images cross the batcher as NumPy arrays (uint8 [N, ...] in the model's own layout) and results come back as
+NumPy too: the request threads and the event loop never touch PyTorch.
 """
 
 import threading
-
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from smallvision.errors import SmallvisionError
-from smallvision.explain import run_heatmaps
-from smallvision.images import pixels_from_bytes
-from smallvision.run import Run
+from smallvision.onnx_model import OnnxModel, is_onnx_path
+from smallvision.predictions import answer
 from smallvision.serve.batcher import Batcher, Job
-from smallvision.serve.cards import model_card
-from smallvision.taps import default_cam_layer, map_shapes
 
 PREDICT = ("predict",)  # a batch key; Grad-CAM's is ("gradcam", layer): one layer a batch
 
@@ -39,18 +33,20 @@ def buckets(max_batch: int) -> list[int]:
     return sorted(size for size in sizes if 1 <= size < max_batch) + [max_batch]
 
 
-def padded(images: torch.Tensor, size: int) -> torch.Tensor:
+def padded(images: np.ndarray, size: int) -> np.ndarray:
     """`images` [N, ...] made `size` long with copies of the last one (N itself when it is already as long)."""
     if len(images) >= size:
         return images
-    return torch.cat([images, images[-1:].expand(size - len(images), *images.shape[1:])])
+    return np.concatenate([images, np.repeat(images[-1:], size - len(images), axis=0)])
 
 
 def served_names(paths: list[Path]) -> list[str]:
-    """Each run by its directory's name; a name met again gets -2, -3, ... in the order given."""
+    """Each run by its directory's name (an exported file by its name without `.onnx`); a name met again
+    gets -2, -3, ... in the order given."""
     names: list[str] = []
     for path in paths:
-        base = Path(path).resolve().name or "run"
+        path = Path(path).resolve()
+        base = (path.stem if is_onnx_path(path) else path.name) or "run"
         name, number = base, 1
         while name in names:
             number += 1
@@ -60,19 +56,27 @@ def served_names(paths: list[Path]) -> list[str]:
 
 
 class ServedModel:
-    def __init__(self, name: str, run: Run, max_batch: int = 32, max_wait: float = 0.005, max_queue: int = 256):
-        self.name, self.run = name, run
-        self.channels, self.height, self.width = run.meta["architecture"]["input_shape"]
-        self.invert = bool(run.meta["preprocessing"].get("invert_light_background", False))
-        # Found once, before the worker owns the model: checking a layer later needs no forward pass.
-        self.map_layers = list(map_shapes(run.model))
-        try:
-            self.default_layer: str | None = default_cam_layer(run.model)
-        except SmallvisionError:  # a network of Dense layers alone: served, but nothing for Grad-CAM to show
-            self.default_layer = None
-        self.card = model_card(run, name) | {"gradcam_layer": self.default_layer, "gradcam_layers": self.map_layers}
+    """What the application and the batcher use of a served model, whichever engine runs it. A subclass sets
+    the fields in its __init__, then calls `start_batcher`, and gives `decode`, `forward` and, for Grad-CAM,
+    `run_gradcam`."""
+
+    name: str
+    card: dict
+    class_names: list[str]
+    channels: int
+    height: int
+    width: int
+    invert: bool  # digits on a light background inverted and re-framed as MNIST's, as the run read them
+    map_layers: list[str]  # the layers Grad-CAM can explain; none where it cannot look inside
+    default_layer: str | None
+    no_gradcam: str  # why there is no Grad-CAM, when default_layer is None
+
+    default_max_batch: int  # the most images a pass, unless the server was told (--max-batch)
+
+    def start_batcher(self, max_batch: int | None, max_wait: float, max_queue: int) -> None:
+        max_batch = max_batch or self.default_max_batch
         self.sizes = buckets(max_batch)
-        self.batcher = Batcher(name, self.run_batch, max_batch, max_wait, max_queue, self.warm_up, self.sizes)
+        self.batcher = Batcher(self.name, self.run_batch, max_batch, max_wait, max_queue, self.warm_up, self.sizes)
 
     @property
     def framed(self) -> bool:
@@ -80,55 +84,86 @@ class ServedModel:
         return self.invert and self.channels == 1
 
     def decode(self, content: bytes) -> np.ndarray:
-        """An upload as uint8 [C, H, W] at the model's input, as `predict` reads a file; DamagedImage if unusable.
-        NumPy, not PyTorch: this runs in the decoding threads (see the module's note)."""
-        pixels = pixels_from_bytes(content, self.channels, self.height, self.width, self.invert)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        """An upload as uint8 pixels in the model's input layout, as `predict` reads a file; DamagedImage if
+        unusable. Runs in the decoding threads."""
+        raise NotImplementedError
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] for a batch of decoded images. Runs in the worker thread."""
+        raise NotImplementedError
+
+    def run_gradcam(self, images: np.ndarray, classes: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """(heatmaps [N, H, W] in [0, 1], the classes explained, the layer used). Runs in the worker thread."""
+        raise NotImplementedError
 
     def bucket(self, count: int) -> int:
-        return next((size for size in self.sizes if size >= count), count)  # past max_batch: as it is
+        return next(size for size in self.sizes if size >= count)
 
     def warm_up(self) -> None:
         """One forward pass at each batch size, in the worker before its first batch."""
-        with torch.no_grad():
-            for size in self.sizes:
-                self.run.probabilities(torch.zeros(size, self.channels, self.height, self.width, dtype=torch.uint8))
+        for size in self.sizes:
+            self.forward(np.zeros((size, *self.decoded_shape), dtype=np.uint8))
 
-    def run_batch(self, key: tuple, jobs: list[Job], images: torch.Tensor) -> list:
+    @property
+    def decoded_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def prediction(self, path: str, probabilities: np.ndarray, top: int) -> dict:
+        return answer(path, self.class_names, probabilities, top)
+
+    def run_batch(self, key: tuple, jobs: list[Job], images: np.ndarray) -> list:
         """Runs in the worker thread. Predict: each job's probabilities [n, classes]. Grad-CAM: each job's
-        (probabilities [n, classes], heatmaps [n, H, W], explained classes [n], layer)."""
-        count = len(images)
-        images = padded(images, self.bucket(count))
-        with torch.no_grad():
-            probabilities = self.run.probabilities(images)
-        sizes = [len(job.images) for job in jobs]
+        (probabilities [n, classes], heatmaps [n, H, W], explained classes [n], layer). A request of more
+        images than the largest size runs in passes of that size: no shape the warm-up did not meet."""
+        count, largest = len(images), self.sizes[-1]
+        passes = []
+        for start in range(0, count, largest):
+            piece = images[start:start + largest]
+            passes.append(self.forward(padded(piece, self.bucket(len(piece))))[:len(piece)])
+        probabilities = np.concatenate(passes)
+        sizes = np.cumsum([len(job.images) for job in jobs])[:-1]
         if key == PREDICT:
-            return list(probabilities[:count].split(sizes))
+            return np.split(probabilities, sizes)
         classes = probabilities.argmax(1)
         start = 0
-        for job, size in zip(jobs, sizes):
+        for job in jobs:
             if job.extra is not None:  # a class asked for by name
-                classes[start:start + size] = job.extra
-            start += size
-        heatmaps, classes, layer = run_heatmaps(self.run, images, classes, key[1])
-        return [(p, h, c, layer) for p, h, c in zip(probabilities[:count].split(sizes), heatmaps[:count].split(sizes),
-                                                    classes[:count].split(sizes))]
+                classes[start:start + len(job.images)] = job.extra
+            start += len(job.images)
+        size = self.bucket(count)  # Grad-CAM's jobs are one image each: the batcher keeps them within max_batch
+        heatmaps, classes, layer = self.run_gradcam(padded(images, size), padded(classes, size), key[1])
+        return [(p, h, c, layer) for p, h, c in zip(np.split(probabilities, sizes), np.split(heatmaps[:count], sizes),
+                                                    np.split(classes[:count], sizes))]
 
 
-def load_models(runs: list, device: str = "auto", max_batch: int = 32, max_wait: float = 0.005,
+def load_models(runs: list, device: str = "auto", max_batch: int | None = None, max_wait: float = 0.005,
                 max_queue: int = 256) -> dict[str, ServedModel]:
-    """{name: ServedModel} for run directories (or Runs already loaded), in the order given. A path that is
-    not a usable run raises SmallvisionError, before anything is served."""
+    """{name: ServedModel} for run directories, exported `.onnx` files (or Runs already loaded), in the order
+    given. A path that is not a usable run or export raises SmallvisionError, before anything is served."""
     def load() -> dict[str, ServedModel]:
-        loaded = [run if isinstance(run, Run) else Run(run, device) for run in runs]
-        names = served_names([run.path for run in loaded])
-        return {name: ServedModel(name, run, max_batch, max_wait, max_queue) for name, run in zip(names, loaded)}
+        loaded = []
+        for run in runs:
+            if isinstance(run, (str, Path)) and is_onnx_path(run):
+                loaded.append(OnnxModel(run, device))
+            else:
+                from smallvision.run import Run  # PyTorch, for run directories only
+
+                loaded.append(run if isinstance(run, Run) else Run(run, device))
+        names = served_names([model.path for model in loaded])
+        served = []
+        for name, model in zip(names, loaded):
+            if isinstance(model, OnnxModel):
+                from smallvision.serve.served_onnx import ServedOnnx as kind
+            else:
+                from smallvision.serve.served_run import ServedRun as kind
+            served.append(kind(name, model, max_batch, max_wait, max_queue))
+        return {model.name: model for model in served}
 
     return in_passing_thread(load)
 
 
 def in_passing_thread(work):
-    """work() in a thread that ends with it, so that the OpenMP team it starts ends too (see the module's note);
+    """work() in a thread that ends with it, so that the OpenMP team it starts ends too (see served_run.py);
     its result, or its exception raised here."""
     outcome: dict = {}
 

@@ -9,7 +9,6 @@ light marks on black) is drawn as the model saw it instead: the framing moved th
 import io
 
 import numpy as np
-import torch
 from PIL import Image
 
 from smallvision.images import open_image
@@ -18,9 +17,9 @@ DISPLAY_SIDE = 512
 MIN_SIDE = 256  # a 28x28 input is drawn bigger, or there is nothing to see
 
 
-def display_image(content: bytes, model_input: torch.Tensor, framed: bool) -> Image.Image:
+def display_image(content: bytes, model_input: np.ndarray, framed: bool) -> Image.Image:
     if framed:
-        pixels = model_input.permute(1, 2, 0).numpy()
+        pixels = model_input.transpose(1, 2, 0)  # [C, H, W] as the network took it
         image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
     else:
         image, _ = open_image(content, 3, at_least=DISPLAY_SIDE)
@@ -32,13 +31,13 @@ def display_image(content: bytes, model_input: torch.Tensor, framed: bool) -> Im
     return image
 
 
-def gradcam_png(content: bytes, model_input: torch.Tensor, heatmap: torch.Tensor, framed: bool) -> bytes:
+def gradcam_png(content: bytes, model_input: np.ndarray, heatmap: np.ndarray, framed: bool) -> bytes:
     """PNG bytes: the image (`content`, or `model_input` when `framed`) under `heatmap` [H, W] in [0, 1]."""
     from smallvision.plots import heatmap_overlay  # matplotlib: imported on the first Grad-CAM, not at start
 
     image = display_image(content, model_input, framed)
-    # Pillow, not PyTorch, stretches it: this runs in a request's thread, not the model's (see models.py)
-    heat = Image.fromarray(heatmap.numpy().astype(np.float32), "F")
+    # Pillow, not PyTorch, stretches it: this runs in a request's thread, not the model's (see served_run.py)
+    heat = Image.fromarray(heatmap.astype(np.float32), "F")
     stretched = np.asarray(heat.resize(image.size, Image.Resampling.BILINEAR))
     pixels = heatmap_overlay(np.asarray(image), stretched)
     buffer = io.BytesIO()

@@ -74,7 +74,7 @@ def url(host: str, port: int) -> str:
 
 
 def serve(runs: list, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, device: str = "auto",
-          max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256, access_log: bool = False) -> None:
+          max_batch: int | None = None, max_wait_ms: float = 5.0, max_queue: int = 256, access_log: bool = False) -> None:
     """Serve `runs` until stopped. Every run is loaded (and a bad one refused) before the socket is bound."""
     from smallvision import heap
     from smallvision.serve.app import create_app

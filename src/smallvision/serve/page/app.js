@@ -114,19 +114,25 @@ function showCard(model) {
     ? model.classes.length + " classes: " + model.classes.slice(0, 20).join(", ") + ", …"
     : model.classes.join(", ");
   row(list, "classes", classes);
-  const recipe = element("span");
-  recipe.append(element("strong", "", model.recipe.name));
-  recipe.append(document.createTextNode(": " + (model.recipe.description || model.recipe.summary)));
-  row(list, "recipe", recipe);
-  row(list, "network", model.model + (model.backbone && model.backbone !== model.model ? " (" + model.backbone + ")" : "") + ", " +
-      model.parameters.toLocaleString("en") + " parameters, input " + model.input_shape[1] + "×" +
-      model.input_shape[2] + "×" + model.input_shape[0]);
-  const epochs = model.epochs + (model.fine_tune_epochs ? " + " + model.fine_tune_epochs + " fine-tuning" : "");
-  row(list, "epochs", epochs);
+  if (model.recipe.name) {
+    const recipe = element("span");
+    recipe.append(element("strong", "", model.recipe.name));
+    const words = model.recipe.description || model.recipe.summary;
+    if (words) recipe.append(document.createTextNode(": " + words));
+    row(list, "recipe", recipe);
+  }
+  // An exported file's card may lack what its metadata did not keep (the parameters, in older exports).
+  row(list, "network", (model.model || "—") + (model.backbone && model.backbone !== model.model ? " (" + model.backbone + ")" : "") +
+      (model.parameters === null ? "" : ", " + model.parameters.toLocaleString("en") + " parameters") + ", input " +
+      model.input_shape[1] + "×" + model.input_shape[2] + "×" + model.input_shape[0]);
+  if (model.epochs !== null) {
+    row(list, "epochs", model.epochs + (model.fine_tune_epochs ? " + " + model.fine_tune_epochs + " fine-tuning" : ""));
+  }
   const data = model.training_data;
   if (data.source) row(list, "trained on", data.source);
   if (data.counts && Object.keys(data.counts).length) row(list, "images per split", countsTable(data.counts, model.classes));
   if (model.imported_from) row(list, "imported from", model.imported_from);
+  if (model.exported_file) row(list, "served from", model.exported_file + " (ONNX, without Grad-CAM)");
   row(list, "trained", model.trained ? model.trained.replace("T", " ") : "—");
   card.append(list);
 }
@@ -195,6 +201,7 @@ async function classify(file) {
   label.append(element("strong", "", prediction.label), document.createTextNode(" " + percent(prediction.probability)));
   answer.append(label, bars(prediction));
 
+  if (model.exported_file) return;  // an exported graph has no layers for Grad-CAM to look inside: not asked
   const note = element("p", "heat-note", "Grad-CAM: computing…");
   answer.append(note);
   const cam = await call("/gradcam" + query, { method: "POST", body: file,
