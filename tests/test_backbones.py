@@ -18,16 +18,17 @@ from smallvision.models.backbones import (
 from smallvision.models.summary import count_parameters
 
 
-def test_the_offline_weights_fit_timm_and_know_cats_from_dogs(shared_catsdogs, tmp_path):
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_the_offline_weights_fit_timm_and_know_cats_from_dogs(shared_catsdogs, tmp_path, name):
     import timm
 
-    classifier = timm.create_model("efficientnet_lite0", pretrained=False)  # with ImageNet's 1,000 classes
+    classifier = timm.create_model(name, pretrained=False)  # with ImageNet's 1,000 classes
     before = classifier.conv_stem.weight.clone()
-    load_offline_weights(classifier, "efficientnet_lite0")
+    load_offline_weights(classifier, name)
     assert not torch.equal(before, classifier.conv_stem.weight)
-    source = sv.open_source(shared_slice(shared_catsdogs, tmp_path / "slice", 2, 40), image_shape=(3, 224, 224),
+    config = backbone_preprocessing(name)
+    source = sv.open_source(shared_slice(shared_catsdogs, tmp_path / "slice", 2, 40), image_shape=config["input_size"],
                             cache_dir=tmp_path / "cache")
-    config = backbone_preprocessing("efficientnet_lite0")
     mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         predicted = classifier.eval()((source.test.images.float() / 255 - mean) / std).argmax(1)

