@@ -40,7 +40,7 @@ class OnnxModel:
             raise SmallvisionError(f"{self.path}: no such file")
         if device not in ("auto", "cpu"):  # the onnxruntime package we depend on runs on the CPU only
             raise SmallvisionError(f"--device {device}: an .onnx file runs on the CPU here (onnxruntime); "
-                                   f"use --device cpu, or predict with the run directory on the GPU")
+                                   f"use --device cpu, or the run directory on the GPU")
         import onnxruntime  # here, not at the top: `import smallvision.onnx_model` stays cheap
 
         options = onnxruntime.SessionOptions()
