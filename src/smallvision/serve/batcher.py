@@ -112,7 +112,7 @@ class Batcher:
                 self.condition.notify_all()
 
     def submit(self, key: Any, images: np.ndarray, extra: Any = None) -> concurrent.futures.Future:
-        """Queue `images` (uint8 [N, C, H, W]) for the next batch of its key; the future gets the handler's
+        """Queue `images` (uint8 [N, ...], the model's layout) for the next batch of its key; the future gets the handler's
         result for this job. A job bigger than the queue is still taken when the queue is empty."""
         job = Job(key, images, extra)
         with self.condition:
