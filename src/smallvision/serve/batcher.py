@@ -112,8 +112,8 @@ class Batcher:
                 self.condition.notify_all()
 
     def submit(self, key: Any, images: np.ndarray, extra: Any = None) -> concurrent.futures.Future:
-        """Queue `images` (uint8 [N, ...], the model's layout) for the next batch of its key; the future gets the handler's
-        result for this job. A job bigger than the queue is still taken when the queue is empty."""
+        """Queue `images` (uint8 [N, ...], the model's layout) for the next batch of its key; the future gets
+        the handler's result for this job. A job bigger than the queue is still taken when the queue is empty."""
         job = Job(key, images, extra)
         with self.condition:
             if not self.running:
