@@ -352,6 +352,13 @@ def test_a_token_is_required_everywhere_but_healthz_and_the_page(shapes_run, sha
         assert "HTTPBearer" in json.dumps(client.get("/openapi.json").json()["components"]["securitySchemes"])
 
 
+def test_served_names_come_from_directories_and_files(tmp_path):
+    from smallvision.serve.models import served_names
+
+    paths = [tmp_path / "pets-1", tmp_path / "pets-1" / "model.onnx", tmp_path / "pets.onnx", tmp_path / "b" / "pets-1"]
+    assert served_names(paths) == ["pets-1", "pets-1-2", "pets", "pets-1-3"]  # export's own name: by its run's
+
+
 def test_runs_with_the_same_name_are_told_apart(shapes_run, shape_photos, tmp_path):
     copy = shutil.copytree(shapes_run.path, tmp_path / "elsewhere" / "shapes")
     with TestClient(create_app([shapes_run.path, copy])) as client:

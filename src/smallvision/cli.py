@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  smallvision serve runs/pets-1 --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"\n"
                     "  smallvision export runs/pets-1 --format onnx -o pets.onnx && smallvision serve pets.onnx", run_serve)
     serve.add_argument("runs", nargs="+", metavar="RUN", help="run directories, served by their directory's name, or "
-                       "exported .onnx files, by their name without .onnx")
+                       "exported .onnx files, by their name without .onnx (RUN/model.onnx by its run's)")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
                        "machine only; 0.0.0.0 reaches other machines, with a warning)")
     serve.add_argument("--port", type=at_least(0), default=8000, help="the port (default 8000; 0: any free one)")

@@ -41,12 +41,14 @@ def padded(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def served_names(paths: list[Path]) -> list[str]:
-    """Each run by its directory's name (an exported file by its name without `.onnx`); a name met again
-    gets -2, -3, ... in the order given."""
+    """Each run by its directory's name, an exported file by its name without `.onnx` (export's own name,
+    RUN/model.onnx, by its run's); a name met again gets -2, -3, ... in the order given."""
     names: list[str] = []
     for path in paths:
         path = Path(path).resolve()
-        base = (path.stem if is_onnx_path(path) else path.name) or "run"
+        if is_onnx_path(path):
+            path = path.parent if path.name == "model.onnx" else path.with_suffix("")
+        base = path.name or "run"
         name, number = base, 1
         while name in names:
             number += 1
