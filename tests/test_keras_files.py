@@ -3,6 +3,7 @@ one clear error each. No TensorFlow here: Keras' predictions were saved beside t
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,41 @@ def test_an_imported_keras_file_predicts_what_keras_predicted(shared_keras, tmp_
     assert (probabilities - expected).abs().max() <= 1e-4
     reloaded = sv.load_run(run.path)  # the run is a run: it reloads from its own files
     torch.testing.assert_close(reloaded.probabilities(images[:4]), run.probabilities(images[:4]), rtol=0, atol=0)
+
+
+FUNCTIONAL = Path(__file__).parent / "data" / "keras"  # benchmarks/make_keras_functional_files.py wrote them
+
+
+@pytest.mark.parametrize("name", ["functional_augment.keras", "functional_augment.h5"])
+def test_a_functional_model_without_branches_imports_without_its_augmentation(tmp_path, capsys, name):
+    info, images, expected = keras_reference(FUNCTIONAL, name)
+    assert main(["import-keras", str(FUNCTIONAL / name), "--classes", ",".join(info["classes"]),
+                 "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err.strip() == ("left out: data_augmentation (RandomFlip, RandomRotation, RandomZoom): "
+                                               "augmentation, which acts only in training")
+    run = sv.load_run(tmp_path / "run")
+    assert [type(layer).__name__ for layer in run.model.layers.values()][:2] == ["Rescaling", "Conv2D"]
+    assert (run.probabilities(images) - expected).abs().max() <= 1e-4
+
+
+def test_an_augmentation_layer_in_a_sequential_is_left_out(shared_keras, tmp_path):
+    flipping = tmp_path / "flipping.keras"  # the shared file with a RandomFlip put in after its Rescaling
+    with zipfile.ZipFile(shared_keras / "mixed_layers.keras") as source, zipfile.ZipFile(flipping, "w") as target:
+        config = json.loads(source.read("config.json"))
+        config["config"]["layers"].insert(2, {"class_name": "RandomFlip", "config": {"name": "flip", "mode": "horizontal"}})
+        for item in source.namelist():
+            target.writestr(item, json.dumps(config) if item == "config.json" else source.read(item))
+    info, images, expected = keras_reference(shared_keras, "mixed_layers.keras")
+    run = import_keras(flipping, tmp_path / "run", info["classes"])
+    assert run.meta["imported_from"]["left_out"] == ["flip (RandomFlip)"]
+    assert (run.probabilities(images) - expected).abs().max() <= 1e-4
+
+
+def test_a_functional_model_with_branches_is_refused_naming_the_fork(tmp_path):
+    with pytest.raises(SmallvisionError) as caught:
+        import_keras(FUNCTIONAL / "functional_branches.keras", tmp_path / "run")
+    assert "layer 'max_pooling2d_1' feeds both 'conv2d_3' and 'conv2d_4'" in str(caught.value)
+    assert "a functional model without branches" in str(caught.value) and not (tmp_path / "run").exists()
 
 
 def test_keras_names_and_the_pixel_scale_come_with_the_import(shared_keras, tmp_path, capsys):

@@ -455,6 +455,9 @@ def run_import_keras(args) -> None:
     run = import_keras(args.file, args.out, classes, args.source, args.rescale, args.force)
     print(f"{args.file}: {run.model.model_name}, {len(run.class_names)} classes, input "
           f"{'x'.join(map(str, run.meta['architecture']['input_shape'][1:]))}x{run.meta['architecture']['input_shape'][0]}")
+    if run.meta["imported_from"]["left_out"]:
+        print(f"left out: {'; '.join(run.meta['imported_from']['left_out'])}: augmentation, which acts only in "
+              f"training", file=sys.stderr)
     print(run.path)
 
 

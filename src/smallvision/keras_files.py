@@ -1,5 +1,8 @@
 """Keras model files in: a legacy HDF5 file (`.h5`, as the book's `model.save` and Keras 2 write it) or a
-Keras 3 `.keras` archive, turned into a run directory.
+Keras 3 `.keras` archive, turned into a run directory. The model is a Sequential, or a functional model
+whose layers follow one another (as the book's second edition builds them: `keras.Input`, then each layer
+called on the one before); augmentation layers (RandomFlip, RandomRotation, ...) act only in training, so
+the import leaves them out and says so, a nested Sequential of them included.
 
 The architecture comes from the file's JSON config and the weights from its HDF5 datasets, read with
 h5py; TensorFlow is not needed, and nothing in the file is executed or unpickled: a layer that would
@@ -38,6 +41,11 @@ KERAS_ARGUMENTS = {  # the config keys each layer takes (Keras 2's spelling besi
     "LeakyReLU": ("negative_slope", "alpha"), "Softmax": ("axis",), "ZeroPadding2D": ("padding",),
     "Rescaling": ("scale", "offset"),
 }
+CHAIN_ONLY = ("smallvision imports networks whose layers follow one another (a Sequential, or a functional model "
+              "without branches)")
+# Identity at inference, so left out of an imported network (RandomCrop is not: it crops at inference too).
+AUGMENTATION = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+                "RandomBrightness")
 KERAS_ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
                  "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D",
                  "SeparableConvolution2D": "SeparableConv2D", "Convolution2D": "Conv2D"}
@@ -54,6 +62,7 @@ class KerasModel:
     input_shape: tuple[int, int, int]
     weights: dict[str, list[np.ndarray]]
     written_by: str
+    left_out: list[str]  # the augmentation layers not imported, as "name (Kind)"
 
 
 def read_keras_file(path: str | Path) -> KerasModel:
@@ -89,11 +98,11 @@ def read_archive(path: Path) -> KerasModel:
             weights_bytes = archive.read("model.weights.h5")
     except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as err:
         raise SmallvisionError(f"{path}: a damaged Keras archive ({err})") from None
-    layers, shape = layers_from_config(config, path)
+    layers, shape, left_out = layers_from_config(config, path)
     with h5py.File(io.BytesIO(weights_bytes), "r") as store:
         weights = {layer.layer_name: keras3_weights(store, where)
                    for layer, where in zip(layers, keras3_paths([type(layer).__name__ for layer in layers]))}
-    return KerasModel(layers, shape, weights, f"Keras {metadata.get('keras_version', '3')}")
+    return KerasModel(layers, shape, weights, f"Keras {metadata.get('keras_version', '3')}", left_out)
 
 
 def read_legacy_h5(path: Path) -> KerasModel:
@@ -107,21 +116,26 @@ def read_legacy_h5(path: Path) -> KerasModel:
                                    f"save_weights?); save the whole model with model.save(...)")
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         version = store.attrs.get("keras_version", b"2")
-        layers, shape = layers_from_config(config, path)
+        layers, shape, left_out = layers_from_config(config, path)
         weights = {layer.layer_name: legacy_weights(store, layer.layer_name, path) for layer in layers}
-    return KerasModel(layers, shape, weights, f"Keras {version.decode() if isinstance(version, bytes) else version}")
+    return KerasModel(layers, shape, weights, f"Keras {version.decode() if isinstance(version, bytes) else version}",
+                      left_out)
 
 
-def layers_from_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int, int, int]]:
-    """Our layers from a Keras model config: a Sequential of the layers we speak, nothing else."""
+def layers_from_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int, int, int], list[str]]:
+    """Our layers from a Keras model config (a Sequential, or a functional model without branches, of the
+    layers we speak), its input shape (channels, height, width), and the augmentation layers left out."""
     kind = config.get("class_name")
-    if kind != "Sequential":
-        raise SmallvisionError(f"{path}: a {kind} model; smallvision imports Sequential models (a stack of layers, "
-                               f"as the book builds them), not functional graphs with branches")
     body = config.get("config", {})
-    entries = body.get("layers", body) if isinstance(body, dict) else body
+    if kind in ("Functional", "Model"):
+        entries = functional_chain(body, path)
+    elif kind == "Sequential":
+        entries = body.get("layers", body) if isinstance(body, dict) else body
+    else:
+        raise SmallvisionError(f"{path}: a {kind} model; smallvision imports Sequential models and functional "
+                               f"models whose layers follow one another")
     shape = body.get("build_input_shape") if isinstance(body, dict) else None
-    layers = []
+    layers, left_out = [], []
     for entry in entries:
         name = entry.get("config", {}).get("name", "?")
         layer_kind = entry.get("class_name")
@@ -131,12 +145,77 @@ def layers_from_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int
             shape = declared
         if layer_kind == "InputLayer":
             continue
-        layers.append(layer_from_keras(layer_kind, settings, name, path))
+        if layer_kind in AUGMENTATION:
+            left_out.append(f"{name} ({layer_kind})")
+        elif layer_kind == "Sequential":  # a model inside the model: the book's data_augmentation
+            left_out += nested_augmentation(entry, path)
+        else:
+            layers.append(layer_from_keras(layer_kind, settings, name, path))
     if not shape or len(shape) != 4 or any(side is None for side in shape[1:]):
         raise SmallvisionError(f"{path}: the input shape is not in the file (a model that was never built?); "
                                f"got {shape}")
     height, width, channels = shape[1:]
-    return layers, (channels, height, width)
+    return layers, (channels, height, width), left_out
+
+
+def nested_augmentation(entry: dict, path: Path) -> list[str]:
+    """A Sequential inside the model, which the import leaves out: it must hold augmentation layers alone."""
+    name = entry.get("config", {}).get("name", "?")
+    inner = entry.get("config", {}).get("layers", [])
+    kinds = [layer.get("class_name") for layer in inner if layer.get("class_name") != "InputLayer"]
+    others = [kind for kind in kinds if kind not in AUGMENTATION]
+    if others:
+        raise SmallvisionError(f"{path}: layer {name!r} is a Sequential model inside the model, with {others[0]} in "
+                               f"it; smallvision imports one model's layers (a nested model of augmentation layers "
+                               f"alone is left out, as it acts only in training)")
+    return [f"{name} ({', '.join(kinds)})"]
+
+
+def functional_chain(body: dict, path: Path) -> list[dict]:
+    """A functional model's layer entries in the order data flows through them, when each layer takes the
+    output of the one before (one input, one output, no branch, no merge, no layer called twice); one clear
+    error naming the layer where the graph is more than a chain."""
+    entries = body.get("layers", [])
+    by_name = {entry.get("config", {}).get("name", entry.get("name")): entry for entry in entries}
+    ends = {end: tensor_names(body.get(end)) for end in ("input_layers", "output_layers")}
+    if len(ends["input_layers"]) != 1 or len(ends["output_layers"]) != 1:
+        raise SmallvisionError(f"{path}: a functional model with {len(ends['input_layers'])} inputs and "
+                               f"{len(ends['output_layers'])} outputs; smallvision imports one image in, one "
+                               f"prediction out")
+    following: dict[str, str] = {}
+    for name, entry in by_name.items():
+        nodes = entry.get("inbound_nodes") or []
+        parents = tensor_names(nodes)
+        if len(nodes) > 1 or len(parents) > 1:
+            what = "is called more than once" if len(nodes) > 1 else f"joins {len(parents)} branches"
+            raise SmallvisionError(f"{path}: layer {name!r} ({entry.get('class_name')}) {what}; {CHAIN_ONLY}")
+        if parents:
+            if parents[0] in following:
+                raise SmallvisionError(f"{path}: layer {parents[0]!r} feeds both {following[parents[0]]!r} and "
+                                       f"{name!r}; {CHAIN_ONLY}")
+            following[parents[0]] = name
+    chain, current = [], ends["input_layers"][0]
+    while current is not None:
+        chain.append(by_name[current])
+        current = following.get(current)
+    if chain[-1] is not by_name.get(ends["output_layers"][0]) or len(chain) != len(by_name):
+        raise SmallvisionError(f"{path}: the layers from the input do not reach the output one after another; "
+                               f"{CHAIN_ONLY}")
+    return chain
+
+
+def tensor_names(value) -> list[str]:
+    """The layers whose outputs a config mentions, in order: Keras 3's `keras_history` of each tensor, or
+    Keras 2's [layer, node, tensor(, kwargs)] lists (a model's own inputs and outputs are written alike)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"][0]]
+        return [name for item in value.values() for name in tensor_names(item)]
+    if isinstance(value, list):
+        if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
+            return [value[0]]
+        return [name for item in value for name in tensor_names(item)]
+    return []
 
 
 def layer_from_keras(kind: str, settings: dict, name: str, path: Path) -> Layer:
@@ -342,7 +421,7 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
         "preprocessing": {"rescale": rescale, "mean": None, "std": None, "channels_last": True,
                           "resize": "area when shrinking, bilinear when growing",
                           "color_mode": "L" if channels == 1 else "RGB", "invert_light_background": False},
-        "imported_from": {"file": str(path.resolve()), "written_by": keras.written_by},
+        "imported_from": {"file": str(path.resolve()), "written_by": keras.written_by, "left_out": keras.left_out},
     }
     metrics = {"imported_from": str(path.resolve()), "written_by": keras.written_by}
     save_run(directory, model, recipe, meta, [], metrics)  # no history: it was trained elsewhere
