@@ -104,3 +104,24 @@ def test_compare_reads_runs_of_every_kind(runs_of_every_kind, capsys):
     assert markdown[0].startswith("| run | recipe | model | parameters") and len(markdown) == 2 + len(runs)
     text = format_table(rows).splitlines()
     assert len({len(line) for line in text[:2]}) == 1 and "catsdogs-finetune" in text[-1]
+
+
+def test_compare_draws_the_runs_validation_accuracy_by_epoch_and_by_time(runs_of_every_kind, tmp_path, capsys):
+    from PIL import Image
+
+    from smallvision.run import read_history
+
+    runs = runs_of_every_kind
+    history = read_history(runs["finetune"].path / "history.csv")
+    assert [row["epoch"] for row in history] == [1.0, 2.0] and all(row["seconds"] > 0 for row in history)
+    assert read_history(tmp_path / "none.csv") == []
+    picture = tmp_path / "compared.png"
+    assert main(["compare", *(str(run.path) for run in runs.values()), "--plot", str(picture)]) == 0
+    said = capsys.readouterr().err.strip()
+    validated = [name for name, run in runs.items()
+                 if any(row.get("val_accuracy") is not None for row in read_history(run.path / "history.csv"))]
+    assert validated and said.startswith(f"wrote {picture}")
+    for name, run in runs.items():  # each run without a validated epoch is named as left out
+        assert (run.path.name in said) == (name not in validated), name
+    image = Image.open(picture).convert("RGB")
+    assert image.size == (1100, 420) and len(image.getcolors(1 << 16) or range(1 << 16)) > 100

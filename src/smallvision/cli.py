@@ -262,9 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "them the check uses random images)")
 
     compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
-                      "test accuracy", "smallvision compare runs/*/ --md", run_compare)
+                      "test accuracy; with --plot, their validation accuracy in one picture",
+                      "smallvision compare runs/*/ --md\n  smallvision compare runs/lite0 runs/lite1 --plot lite.png",
+                      run_compare)
     compare.add_argument("runs", nargs="+", help="run directories")
     compare.add_argument("--md", action="store_true", help="print a Markdown table")
+    compare.add_argument("--plot", metavar="FILE.png", help="also draw each run's validation accuracy by epoch and by "
+                         "training time")
 
     predict = command(sub, "predict", "classify image files; one JSON object per image, in file order (a file that "
                       "cannot be read gets one with its `error`, the others are still answered, and the exit status is 2)",
@@ -522,9 +526,13 @@ def run_report(args) -> None:
 
 
 def run_compare(args) -> None:
-    from smallvision.compare import compare_runs, format_table
+    from smallvision.compare import compare_runs, format_table, plot_runs
 
     print(format_table(compare_runs(args.runs), markdown=args.md))
+    if args.plot:
+        unvalidated = plot_runs(args.runs, args.plot)
+        print(f"wrote {args.plot}" + (f" (no validated epoch, left out: {', '.join(unvalidated)})" if unvalidated
+                                      else ""), file=sys.stderr)
 
 
 def export_onnx_and_report(run, out, data_dir=None) -> int:

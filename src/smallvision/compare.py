@@ -1,5 +1,6 @@
 """`compare`: runs side by side in one table (text or Markdown): recipe, model, parameters, epochs,
-training time and test accuracy; the chapter's progression from scratch to fine-tuned in one view."""
+training time and test accuracy; the chapter's progression from scratch to fine-tuned in one view. With
+`--plot`, their validation accuracy in one picture, by epoch and by training time."""
 
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def compare_runs(paths: list[str | Path]) -> list[dict]:
                      "training time": "—" if seconds is None else f"{seconds:,.1f} s",
                      "test accuracy": "—" if accuracy is None else f"{accuracy:.4f}"})
     return rows
+
+
+def plot_runs(paths: list[str | Path], path: str | Path) -> list[str]:
+    """The runs' validation accuracy in one picture (plots.plot_comparison), each labelled by its directory's
+    name; the names of those without a validated epoch (an imported Keras file, validation off), left out."""
+    from smallvision.files import write_atomically
+    from smallvision.plots import plot_comparison
+    from smallvision.run import read_history
+
+    histories = [(Path(run).resolve().name, read_history(Path(run) / "history.csv")) for run in paths]
+    write_atomically(Path(path), lambda target: plot_comparison(histories, target))
+    return [name for name, history in histories if not any(row.get("val_accuracy") is not None for row in history)]
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:

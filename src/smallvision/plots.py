@@ -37,6 +37,29 @@ def plot_curves(history: list[dict], path, title: str = "", kept_epoch: int | No
     finish(figure, path, title)
 
 
+def plot_comparison(histories: list[tuple[str, list[dict]]], path, title: str = "") -> None:
+    """Several runs' validation accuracy, one line each: by epoch, and by training time (each epoch's seconds
+    added up), where a faster network and a more accurate one are told apart at a glance."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, history in histories:
+        validated = [(row, sum(r["seconds"] or 0 for r in history[:index + 1])) for index, row in enumerate(history)
+                     if row.get("val_accuracy") is not None]
+        if not validated:
+            continue
+        line, = axes[0].plot([row["epoch"] for row, _ in validated], [row["val_accuracy"] for row, _ in validated],
+                             "o-", markersize=3, label=name)
+        axes[1].plot([seconds for _, seconds in validated], [row["val_accuracy"] for row, _ in validated], "o-",
+                     markersize=3, color=line.get_color(), label=name)
+    for axis, by, label in zip(axes, ("epoch", "training time"), ("epoch", "seconds of training")):
+        axis.set_title(f"Validation accuracy by {by}")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+        if axis.get_lines():
+            axis.legend(fontsize=8)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    finish(figure, path, title)
+
+
 def plot_image_grid(images, titles: list[str], path, title: str = "", columns: int = 4, heatmaps=None) -> None:
     """uint8 or 0-255 float images [N, C, H, W] in a grid, each with its title (None leaves a cell empty);
     with `heatmaps` [N, H, W] in [0, 1], each image under its Grad-CAM heatmap."""

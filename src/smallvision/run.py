@@ -149,6 +149,15 @@ def write_history(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+def read_history(path: Path) -> list[dict]:
+    """history.csv as write_history wrote it, numbers as numbers and an empty cell (an epoch without a
+    validation) as None; [] for a run without one (imported from Keras)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: float(value) if value else None for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
 class Run:
     """A trained model and what it was trained with, read from a run directory."""
 
@@ -218,6 +227,11 @@ class Run:
     def metrics(self) -> dict:
         path = self.path / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def history(self) -> list[dict]:
+        """Each epoch's row of history.csv (epoch, loss, accuracy, seconds, ..., val_accuracy or None)."""
+        return read_history(self.path / "history.csv")
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
