@@ -36,7 +36,13 @@ REPORT_BAR = 10.0
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("SMALLVISION_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    """$SMALLVISION_DATA, else the checkout's .device-data/ (prepare_device.sh), else ../shared/datasets; set
+    in the environment too, so that the commands this script starts find MNIST there."""
+    if not os.environ.get("SMALLVISION_DATA"):
+        checkout = Path(__file__).resolve().parents[1]
+        copied = checkout / ".device-data"
+        os.environ["SMALLVISION_DATA"] = str(copied if copied.is_dir() else checkout.parent / "shared" / "datasets")
+    return Path(os.environ["SMALLVISION_DATA"])
 
 
 def source_of(recipe: str) -> str:
@@ -119,6 +125,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=300, help="seconds for one training")
     parser.add_argument("--quick", action="store_true", help="a few steps each: checks the script, measures nothing")
     args = parser.parse_args()
+    data_root()  # before any command starts
     scratch = Path(tempfile.mkdtemp(prefix="sv-gpu-"))
     seeds = [int(seed) for seed in args.seeds.split(",")]
     rows, lines = [], []
