@@ -158,3 +158,15 @@ def test_export_refuses_a_network_keras_does_not_have(runs_of_every_kind, tmp_pa
     with pytest.raises(SmallvisionError, match="residual \\(Residual\\) is ours, not Keras'"):
         keras_config(ours, None)
     assert not (tmp_path / "x.keras").exists()
+
+
+def test_a_functional_config_that_loops_back_is_refused_not_followed_for_ever():
+    from smallvision.keras_files import functional_chain
+
+    def layer(name, parent):
+        return {"class_name": "Dense", "config": {"name": name}, "inbound_nodes": [[[parent, 0, 0, {}]]]}
+
+    body = {"layers": [layer("a", "c"), layer("b", "a"), layer("c", "b")], "input_layers": [["a", 0, 0]],
+            "output_layers": [["c", 0, 0]]}
+    with pytest.raises(SmallvisionError, match="do not reach the output one after another"):
+        functional_chain(body, Path("looping.keras"))

@@ -195,7 +195,7 @@ def functional_chain(body: dict, path: Path) -> list[dict]:
                                        f"{name!r}; {CHAIN_ONLY}")
             following[parents[0]] = name
     chain, current = [], ends["input_layers"][0]
-    while current is not None:
+    while current is not None and len(chain) <= len(by_name):  # bounded: a damaged config may loop back
         chain.append(by_name[current])
         current = following.get(current)
     if chain[-1] is not by_name.get(ends["output_layers"][0]) or len(chain) != len(by_name):
