@@ -1,5 +1,6 @@
 """Fuzzing the readers of what users hand us: IDX files, image files, recipe TOML, a run's model.json,
-safetensors files (a run's weights, a checkpoint) and `predict` on files that are not images.
+safetensors files (a run's weights, a checkpoint), `predict` on files that are not images, and a Keras
+file's model config.
 
 Every input, however damaged, must give the module's own answer for bad input (a one-line
 SmallvisionError naming the file, or DamagedImage with the reason a file is skipped) and never
@@ -728,3 +729,35 @@ def test_predict_on_random_files(tiny_run, fuzz_dir, data, suffix):
         outcome("answered")
         assert status == 0 and err.getvalue() == "", err.getvalue()
         assert answer["label"] in CLASSES and len(answer["top"]) == 2 and 0 <= answer["probability"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keras files: a functional model's config.json (its layer chain, inbound nodes, nested augmentation)
+
+KERAS_FUNCTIONAL = Path(__file__).parent / "data" / "keras" / "functional_augment.keras"
+
+
+@FUZZ
+@given(data=st.data())
+def test_keras_functional_config_changed(fuzz_dir, data):
+    """A real Keras 3 functional archive whose config.json has a few places replaced or removed: the network and
+    its weights are read (what `import-keras` does before it writes the run), or one line names the file."""
+    import zipfile
+
+    from smallvision.keras_files import keras_network
+
+    with zipfile.ZipFile(KERAS_FUNCTIONAL) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    config = data.draw(json_changed(json.loads(parts["config.json"])))
+    path = fuzz_dir / "changed.keras"
+    with zipfile.ZipFile(path, "w") as target:
+        for name, content in parts.items():
+            target.writestr(name, json.dumps(config) if name == "config.json" else content)
+    with no_hang():
+        try:
+            keras_network(path)
+        except SmallvisionError as err:
+            assert_one_line_naming(err, path)
+            outcome("refused")
+            return
+    outcome("read")

@@ -125,6 +125,14 @@ def read_legacy_h5(path: Path) -> KerasModel:
 def layers_from_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int, int, int], list[str]]:
     """Our layers from a Keras model config (a Sequential, or a functional model without branches, of the
     layers we speak), its input shape (channels, height, width), and the augmentation layers left out."""
+    try:
+        return read_config(config, path)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:  # a value of the wrong kind
+        raise SmallvisionError(f"{path}: its model config is not one Keras writes ({type(err).__name__}: "
+                               f"{' '.join(str(err).split())[:200]})") from None
+
+
+def read_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int, int, int], list[str]]:
     kind = config.get("class_name")
     body = config.get("config", {})
     if kind in ("Functional", "Model"):
@@ -372,6 +380,17 @@ def source_class_names(source: str | Path) -> list[str]:
     return open_source(source, for_training=False).class_names
 
 
+def keras_network(path: Path) -> tuple[KerasModel, Sequential]:
+    """A Keras file's network built and its weights loaded; one line naming the file for anything wrong."""
+    keras = read_keras_file(path)
+    try:
+        model = build_network(keras.layers, keras.input_shape, name=path.stem)
+    except SmallvisionError as err:  # the layers do not fit together: the file's config says so
+        raise SmallvisionError(f"{path}: {err}") from None
+    load_keras_weights(model, keras.weights, path)
+    return keras, model
+
+
 def import_keras(path: str | Path, out: str | Path | None = None, class_names: list[str] | None = None,
                  source: str | Path | None = None, rescale: float | None = None, force: bool = False):
     """A Keras file as a run directory (model.safetensors, model.json, recipe.toml, metrics.json), which
@@ -381,8 +400,7 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
     from smallvision.run import Run, prepare_run_dir, save_run
 
     path = Path(path)
-    keras = read_keras_file(path)
-    model = build_network(keras.layers, keras.input_shape, name=path.stem)
+    keras, model = keras_network(path)
     units = model.output_shape[0] if model.output_shape and len(model.output_shape) == 1 else None
     if units is None:
         raise SmallvisionError(f"{path}: the network ends in a map, not a Dense layer: nothing to classify with")
@@ -393,7 +411,6 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
     if len(class_names) != classes:
         raise SmallvisionError(f"{path}: the network has {classes} classes, but {len(class_names)} class names were "
                                f"given ({', '.join(class_names[:10])})")
-    load_keras_weights(model, keras.weights, path)
     model.eval()
     if model.has_rescaling:
         if rescale not in (None, 1.0):
