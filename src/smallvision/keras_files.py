@@ -95,6 +95,7 @@ def read_archive(path: Path) -> KerasModel:
                 raise SmallvisionError(f"{path}: a zip file but not a Keras archive ({', '.join(missing)} missing)")
             config = json.loads(archive.read("config.json"))
             metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
+            metadata = metadata if isinstance(metadata, dict) else {}  # only its keras_version is read, for the record
             weights_bytes = archive.read("model.weights.h5")
     except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as err:
         raise SmallvisionError(f"{path}: a damaged Keras archive ({err})") from None
