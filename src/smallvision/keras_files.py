@@ -12,6 +12,7 @@ Dense after a Flatten needs nothing, because our Flatten flattens in Keras' (hei
 order.
 """
 
+import copy
 import io
 import json
 import zipfile
@@ -160,9 +161,10 @@ def read_config(config: dict, path: Path) -> tuple[list[Layer], tuple[int, int, 
             left_out += nested_augmentation(entry, path)
         else:
             layers.append(layer_from_keras(layer_kind, settings, name, path))
-    if not shape or len(shape) != 4 or any(side is None for side in shape[1:]):
+    if not isinstance(shape, list) or len(shape) != 4 or not all(
+            type(side) is int and side > 0 for side in shape[1:]):
         raise SmallvisionError(f"{path}: the input shape is not in the file (a model that was never built?); "
-                               f"got {shape}")
+                               f"got {' '.join(str(shape).split())[:100]}")
     height, width, channels = shape[1:]
     return layers, (channels, height, width), left_out
 
@@ -384,10 +386,18 @@ def source_class_names(source: str | Path) -> list[str]:
 def keras_network(path: Path) -> tuple[KerasModel, Sequential]:
     """A Keras file's network built and its weights loaded; one line naming the file for anything wrong."""
     keras = read_keras_file(path)
-    try:
-        model = build_network(keras.layers, keras.input_shape, name=path.stem)
-    except SmallvisionError as err:  # the layers do not fit together: the file's config says so
-        raise SmallvisionError(f"{path}: {err}") from None
+
+    def build(layers: list[Layer]) -> Sequential:
+        try:
+            return build_network(layers, keras.input_shape, name=path.stem)
+        except SmallvisionError as err:  # the layers do not fit together: the file's config says so
+            raise SmallvisionError(f"{path}: {err}") from None
+
+    # Shapes first, on the meta device (no memory), as a run's model.json is read: a config cannot ask for more
+    # than the file's weights hold (a damaged one asked for a billion filters). Building spends the layers.
+    with torch.device("meta"):
+        load_keras_weights(build(copy.deepcopy(keras.layers)), keras.weights, path)
+    model = build(keras.layers)
     load_keras_weights(model, keras.weights, path)
     return keras, model
 
