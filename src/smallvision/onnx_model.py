@@ -81,7 +81,13 @@ class OnnxModel:
 
     @property
     def metrics(self) -> dict:
-        return json.loads(self.meta.get("metrics", "{}"))
+        """The run's metrics.json as the export kept it; {} where it is missing or unreadable (it is a record,
+        not something predicting needs)."""
+        try:
+            metrics = json.loads(self.meta.get("metrics", "{}"))
+        except (json.JSONDecodeError, RecursionError):
+            return {}
+        return metrics if isinstance(metrics, dict) else {}
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities [N, classes] (float32) for uint8 images [N, H, W, C] of the run's size."""

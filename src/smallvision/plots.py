@@ -1,6 +1,6 @@
 """Pictures: learning curves as the seed draws them (training as dots, validation as a line), image grids,\nheatmaps over images, activation grids and the confusion matrix."""
 
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 import matplotlib
 
@@ -42,8 +42,8 @@ def plot_comparison(histories: list[tuple[str, list[dict]]], path, title: str = 
     added up), where a faster network and a more accurate one are told apart at a glance."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, history in histories:
-        validated = [(row, sum(r["seconds"] or 0 for r in history[:index + 1])) for index, row in enumerate(history)
-                     if row.get("val_accuracy") is not None]
+        elapsed = accumulate(row["seconds"] or 0 for row in history)  # training seconds at each epoch's end
+        validated = [(row, seconds) for row, seconds in zip(history, elapsed) if row.get("val_accuracy") is not None]
         if not validated:
             continue
         line, = axes[0].plot([row["epoch"] for row, _ in validated], [row["val_accuracy"] for row, _ in validated],

@@ -228,11 +228,6 @@ class Run:
         path = self.path / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    @property
-    def history(self) -> list[dict]:
-        """Each epoch's row of history.csv (epoch, loss, accuracy, seconds, ..., val_accuracy or None)."""
-        return read_history(self.path / "history.csv")
-
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
         return predict_probabilities(self.model, images, self.preprocess, self.precision, self.device,

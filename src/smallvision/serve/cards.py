@@ -90,12 +90,7 @@ def model_card(run, name: str) -> dict:
 def export_card(model, name: str) -> dict:
     """The card of an exported file (`OnnxModel`), served as `name`: the same fields, from what the export
     wrote into its metadata; what it did not keep (the recipe's text, the data's counts) is None."""
-    try:
-        metrics = json.loads(model.meta.get("metrics", "{}"))
-    except (json.JSONDecodeError, RecursionError):
-        metrics = {}
-    metrics = metrics if isinstance(metrics, dict) else {}
-    parameters = model.meta.get("parameters", "")
+    metrics, parameters = model.metrics, model.meta.get("parameters", "")
     return {
         "name": name,
         "classes": list(model.class_names),
