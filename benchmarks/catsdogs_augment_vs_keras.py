@@ -66,8 +66,8 @@ def smallvision_parts(data: Path, scratch: Path) -> dict:
     from smallvision.models import create_model
     from smallvision.optim import build_optimizer, flatten_parameters, zero_gradients
     from smallvision.recipe import load_recipe
-    from smallvision.step import autocast, cross_entropy
-    from smallvision.train import Preprocess
+    from smallvision.inference import Preprocess, autocast
+    from smallvision.step import cross_entropy
 
     cache = scratch / "parts-cache"
     start = time.perf_counter()

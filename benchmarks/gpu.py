@@ -97,7 +97,7 @@ def gpu_busy(recipe: str, mode: str, device: str, steps: int = 60) -> str:
     from smallvision.data.sources import open_source
     from smallvision.models import create_model
     from smallvision.recipe import builtin_recipes
-    from smallvision.train import fit
+    from smallvision.loop import fit
 
     chosen = builtin_recipes()[recipe].replace(epochs=1, steps_per_epoch=steps, compile=mode)
     source = open_source(source_of(recipe), image_shape=(1, 28, 28) if "mnist" in recipe else (3, chosen.image_size,

@@ -50,7 +50,7 @@ def in_process(rounds: int, steps: int) -> dict[str, list[float]]:
     from smallvision.data.sources import open_source
     from smallvision.models import build_network, create_model
     from smallvision.models.layer_text import parse_layers
-    from smallvision.train import fit
+    from smallvision.loop import fit
 
     train = open_source("mnist", MNIST).train
     recipe = sv.load_recipe("seed-mnist").replace(epochs=1, steps_per_epoch=steps)

@@ -32,7 +32,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.onnx_export import PARITY_BAR, export_onnx, parity, trained_data_dir
 from smallvision.onnx_model import OnnxModel
 from smallvision.run import load_run
-from smallvision.train import predict_probabilities
+from smallvision.inference import predict_probabilities
 
 
 def median_seconds(work, repeats: int, warmup: int = 3) -> float:

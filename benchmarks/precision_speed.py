@@ -57,7 +57,7 @@ def in_process(recipes: list[str], precisions: list[str], rounds: int, scale: fl
     import smallvision as sv
     from smallvision.data.sources import open_source
     from smallvision.models import create_model
-    from smallvision.train import fit
+    from smallvision.loop import fit
     from smallvision.workflow import recipe_image_shape
 
     speeds: dict[tuple, list[float]] = {}

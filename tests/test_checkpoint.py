@@ -23,7 +23,7 @@ from smallvision.run import training_lock
 
 from conftest import make_image_folder, write_idx_source
 
-train_module = importlib.import_module("smallvision.train")  # the module, not sv.train the function
+loop_module = importlib.import_module("smallvision.loop")
 step_module = importlib.import_module("smallvision.step")
 
 # Dropout (the global generator) and augmentation (the loop's own generator) both draw random numbers,
@@ -127,7 +127,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_slice, tmp
 
 def test_sigint_in_a_subprocess_leaves_a_checkpoint_and_exit_130(mnist_slice, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "smallvision.cli", "train", str(mnist_slice), "--epochs", "40", "--out", str(out),
+    command = [sys.executable, "-m", "smallvision", "train", str(mnist_slice), "--epochs", "40", "--out", str(out),
                "--quiet", "--precision", "fp32"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "SMALLVISION_PROGRESS": "0"})
     deadline = time.monotonic() + 120
@@ -163,7 +163,7 @@ def scripted_validation(monkeypatch, losses: list[float]) -> list[dict]:
         loss = next(scores)
         return loss, 1 - loss
 
-    monkeypatch.setattr(train_module, "evaluate_imageset", scripted)
+    monkeypatch.setattr(loop_module, "evaluate_imageset", scripted)
     return seen
 
 
@@ -234,7 +234,7 @@ def test_a_backbone_run_resumes_in_the_stage_it_stopped_in(tmp_path, monkeypatch
 
 def test_a_second_training_into_the_same_directory_is_refused_while_the_first_runs(mnist_slice, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "smallvision.cli", "train", str(mnist_slice), "--epochs", "40", "--out", str(out),
+    command = [sys.executable, "-m", "smallvision", "train", str(mnist_slice), "--epochs", "40", "--out", str(out),
                "--quiet", "--precision", "fp32"]
     first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "SMALLVISION_PROGRESS": "0"})
     try:

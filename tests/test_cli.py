@@ -108,7 +108,7 @@ def test_recipes_and_summary_print(capsys):
 def test_the_console_script_end_to_end(tiny_source, tmp_path):
     """The installed `smallvision` command: train, predict (JSON lines), evaluate."""
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "smallvision.cli", *args], capture_output=True, text=True, check=True)
+        return subprocess.run([sys.executable, "-m", "smallvision", *args], capture_output=True, text=True, check=True)
 
     trained = cli("train", str(tiny_source), "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet")
     assert trained.stdout.strip().splitlines()[-1] == str(tmp_path / "run")

@@ -27,7 +27,7 @@ ENVIRONMENT = {**os.environ, "SMALLVISION_PROGRESS": "0", "OMP_NUM_THREADS": "1"
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "smallvision.cli", "train", *args, "--quiet"]
+    return [sys.executable, "-m", "smallvision", "train", *args, "--quiet"]
 
 
 def largest_difference(one: Path, other: Path) -> float:
@@ -75,7 +75,7 @@ def test_two_machines_simulated_on_loopback_train_the_one_process_run(mnist_slic
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
                                "--log-dir", str(tmp_path / f"logs-{rank}"),  # not a torchelastic_* left in /tmp
-                               "-m", "smallvision.cli", "train", str(mnist_slice), *options, "--quiet",
+                               "-m", "smallvision", "train", str(mnist_slice), *options, "--quiet",
                                "--out", str(tmp_path / "two")], env=ENVIRONMENT, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
     for node in nodes:
@@ -138,7 +138,7 @@ def rank_process(rank: int, marker: str) -> int | None:
             environment = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in command and f"RANK={rank}".encode() in environment and b"smallvision.cli" in command:
+        if marker.encode() in command and f"RANK={rank}".encode() in environment and b"-m\x00smallvision\x00" in command:
             return int(entry.name)
     return None
 

@@ -321,7 +321,7 @@ def test_mapped_batches_read_each_process_share_and_the_next_batch_ahead(monkeyp
     order, the next batch is read while this one trains, and the order is copied to the host once."""
     from smallvision.data.imageset import ImageSet
     from smallvision.distributed import Ranks
-    from smallvision.train import MappedBatches
+    from smallvision.loop import MappedBatches
 
     images = ImageSet(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous(),
                       torch.zeros(10, dtype=torch.long), ["a"])

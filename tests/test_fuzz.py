@@ -463,7 +463,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from smallvision.checkpoint import save_checkpoint
     from smallvision.models import CUSTOM, build_network
     from smallvision.optim import build_optimizer, flatten_parameters
-    from smallvision.train import Loop, TrainingState
+    from smallvision.loop import Loop, TrainingState
     from smallvision.models.layer_text import layers_to_json, parse_layers
     from smallvision.run import save_run
 

@@ -66,7 +66,7 @@ def test_the_file_answers_as_the_run_at_any_batch_size(kind, kinds, exported):
 
     from smallvision.onnx_model import OnnxModel
     from smallvision.run import load_run
-    from smallvision.train import predict_probabilities
+    from smallvision.inference import predict_probabilities
 
     out, status, printed = exported(kind)
     lines = printed.strip().splitlines()
@@ -281,7 +281,7 @@ def test_the_package_imports_lazily():
     script = ("import sys\n"
               "import smallvision as sv, smallvision.cli, smallvision.onnx_model\n"
               "assert 'torch' not in sys.modules, 'torch at import'\n"
-              "import smallvision.train\n"  # the training loop's module shares the API function's name
+              "import smallvision.loop, smallvision.workflow\n"
               "assert sv.train.__module__ == 'smallvision.workflow' and callable(sv.train)\n"
               "from smallvision import train, Sequential, layers, summary, SmallvisionError\n"
               "assert train is sv.train and layers.__name__ == 'smallvision.models.layers' and callable(summary)\n"

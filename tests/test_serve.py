@@ -497,12 +497,12 @@ DROP_AND_PASTE = """data => {
 
 
 class RealServer:
-    """`python -m smallvision.cli serve RUN... --port 0` as its own process, and where it listens."""
+    """`python -m smallvision serve RUN... --port 0` as its own process, and where it listens."""
 
     def __init__(self, runs: list[Path], *extra: str):
         env = dict(os.environ, SMALLVISION_PROGRESS="0")
         env.pop("SMALLVISION_TOKEN", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "smallvision.cli", "serve", *map(str, runs),
+        self.process = subprocess.Popen([sys.executable, "-m", "smallvision", "serve", *map(str, runs),
                                          "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=env)
         lines: queue.Queue = queue.Queue()

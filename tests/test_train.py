@@ -158,7 +158,7 @@ def test_an_epoch_reads_from_the_device_only_at_the_progress_refreshes(monkeypat
     from smallvision.models import create_model
     from smallvision.recipe import builtin_recipes
     from smallvision.step import Refresh
-    from smallvision.train import fit
+    from smallvision.loop import fit
 
     generator = torch.Generator().manual_seed(0)
     train = ImageSet(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=generator),
@@ -198,7 +198,7 @@ def test_no_cuda_step_waits_for_the_gpu(monkeypatch, optimizer):
     from smallvision.models import create_model
     from smallvision.recipe import builtin_recipes
     from smallvision.step import Step
-    from smallvision.train import fit
+    from smallvision.loop import fit
 
     generator = torch.Generator().manual_seed(0)
     train = ImageSet(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=generator),
@@ -253,7 +253,7 @@ def test_compiling_before_the_clock_leaves_the_weights_statistics_and_random_sta
     from smallvision.optim import build_optimizer, flatten_parameters
     from smallvision.recipe import Recipe
     from smallvision.step import Step
-    from smallvision.train import Preprocess
+    from smallvision.inference import Preprocess
 
     torch.manual_seed(0)
     model = build_network(parse_layers(BN_LAYERS), (1, 28, 28), 10)
@@ -287,7 +287,7 @@ def test_a_compiled_step_trains_the_eager_weights_and_a_second_run_pays_less_to_
     environment = {**os.environ, "SMALLVISION_PROGRESS": "0", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "kernels")}
     runs = []
     for name in ("first", "second"):
-        subprocess.run([sys.executable, "-m", "smallvision.cli", "train", str(mnist_slice), "--recipe", "seed-mnist",
+        subprocess.run([sys.executable, "-m", "smallvision", "train", str(mnist_slice), "--recipe", "seed-mnist",
                         *options, "--compile", "default", "--out", str(tmp_path / name)], env=environment, check=True,
                        capture_output=True)
         runs.append(sv.load_run(tmp_path / name))

@@ -11,8 +11,6 @@
 """
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 __all__ = ["DataSource", "ImageSet", "Recipe", "Run", "Sequential", "SmallvisionError", "builtin_recipes", "create_model", "layers",
@@ -37,23 +35,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """`sv.train` is the API function, but importing the submodule smallvision.train (the training loop,
-    which most of the package imports) sets the package's attribute of that name to the module. That
-    assignment is dropped here; the module stays in sys.modules, where `from smallvision.train import ...`
-    finds it."""
-
-    @property
-    def train(self):
-        from smallvision.workflow import train
-
-        return train
-
-    @train.setter
-    def train(self, value) -> None:
-        pass
-
-
-sys.modules[__name__].__class__ = _Package

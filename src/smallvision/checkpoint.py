@@ -7,15 +7,20 @@ a full disk mid-write leaves the previous checkpoint whole. Nothing is pickled.
 """
 
 import json
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from smallvision import distributed
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
-from smallvision.train import Best
+from smallvision.loop import Best, Callback
 
 FORMAT = "smallvision-checkpoint/2"  # 2: the best weights, early stopping, a stage's context
 NAME = "checkpoint.safetensors"
@@ -142,3 +147,57 @@ def restore_checkpoint(loop, header: dict, tensors: dict[str, torch.Tensor]) -> 
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and loop.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], loop.device)
+
+
+class Checkpointer(Callback):
+    """Writes the checkpoint at the end of every epoch (the last too: a run whose files then cannot be
+    written loses nothing), every few minutes inside a long one, and when training is stopped."""
+
+    def __init__(self, directory: Path, minutes: float):
+        self.directory, self.every, self.last = directory, minutes * 60, time.monotonic()
+
+    def on_batch_end(self, loop) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.save(loop)
+
+    def on_epoch_end(self, loop) -> None:
+        self.save(loop)
+
+    def on_stop(self, loop) -> None:
+        self.save(loop)
+
+    def save(self, loop) -> None:
+        save_checkpoint(self.directory, loop)
+        self.last = time.monotonic()
+
+
+class stop_on_signals:
+    """Ctrl-C or SIGTERM during training: the current batch finishes, a checkpoint is written, and
+    training stops (TrainingStopped). A second one stops at once."""
+
+    def __init__(self):
+        self.loop, self.previous = None, {}
+
+    def attach(self, loop) -> None:
+        self.loop = loop
+
+    def handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.loop is None or self.loop.stop_requested:
+            for kind, handler in self.previous.items():
+                signal.signal(kind, handler)
+            raise KeyboardInterrupt
+        self.loop.stop_requested = name
+        if distributed.ranks().main:
+            print(f"\n{name}: finishing this batch and writing a checkpoint (again to stop at once)",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for kind in (signal.SIGINT, signal.SIGTERM):
+                self.previous[kind] = signal.signal(kind, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for kind, handler in self.previous.items():
+            signal.signal(kind, handler)

@@ -203,7 +203,7 @@ def launch(processes: int, argv: list[str], machines: Machines | None = None) ->
     # (one torchelastic_* directory per run); ours goes when the run does
     with tempfile.TemporaryDirectory(prefix="smallvision-torchrun-") as logs:
         command = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={processes}",
-                   "--max-restarts=0", f"--log-dir={logs}", "-m", "smallvision.cli", *argv]
+                   "--max-restarts=0", f"--log-dir={logs}", "-m", "smallvision", *argv]
         return _run_torchrun(command, environment, machines)
 
 

@@ -28,7 +28,7 @@ from smallvision.files import write_atomically
 from smallvision.models.summary import count_parameters
 from smallvision.onnx_model import FORMAT, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME, OnnxModel, one_line
 from smallvision.run import writable_directory
-from smallvision.train import predict_probabilities
+from smallvision.inference import predict_probabilities
 
 PARITY_IMAGES = 64
 PARITY_BAR = 1e-4  # the most an exported file's probability may differ from the run's own (fp32)

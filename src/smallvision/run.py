@@ -24,7 +24,7 @@ from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.predictions import answer, predict_files
 from smallvision.recipe import Recipe, load_recipe
-from smallvision.train import Preprocess, predict_probabilities, resolve_device, split_probabilities
+from smallvision.inference import Preprocess, predict_probabilities, resolve_device, split_probabilities
 
 try:
     import fcntl

@@ -6,7 +6,6 @@ device, so on a GPU the host queues steps ahead of the kernels; `Refresh` says w
 (the progress bar, the callbacks, the NaN guard, several processes agreeing to stop).
 """
 
-import contextlib
 import logging
 import time
 
@@ -16,19 +15,13 @@ import torch.nn.functional as F
 from smallvision import distributed
 from smallvision.augment import Augment
 from smallvision.errors import SmallvisionError
+from smallvision.inference import autocast
 from smallvision.optim import zero_gradients
 from smallvision.recipe import Recipe
 
 
 class NonFiniteLoss(SmallvisionError):
     """The NaN guard's error: the loss stopped being a number."""
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for "bf16"; nothing for "fp32" (precision.py decides which a run uses)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float,

@@ -23,8 +23,8 @@ from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
-from smallvision.step import autocast
-from smallvision.train import History, Preprocess, evaluate_imageset, fit, inference_batch
+from smallvision.inference import Preprocess, autocast, evaluate_imageset, inference_batch
+from smallvision.loop import History, fit
 
 FEATURES_FORMAT = "smallvision-features/1"
 

@@ -7,9 +7,7 @@ import json
 import math
 import platform
 import shutil
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 
 from smallvision import distributed
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
-from smallvision.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from smallvision.checkpoint import Checkpointer, read_checkpoint, restore_checkpoint, stop_on_signals
 from smallvision.data.cache import data_path, parse_size, size
 from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource
@@ -32,7 +30,8 @@ from smallvision.precision import inference_precision, training_precision
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
-from smallvision.train import Callback, Preprocess, evaluate_imageset, fit, resolve_device
+from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
+from smallvision.loop import fit
 from smallvision.transfer import fit_backbone_classifier
 
 # With no recipe named: the seed's training for digits; for photos the most accurate recipe here
@@ -388,57 +387,3 @@ def check_same_data(directory: Path, dataset: DataSource) -> None:
                 " (the same files, with other contents)"
         raise SmallvisionError(f"the {split} split changed since {directory} started{detail}; resuming would not "
                                f"give the run it was; start a new run")
-
-
-class Checkpointer(Callback):
-    """Writes the checkpoint at the end of every epoch (the last too: a run whose files then cannot be
-    written loses nothing), every few minutes inside a long one, and when training is stopped."""
-
-    def __init__(self, directory: Path, minutes: float):
-        self.directory, self.every, self.last = directory, minutes * 60, time.monotonic()
-
-    def on_batch_end(self, loop) -> None:
-        if time.monotonic() - self.last >= self.every:
-            self.save(loop)
-
-    def on_epoch_end(self, loop) -> None:
-        self.save(loop)
-
-    def on_stop(self, loop) -> None:
-        self.save(loop)
-
-    def save(self, loop) -> None:
-        save_checkpoint(self.directory, loop)
-        self.last = time.monotonic()
-
-
-class stop_on_signals:
-    """Ctrl-C or SIGTERM during training: the current batch finishes, a checkpoint is written, and
-    training stops (TrainingStopped). A second one stops at once."""
-
-    def __init__(self):
-        self.loop, self.previous = None, {}
-
-    def attach(self, loop) -> None:
-        self.loop = loop
-
-    def handle(self, number, frame) -> None:
-        name = signal.Signals(number).name
-        if self.loop is None or self.loop.stop_requested:
-            for kind, handler in self.previous.items():
-                signal.signal(kind, handler)
-            raise KeyboardInterrupt
-        self.loop.stop_requested = name
-        if distributed.ranks().main:
-            print(f"\n{name}: finishing this batch and writing a checkpoint (again to stop at once)",
-                  file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for kind in (signal.SIGINT, signal.SIGTERM):
-                self.previous[kind] = signal.signal(kind, self.handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for kind, handler in self.previous.items():
-            signal.signal(kind, handler)
