@@ -5,7 +5,7 @@ grows to 32 MB at most) its own mapping and returns it to the kernel when freed,
 activations, the same sizes again, come back 4 KB per page fault: 51 million faults in a one-epoch-
 per-stage `catsdogs-finetune` run here. `keep_freed_memory` serves every block from the heap and keeps
 freed ones there for the next batch: that run trains 1.4x faster, the cats-vs-dogs networks 1.1x to 1.2x,
-with the same results bit for bit (README, "Faster on a Linux CPU"). The price is the run's largest
+with the same results bit for bit (docs/results.md, "Faster on a Linux CPU"). The price is the run's largest
 working set held until the process ends, plus a few blocks: PyTorch asks for aligned blocks, a little
 bigger than a freed one, so the heap grows a little before freed blocks coalesce into room for the next.
 A library user's process is theirs: they may call it themselves.

@@ -43,7 +43,7 @@ def write_shapes_folder(root: str | Path, train: int = 2000, test: int = 500, se
     """ROOT/train/CLASS/*.png and ROOT/test/CLASS/*.png with `train` and `test` shape images, and
     ROOT/boxes.csv (image path relative to ROOT, top, left, bottom, right) for those. `with_empty` adds
     a third class, EMPTY, of as many background-only images as each shape has: then neither shape can be
-    told by the other's absence, and each class needs evidence of its own (see the README)."""
+    told by the other's absence, and each class needs evidence of its own (see docs/looking-inside.md)."""
     from PIL import Image
 
     root = Path(root)

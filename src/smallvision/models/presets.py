@@ -59,8 +59,8 @@ def catsdogs_convnet(num_classes: int = 2, dropout: float = 0.0) -> list[Layer]:
 def small_convnet(num_classes: int = 10, dropout: float = 0.0) -> list[Layer]:
     """The seed's convolution stack (32, 64, 64 filters, two poolings) with 'same' padding, ending in
     global average pooling and Dense(N, softmax) instead of Flatten and Dense(64): every cell of the last
-    map is scored by the same weights, so its Grad-CAM heatmaps are sharp (the synthetic check in the
-    README), and it takes images of any size from 8x8 up."""
+    map is scored by the same weights, so its Grad-CAM heatmaps are sharp (the synthetic check in
+    docs/looking-inside.md), and it takes images of any size from 8x8 up."""
     layers: list[Layer] = [Conv2D(32, 3, padding="same", activation="relu"), MaxPooling2D(2),
                            Conv2D(64, 3, padding="same", activation="relu"), MaxPooling2D(2),
                            Conv2D(64, 3, padding="same", activation="relu"), GlobalAveragePooling2D()]
