@@ -218,7 +218,7 @@ def test_a_backbone_run_resumes_in_the_stage_it_stopped_in(tmp_path, monkeypatch
     pets = make_image_folder(tmp_path / "pets", per_class=12)
     options = dict(BACKBONE, cache_dir=tmp_path / "cache", **settings)
     whole = sv.train(pets, recipe, out=tmp_path / "whole", **options)
-    stop_at(monkeypatch, "on_epoch_end", lambda loop: loop.context.get("stage") == stage and loop.state.epoch == epoch)
+    stop_at(monkeypatch, "on_epoch_end", lambda loop: loop.stage.number == stage and loop.state.epoch == epoch)
     out = tmp_path / "stopped"
     with pytest.raises(TrainingStopped):
         sv.train(pets, recipe, out=out, **options)

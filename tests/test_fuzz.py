@@ -462,8 +462,8 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from smallvision.checkpoint import save_checkpoint
     from smallvision.models import CUSTOM, build_network
-    from smallvision.optim import build_optimizer, flatten_parameters
-    from smallvision.loop import Loop, TrainingState
+    from smallvision.data.imageset import ImageSet
+    from smallvision.loop import Loop, Stage, TrainingState
     from smallvision.models.layer_text import layers_to_json, parse_layers
     from smallvision.run import save_run
 
@@ -482,14 +482,14 @@ def tiny_run(tmp_path_factory) -> Path:
     }
     save_run(directory, model, recipe, meta, [], {"epochs": 1})
     # The checkpoint of a Loop one optimiser step in, written by save_checkpoint itself.
-    weight_groups = flatten_parameters(model)
-    optimizer = build_optimizer(weight_groups, recipe)
+    images = ImageSet(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 2, 0, 1, 2]),
+                      CLASSES)
+    loop = Loop(model, images, recipe, device=torch.device("cpu"), progress="off", stage=Stage(1))
     model(torch.rand(6, 1, 8, 8)).sum().backward()
-    optimizer.step()
-    state = TrainingState(step=1, epoch=0, order=torch.randperm(6), cursor=6, loss_sum=0.5, correct=2, seen=6)
-    state.history.epochs.append({"epoch": 1, "loss": 1.0})
-    save_checkpoint(directory, Loop(model, optimizer, torch.Generator().manual_seed(0), recipe,
-                                    torch.device("cpu"), state, context={"stage": 1}))
+    loop.optimizer.step()
+    loop.state = TrainingState(step=1, epoch=0, order=torch.randperm(6), cursor=6, loss_sum=0.5, correct=2, seen=6)
+    loop.state.history.epochs.append({"epoch": 1, "loss": 1.0})
+    save_checkpoint(directory, loop)
     return directory
 
 

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from smallvision import distributed
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
-from smallvision.loop import Best, Callback
+from smallvision.callbacks import Callback
+from smallvision.loop import Best
 
 FORMAT = "smallvision-checkpoint/2"  # 2: the best weights, early stopping, a stage's context
 NAME = "checkpoint.safetensors"
@@ -28,7 +29,7 @@ IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")  # an opti
 
 
 def save_checkpoint(directory: Path, loop) -> Path:
-    """Write `loop`'s state (a train.Loop) as RUN/checkpoint.safetensors."""
+    """Write `loop`'s state (a loop.Loop) as RUN/checkpoint.safetensors."""
     state = loop.state
     tensors = {f"model.{name}": value.detach().cpu().contiguous().clone()
                for name, value in loop.model.state_dict().items()}
@@ -48,7 +49,8 @@ def save_checkpoint(directory: Path, loop) -> Path:
               "seconds": state.seconds, "history": state.history.epochs,
               "train_seconds": state.history.train_seconds, "images_seen": state.history.images_seen,
               "best": None if state.best is None else {"epoch": state.best.epoch, "value": state.best.value},
-              "waited": state.waited, "stopped_early": state.history.stopped_early, "context": loop.context,
+              "waited": state.waited, "stopped_early": state.history.stopped_early,
+              "context": loop.stage.to_json() if loop.stage else {},
               "param_groups": [{key: float(value) if isinstance(value, torch.Tensor) else value  # lr: a device tensor
                                 for key, value in group.items()} for group in optimizer["param_groups"]],
               "optimizer_keys": sorted(
@@ -149,6 +151,21 @@ def restore_checkpoint(loop, header: dict, tensors: dict[str, torch.Tensor]) -> 
         torch.cuda.set_rng_state(tensors["rng.cuda"], loop.device)
 
 
+class Resume(Callback):
+    """Puts a checkpoint (read_checkpoint's header and tensors) back into the loop before its first step."""
+
+    def __init__(self, checkpoint: tuple[dict, dict[str, torch.Tensor]]):
+        self.header, self.tensors = checkpoint
+
+    def on_train_begin(self, loop) -> None:
+        restore_checkpoint(loop, self.header, self.tensors)
+
+    def where(self) -> str:
+        """Where the run stopped, in words."""
+        stage = f"stage {self.header['context']['stage']}, " if "stage" in self.header["context"] else ""
+        return f"{stage}its {self.header['step']}th step ({self.header['epoch']} epochs done)"
+
+
 class Checkpointer(Callback):
     """Writes the checkpoint at the end of every epoch (the last too: a run whose files then cannot be
     written loses nothing), every few minutes inside a long one, and when training is stopped."""
@@ -157,7 +174,8 @@ class Checkpointer(Callback):
         self.directory, self.every, self.last = directory, minutes * 60, time.monotonic()
 
     def on_batch_end(self, loop) -> None:
-        if time.monotonic() - self.last >= self.every:
+        # only where the loop read the epoch's sums (and every process met); the epoch's end saves anyway
+        if loop.at_refresh and loop.live.batch < loop.steps_per_epoch and time.monotonic() - self.last >= self.every:
             self.save(loop)
 
     def on_epoch_end(self, loop) -> None:
@@ -171,14 +189,15 @@ class Checkpointer(Callback):
         self.last = time.monotonic()
 
 
-class stop_on_signals:
+class stop_on_signals(Callback):
     """Ctrl-C or SIGTERM during training: the current batch finishes, a checkpoint is written, and
-    training stops (TrainingStopped). A second one stops at once."""
+    training stops (TrainingStopped). A second one stops at once. A context manager (the handlers are
+    installed for its span) and a callback (it learns each Loop as the Loop begins)."""
 
     def __init__(self):
         self.loop, self.previous = None, {}
 
-    def attach(self, loop) -> None:
+    def on_train_begin(self, loop) -> None:
         self.loop = loop
 
     def handle(self, number, frame) -> None:
@@ -187,7 +206,7 @@ class stop_on_signals:
             for kind, handler in self.previous.items():
                 signal.signal(kind, handler)
             raise KeyboardInterrupt
-        self.loop.stop_requested = name
+        self.loop.request_stop(name)
         if distributed.ranks().main:
             print(f"\n{name}: finishing this batch and writing a checkpoint (again to stop at once)",
                   file=sys.stderr, flush=True)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         ranks = distributed.ranks()
         if not ranks.main:
             return 130  # another process of a run trained by several: rank 0 says where it stopped
-        state, stage = stop.loop.state, stop.loop.context.get("stage")
+        state, stage = stop.loop.state, stop.loop.stage and stop.loop.stage.number
         where = f"step {state.step} (epoch {state.epoch + 1}{f' of stage {stage}' if stage else ''})"
         again = f" --processes {ranks.world}" if ranks.world > 1 else ""
         print(f"{PROG}: stopped by {stop.loop.stop_requested} after {where}; the checkpoint is in {stop.directory}; "
@@ -150,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="the run directory to write (default: a new one under runs/)")
     train.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     train.add_argument("--data", help="where to look for the source's files first")
-    train.add_argument("--quiet", action="store_true", help="no progress output")
+    shown = train.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress output")
+    shown.add_argument("--verbose", action="store_true",
+                       help="a progress bar even into a pipe or a file (by default a terminal gets the bar, and a "
+                            "pipe or a file one line per epoch, as Keras' verbose=2)")
     add_cache_dir(train)
     overrides = train.add_argument_group("recipe overrides")
     overrides.add_argument("--epochs", type=int)
@@ -443,7 +447,7 @@ def run_train(args) -> int | None:
             if args.nodes > 1 else None
         return distributed.launch(wanted, argv, machines)
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
-                progress=not args.quiet, cache_dir=args.cache_dir, resume=args.resume, **overrides)
+                progress="off" if args.quiet else "bar" if args.verbose else "auto", cache_dir=args.cache_dir, resume=args.resume, **overrides)
     if not distributed.ranks().main:
         return None  # rank 0 reports the run
     metrics = run.metrics

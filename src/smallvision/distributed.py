@@ -15,9 +15,11 @@ import contextlib
 import datetime
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -210,20 +212,28 @@ def launch(processes: int, argv: list[str], machines: Machines | None = None) ->
 def _run_torchrun(command: list[str], environment: dict[str, str], machines: Machines | None) -> int:
     started = time.monotonic()
     process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE)
-    report, interrupted = LauncherReport(), None
-    while True:
-        try:
-            piece = process.stderr.read1(65536)
-        except KeyboardInterrupt as stop:  # the processes got the Ctrl-C too: let them write their checkpoint
-            if interrupted:
-                raise  # a second Ctrl-C: stop at once
-            interrupted = stop
-            continue
-        if not piece:
-            break
-        report.feed(piece)
-    report.feed(b"", final=True)
-    code = process.wait()
+    report, interrupted = LauncherReport(), False
+
+    def on_interrupt(number, frame) -> None:
+        # The processes got the Ctrl-C too (one process group): let them write their checkpoint. Noted here
+        # rather than raised wherever the launcher happened to be, so that the exit status is always 130
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        interrupted = True
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        while piece := process.stderr.read1(65536):
+            report.feed(piece)
+        report.feed(b"", final=True)
+        code = process.wait()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted and code:
+        return 130  # whatever torchrun made of the signal it got too: the run stopped because it was asked to
     if code and report.unreachable and machines:
         raise SmallvisionError(f"could not meet the other machines at {machines.rendezvous} (gave up after "
                                f"{time.monotonic() - started:.0f} s, {machines.timeout} s a try): start node 0 "
@@ -231,7 +241,7 @@ def _run_torchrun(command: list[str], environment: dict[str, str], machines: Mac
                                f"machine can reach that address and port, or wait longer with --rendezvous-timeout")
     if code and report.exit_code:
         return report.exit_code
-    return 130 if code and interrupted else code
+    return code
 
 
 class LauncherReport:

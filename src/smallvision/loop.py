@@ -1,5 +1,12 @@
-"""The training loop: the whole split on the device as uint8, batches drawn by index, one pass to float."""
+"""The training loop as an object: `Loop` owns the step, the data, validation, the clock and the counts,
+and its state (`TrainingState`) is the checkpoint. Read `Loop.fit` top to bottom: the whole split sits on
+the device as uint8, batches are drawn by index, and the device is read only at refreshes.
 
+Everything that watches or steers training is a callback (callbacks.py; checkpoint.py for checkpoints,
+resuming and signals); another thread (a web page's Stop button) calls `request_stop()`.
+"""
+
+import dataclasses
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -8,15 +15,15 @@ from dataclasses import dataclass, field
 import torch
 
 from smallvision import distributed
+from smallvision.callbacks import Callback, KeepBest, NanGuard, progress_callback
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
+from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
 from smallvision.models.layers import Sequential
 from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
 from smallvision.precision import inference_precision, training_precision
-from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
-from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
 from smallvision.step import Refresh, Step
 
 
@@ -36,6 +43,55 @@ class History:
     @property
     def images_per_second(self) -> float:
         return self.images_seen / self.train_seconds if self.train_seconds else 0.0
+
+    def then(self, later: "History", stage: int | None = None) -> "History":
+        """This history followed by a later training's (a backbone run's second stage): its epochs numbered
+        after these (and marked with `stage`), the seconds and images added, the later stage's kept epoch and
+        early stop. Every field has its rule here: a field added to History without one is an error, not
+        silently dropped."""
+        before = len(self.epochs)
+        shifted = lambda epoch: None if epoch is None else epoch + before  # noqa: E731
+        rows = [{**row, "epoch": row["epoch"] + before, **({"stage": stage} if stage else {})} for row in later.epochs]
+        rules = {
+            "epochs": lambda mine, theirs: mine + rows,
+            "train_seconds": lambda mine, theirs: mine + theirs,
+            "images_seen": lambda mine, theirs: mine + theirs,
+            "features_seconds": lambda mine, theirs: mine + theirs,
+            "compile_seconds": lambda mine, theirs: mine + theirs,
+            "kept": lambda mine, theirs: None if theirs is None else {**theirs, "epoch": theirs["epoch"] + before},
+            "stopped_early": lambda mine, theirs: shifted(theirs),
+        }
+        names = [f.name for f in dataclasses.fields(self)]
+        if sorted(names) != sorted(rules):
+            raise TypeError(f"History.then has no rule for {sorted(set(names) - set(rules))}")
+        return History(**{name: rules[name](getattr(self, name), getattr(later, name)) for name in names})
+
+    def marked(self, stage: int) -> "History":
+        """The same history with each epoch marked as `stage`'s (history.csv's stage column)."""
+        return dataclasses.replace(self, epochs=[{**row, "stage": stage} for row in self.epochs])
+
+
+@dataclass
+class Stage:
+    """Which stage of a two-stage training (a pretrained backbone: 1, the head on the frozen network; 2,
+    fine-tuning) a Loop trains, and for stage two the history before it. A checkpoint keeps it as its
+    `context`, so a stopped run resumes in the stage it stopped in."""
+
+    number: int
+    earlier: History | None = None
+
+    def to_json(self) -> dict:
+        context = {"stage": self.number}
+        if self.earlier is not None:
+            context["earlier"] = dataclasses.asdict(self.earlier)
+        return context
+
+    @classmethod
+    def from_json(cls, context: dict) -> "Stage | None":
+        if "stage" not in context:
+            return None
+        earlier = context.get("earlier")
+        return cls(int(context["stage"]), History(**earlier) if earlier is not None else None)
 
 
 @dataclass
@@ -64,71 +120,20 @@ class Best:
 
 
 @dataclass
-class Loop:
-    """One training: what it trains and with what, and its state. Callbacks receive it."""
+class Live:
+    """The figures of the loop's last refresh, for callbacks and other threads: reading them costs no
+    host sync (the loop read the device anyway). `batch` counts this epoch's batches done."""
 
-    model: Sequential
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    recipe: Recipe
-    device: torch.device
-    state: TrainingState
-    stop_requested: str | None = None  # set (to the signal's name) to finish the batch and stop
-    finish_early: bool = False  # set by early stopping: training ends after this epoch, as if it were the last
-    context: dict = field(default_factory=dict)  # what the caller keeps with a checkpoint (a stage, the history before)
-
-
-class Callback:
-    """Keras' hook points; each job (checkpointing, stopping early, ...) is one small callback."""
-
-    def on_batch_end(self, loop: Loop) -> None:
-        """Called at each refresh inside an epoch (step.Refresh: every half second with a progress bar, every
-        few seconds without), where the loop reads the device anyway: calling it after every batch would put
-        a host sync in the hot loop."""
-
-    def on_epoch_end(self, loop: Loop) -> None:
-        pass
-
-    def on_stop(self, loop: Loop) -> None:
-        """Training stops before its end (an interrupt): the state is whole, between two batches."""
-
-    def on_train_end(self, loop: Loop) -> None:
-        """Training is over (its last epoch, or early stopping); the run is written next."""
-
-
-class KeepBest(Callback):
-    """Keras' ModelCheckpoint(save_best_only=True) and EarlyStopping(restore_best_weights=True): the
-    weights of the best validation are kept (in the training state, so a checkpoint carries them), put
-    back at the end, and with a patience, training stops after that many validations without a better one."""
-
-    def __init__(self, metric: str, patience: int = 0):
-        self.metric, self.patience = metric, patience
-
-    def better(self, value: float, best: Best | None) -> bool:
-        if not math.isfinite(value):
-            return False
-        if best is None:
-            return True
-        return value > best.value if self.metric == "val_accuracy" else value < best.value
-
-    def on_epoch_end(self, loop: Loop) -> None:
-        state, row = loop.state, loop.state.history.epochs[-1]
-        if self.metric not in row:
-            return  # not a validation epoch (validation_freq)
-        if self.better(row[self.metric], state.best):
-            weights = {name: value.detach().cpu().clone() for name, value in loop.model.state_dict().items()}
-            state.best, state.waited = Best(row["epoch"], row[self.metric], weights), 0
-            return
-        state.waited += 1
-        if self.patience and state.waited >= self.patience:
-            loop.finish_early = True
-            state.history.stopped_early = row["epoch"]
-
-    def on_train_end(self, loop: Loop) -> None:
-        best = loop.state.best
-        if best is not None:
-            loop.model.load_state_dict(best.weights)
-            loop.state.history.kept = {"epoch": best.epoch, self.metric: best.value}
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0  # the epoch in progress (or the last one, between epochs)
+    epochs: int = 0
+    batch: int = 0
+    steps_per_epoch: int = 0
+    loss: float = math.nan  # this epoch's so far
+    accuracy: float = math.nan
+    images_per_second: float = 0.0
+    eta_seconds: float | None = None  # to the last step, at this epoch's pace (validation not counted)
 
 
 class MappedBatches:
@@ -176,152 +181,171 @@ class MappedBatches:
         return batch[slice(*self.ranks.share(len(batch)))]
 
 
-def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None,
-        device: torch.device | None = None, progress: bool = True, callbacks: list[Callback] = (),
-        resume=None, loop_ready=None, context: dict | None = None, streaming: bool = False) -> History:
-    """Train `model` in place on `train` as `recipe` says; validate after each epoch. `resume`, a
-    callable, restores a checkpoint into the fresh Loop; `loop_ready(loop)` is told the Loop before
-    the first step (a signal handler asks it to stop); `context` is saved with each checkpoint. With
-    `streaming`, the training images stay memory-mapped on the host (MappedBatches)."""
-    device = device or resolve_device(recipe.device)
-    precision = training_precision(recipe.precision, device).precision
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # each batch shape's fastest convolutions, found at its first step
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator(device=device).manual_seed(recipe.seed)
-    model.to(device)
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    weight_groups = flatten_parameters(model)  # flat buffers: decayed kernels, undecayed biases and scales
-    optimizer = build_optimizer(weight_groups, recipe)
-    preprocess = Preprocess.from_recipe(recipe)
-    binary = model.output_activation == "sigmoid"
-    if recipe.loss == "binary_crossentropy" and not binary:
-        raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
-                               f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} classes: "
-                               f"use loss = \"categorical_crossentropy\"")
-    ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
-    if recipe.batch_size < ranks.world:
-        raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {ranks.world} processes sharing "
-                               f"each batch; use a batch of at least {ranks.world}")
-    if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
-        images, labels, reader = None, train.labels.to(device), MappedBatches(train, device, ranks)
-    else:
-        images, labels, reader = train.images.to(device), train.labels.to(device), None
-    steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
-    if recipe.keep_best:
-        if validation is None:
+class Loop:
+    """One training of `model` on `train` as `recipe` says, validated on `validation` after each epoch
+    (every validation_freq). Built whole before the first step; `fit()` runs it and returns the History.
+
+    `callbacks` are the caller's (callbacks.py); the loop puts the NaN guard first, KeepBest next when the
+    recipe keeps the best, and the progress display (`progress`: "auto", "bar", "lines", "off", or a bool)
+    last. `stage` marks a backbone run's stage, for its checkpoints. With `streaming`, the training images
+    stay memory-mapped on the host (MappedBatches)."""
+
+    def __init__(self, model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None, *,
+                 device: torch.device | None = None, callbacks: list[Callback] = (), progress: str | bool = "auto",
+                 stage: Stage | None = None, streaming: bool = False):
+        self.model, self.train, self.recipe, self.validation = model, train, recipe, validation
+        self.device = device or resolve_device(recipe.device)
+        self.precision = training_precision(recipe.precision, self.device).precision
+        self.stage = stage
+        self.ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
+        if recipe.loss == "binary_crossentropy" and model.output_activation != "sigmoid":
+            raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
+                                   f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} "
+                                   f"classes: use loss = \"categorical_crossentropy\"")
+        if recipe.batch_size < self.ranks.world:
+            raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {self.ranks.world} processes "
+                                   f"sharing each batch; use a batch of at least {self.ranks.world}")
+        if recipe.keep_best and validation is None:
             raise SmallvisionError(f"keep_best = \"{recipe.keep_best}\" needs a validation split to score epochs on: "
                                    f"give the source a validation/ folder, or hold some out with --val-split 0.15")
-        callbacks = [KeepBest(recipe.keep_best, recipe.early_stopping_patience), *callbacks]
-    loop = Loop(model, optimizer, generator, recipe, device,
-                TrainingState(order=torch.empty(0, dtype=torch.long, device=device)), context=context or {})
-    if resume is not None:
-        resume(loop)
-    if loop_ready is not None:
-        loop_ready(loop)
-    state = loop.state
-    step = Step(model, optimizer, weight_groups, recipe, preprocess, binary, precision, device, ranks)
-    if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
-        last = len(train) % recipe.batch_size or recipe.batch_size
-        sizes = {(stop - start, size) for size in (recipe.batch_size, last) for start, stop in [ranks.share(size)]}
-        state.history.compile_seconds += step.compile(recipe.compile, sizes, tuple(train.shape[1:]))
-    for epoch in range(state.epoch + 1, recipe.epochs + 1):
-        if loop.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
-            break
-        model.train()
-        start = time.perf_counter() - state.seconds
-        step.begin_epoch(state.loss_sum, state.correct)
-        seen = state.seen
-        first_batch = state.step - (epoch - 1) * steps_per_epoch
-        bar = progress_bar(progress, total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch}/{recipe.epochs}",
-                           unit="batch", leave=False)
-        refresh = Refresh(ranks.world, progress)
-        stopping = None  # what the processes agreed at the last refresh (one process: at once)
-        for batch_index in range(first_batch, steps_per_epoch):
-            if state.cursor >= len(state.order):
-                state.order, state.cursor = torch.randperm(len(train), device=device, generator=generator), 0
-            batch = state.order[state.cursor:state.cursor + recipe.batch_size]
-            state.cursor += recipe.batch_size
-            share = ranks.share(len(batch))
-            mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
-            if reader is not None:  # the batch after this one, in the same order, is read while this one trains
-                pixels = reader.read(state.order, state.cursor - recipe.batch_size, recipe.batch_size)
-            else:
-                pixels = images.index_select(0, mine)  # whole rows copied; `images[mine]` went pixel by pixel, 6x slower
-            rate = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
-            step(pixels, labels[mine], share, len(batch), rate, state.step + 1, generator)
-            state.step += 1
-            seen += len(batch)
-            last = batch_index == steps_per_epoch - 1
-            # The loop's only host syncs. Several processes agree on a stop only here, where they meet anyway.
-            if refresh.due(batch_index, last, loop.stop_requested is not None):
-                state.loss_sum, state.correct, anyone_stops = step.totals(loop.stop_requested is not None)
-                if ranks.world > 1:
-                    if anyone_stops and not loop.stop_requested:
-                        loop.stop_requested = "a stop asked of another process"
-                    stopping = loop.stop_requested if anyone_stops else None  # what all agreed, not what came since
-                step.check_finite(epoch, steps_per_epoch)
-                state.seen = seen
-                state.seconds = time.perf_counter() - start
-                bar.set_postfix(loss=f"{state.loss_sum / seen:.4f}", accuracy=f"{state.correct / seen:.4f}",
-                                img_s=f"{seen / state.seconds:.0f}", refresh=False)
-                bar.update(batch_index + 1 - bar.n)
-                if not last:
-                    for callback in callbacks:
-                        callback.on_batch_end(loop)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # each batch shape's fastest convolutions, found at its first step
+        torch.manual_seed(recipe.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed)
+        model.to(self.device)
+        if recipe.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.weight_groups = flatten_parameters(model)  # flat buffers: decayed kernels, undecayed biases and scales
+        self.optimizer = build_optimizer(self.weight_groups, recipe)
+        self.preprocess = Preprocess.from_recipe(recipe)
+        if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
+            self.images, self.reader = None, MappedBatches(train, self.device, self.ranks)
+        else:
+            self.images, self.reader = train.images.to(self.device), None
+        self.labels = train.labels.to(self.device)
+        self.steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
+        self.total_steps = self.steps_per_epoch * recipe.epochs
+        self.state = TrainingState(order=torch.empty(0, dtype=torch.long, device=self.device))
+        self.live = Live(total_steps=self.total_steps, epochs=recipe.epochs, steps_per_epoch=self.steps_per_epoch)
+        display = progress_callback(progress if self.ranks.main else False)
+        self.callbacks = [NanGuard(), *([KeepBest(recipe.keep_best, recipe.early_stopping_patience)]
+                                        if recipe.keep_best else []), *callbacks, *([display] if display else [])]
+        self.step: Step | None = None  # built once a checkpoint is back (it gives the optimiser its rate tensor)
+        self.stop_requested: str | None = None  # why training should stop after this batch (request_stop)
+        self.finish_early = False  # set by early stopping: training ends after this epoch, as if it were the last
+        self.at_refresh = False  # whether the batch just done was a refresh (callbacks.Callback.on_batch_end)
+
+    def request_stop(self, reason: str = "a stop was requested") -> None:
+        """Finish the current batch, write a checkpoint (the run's Checkpointer, in on_stop) and stop with
+        TrainingStopped. Safe from any thread: it only sets a string, which the loop reads after each batch."""
+        if self.stop_requested is None:
+            self.stop_requested = reason
+
+    def emit(self, event: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self)
+
+    def fit(self) -> History:
+        recipe, state, ranks, train = self.recipe, self.state, self.ranks, self.train
+        self.emit("on_train_begin")  # a checkpoint is put back here (checkpoint.Resume)
+        step = self.step = Step(self.model, self.optimizer, self.weight_groups, recipe, self.preprocess,
+                                self.model.output_activation == "sigmoid", self.precision, self.device, ranks)
+        if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
+            last = len(train) % recipe.batch_size or recipe.batch_size
+            sizes = {(stop - start, size) for size in (recipe.batch_size, last) for start, stop in [ranks.share(size)]}
+            state.history.compile_seconds += step.compile(recipe.compile, sizes, tuple(train.shape[1:]))
+        shown = any(callback.__class__.__name__ == "ProgressBar" for callback in self.callbacks)
+        for epoch in range(state.epoch + 1, recipe.epochs + 1):
+            if self.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
+                break
+            self.model.train()
+            start = time.perf_counter() - state.seconds
+            step.begin_epoch(state.loss_sum, state.correct)
+            seen = state.seen
+            first_batch = state.step - (epoch - 1) * self.steps_per_epoch
+            self.live.epoch, self.live.batch = epoch, first_batch
+            self.emit("on_epoch_begin")
+            refresh = Refresh(ranks.world, shown)
+            stopping = None  # what the processes agreed at the last refresh (one process: at once)
+            for batch_index in range(first_batch, self.steps_per_epoch):
+                if state.cursor >= len(state.order):
+                    state.order = torch.randperm(len(train), device=self.device, generator=self.generator)
+                    state.cursor = 0
+                batch = state.order[state.cursor:state.cursor + recipe.batch_size]
+                state.cursor += recipe.batch_size
+                share = ranks.share(len(batch))
+                mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
+                if self.reader is not None:  # the batch after this one, in the same order, is read while this one trains
+                    pixels = self.reader.read(state.order, state.cursor - recipe.batch_size, recipe.batch_size)
+                else:
+                    pixels = self.images.index_select(0, mine)  # whole rows copied; `images[mine]` went pixel by pixel, 6x slower
+                rate = recipe.learning_rate * learning_rate_factor(recipe, state.step, self.total_steps)
+                step(pixels, self.labels[mine], share, len(batch), rate, state.step + 1, self.generator)
+                state.step += 1
+                seen += len(batch)
+                last = batch_index == self.steps_per_epoch - 1
+                # The loop's only host syncs. Several processes agree on a stop only here, where they meet anyway.
+                self.at_refresh = refresh.due(batch_index, last, self.stop_requested is not None)
+                if self.at_refresh:
+                    state.loss_sum, state.correct, anyone_stops = step.totals(self.stop_requested is not None)
+                    if ranks.world > 1:
+                        if anyone_stops and not self.stop_requested:
+                            self.stop_requested = "a stop asked of another process"
+                        stopping = self.stop_requested if anyone_stops else None  # what all agreed, not what came since
+                    state.seen, state.seconds = seen, time.perf_counter() - start
+                    self.update_live(batch_index + 1)
+                self.emit("on_batch_end")
+                if ranks.world == 1:
+                    stopping = self.stop_requested  # one process heeds a stop at once, after this batch
+                if stopping and not last:
+                    self.stop()
+            self.end_epoch(epoch, time.perf_counter() - start, seen)
+            if self.finish_early:
+                break
             if ranks.world == 1:
-                stopping = loop.stop_requested  # one process heeds a stop at once, after this batch
-            if stopping and not last:
-                bar.close()
-                for callback in callbacks:
-                    callback.on_stop(loop)
-                raise TrainingStopped(loop)
-        bar.close()
-        seconds = time.perf_counter() - start
+                stopping = self.stop_requested
+            if stopping and epoch < recipe.epochs:
+                self.stop()
+        self.emit("on_train_end")
+        return state.history
+
+    def update_live(self, batch: int) -> None:
+        state, live = self.state, self.live
+        live.step, live.batch = state.step, batch
+        if state.seen:
+            live.loss, live.accuracy = state.loss_sum / state.seen, state.correct / state.seen
+        if state.seconds > 0:
+            live.images_per_second = state.seen / state.seconds
+            live.eta_seconds = state.seconds / batch * (self.total_steps - state.step)  # at this epoch's pace
+
+    def end_epoch(self, epoch: int, seconds: float, seen: int) -> None:
+        """The epoch's row (with validation when it is due), the state reset for the next, on_epoch_end."""
+        recipe, state = self.recipe, self.state
         history = state.history
         history.train_seconds += seconds
         history.images_seen += seen
         row = dict(epoch=epoch, loss=state.loss_sum / seen, accuracy=state.correct / seen,
-                   seconds=seconds, learning_rate=step.rate)
-        if validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
+                   seconds=seconds, learning_rate=self.step.rate)
+        if self.validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
             val_start = time.perf_counter()
-            val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess,
-                                                       inference_precision(precision, device), device,
+            val_loss, val_accuracy = evaluate_imageset(self.model, self.validation, self.preprocess,
+                                                       inference_precision(self.precision, self.device), self.device,
                                                        recipe.test_time_flip)
             row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)
+        self.live.images_per_second = seen / seconds if seconds else 0.0
         state.epoch, state.loss_sum, state.correct, state.seen, state.seconds = epoch, 0.0, 0, 0, 0.0
-        if progress:
-            print(format_epoch(row, recipe.epochs, seen / seconds), flush=True)
-        for callback in callbacks:
-            callback.on_epoch_end(loop)
-        if loop.finish_early:
-            if progress:
-                print(f"early stopping: no better {recipe.keep_best} in {recipe.early_stopping_patience} validations",
-                      flush=True)
-            break
-        if ranks.world == 1:
-            stopping = loop.stop_requested
-        if stopping and epoch < recipe.epochs:
-            for callback in callbacks:
-                callback.on_stop(loop)
-            raise TrainingStopped(loop)
-    for callback in callbacks:
-        callback.on_train_end(loop)
-    if progress and state.history.kept:
-        kept = state.history.kept
-        print(f"kept the weights of epoch {kept['epoch']} ({recipe.keep_best} {kept[recipe.keep_best]:.4f}, "
-              f"the best)", flush=True)
-    return state.history
+        self.at_refresh = True
+        self.emit("on_epoch_end")
+
+    def stop(self) -> None:
+        self.emit("on_stop")
+        raise TrainingStopped(self)
 
 
-def format_epoch(row: dict, epochs: int, images_per_second: float) -> str:
-    text = (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}"
-            f"  {row['seconds']:.1f}s  {images_per_second:,.0f} img/s")
-    if "val_accuracy" in row:
-        text += f"  val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
-    return text
-
-
+def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet | None = None,
+        device: torch.device | None = None, progress: str | bool = "auto", callbacks: list[Callback] = (),
+        streaming: bool = False) -> History:
+    """Train `model` in place, as Keras' `model.fit`: `Loop(...).fit()` in one call."""
+    return Loop(model, train, recipe, validation, device=device, callbacks=callbacks, progress=progress,
+                streaming=streaming).fit()

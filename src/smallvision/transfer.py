@@ -24,7 +24,8 @@ from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
 from smallvision.inference import Preprocess, autocast, evaluate_imageset, inference_batch
-from smallvision.loop import History, fit
+from smallvision.checkpoint import Resume
+from smallvision.loop import History, Loop, Stage
 
 FEATURES_FORMAT = "smallvision-features/1"
 
@@ -73,48 +74,39 @@ def extract_features(model: BackboneClassifier, images: ImageSet, preprocess: Pr
 
 
 def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                            progress: bool = True, cache_dir=None, callbacks=(), resume=None, loop_ready=None,
-                            context: dict | None = None, streaming: bool = False) -> tuple[History, dict]:
-    """Both stages, as the recipe says; (the history of both, test metrics when stage one already has them).
-    `callbacks`, `resume` and `loop_ready` are fit's, for each stage; `context` is that of the checkpoint
-    being resumed: its stage is where training picks up (stage two: with stage one's history)."""
-    stage = (context or {}).get("stage", 1)
+                            progress: str | bool = "auto", cache_dir=None, callbacks=(), resume: Resume | None = None,
+                            streaming: bool = False) -> tuple[History, dict]:
+    """Both stages, as the recipe says, each a Loop with the same `callbacks`; (the history of both, test
+    metrics when stage one already has them). `resume` puts a checkpoint back in the stage it names (stage
+    two's carries stage one's history)."""
+    resumed = Stage.from_json(resume.header["context"]) if resume is not None else None
     model.freeze_backbone()
-    if stage == 1:
+    if resumed is None or resumed.number == 1:
+        first = [resume, *callbacks] if resume is not None else list(callbacks)
         if recipe.augments:
-            history = fit(model, dataset.train, recipe, dataset.validation, device, progress, callbacks, resume,
-                          loop_ready, context={"stage": 1}, streaming=streaming)
+            history = Loop(model, dataset.train, recipe, dataset.validation, device=device, callbacks=first,
+                           progress=progress, stage=Stage(1), streaming=streaming).fit()
             test = {}
         else:
-            history, test = fit_on_features(model, dataset, recipe, device, progress, cache_dir, callbacks, resume,
-                                            loop_ready)
+            history, test = fit_on_features(model, dataset, recipe, device, progress, cache_dir, first)
+        history = history.marked(1)
         resume = None  # stage two starts afresh from stage one's weights
-        for row in history.epochs:
-            row["stage"] = 1
     else:
-        history, test = History(**context["earlier"]), {}
+        history, test = resumed.earlier, {}
     if recipe.fine_tune_blocks:
         model.unfreeze_last_blocks(recipe.fine_tune_blocks)
-        tuning = dataclasses.replace(recipe, learning_rate=recipe.fine_tune_learning_rate,
-                                     epochs=recipe.fine_tune_epochs, seed=recipe.seed + 1)
-        second = fit(model, dataset.train, tuning, dataset.validation, device, progress, callbacks, resume, loop_ready,
-                     context={"stage": 2, "earlier": dataclasses.asdict(history)}, streaming=streaming)
-        before = len(history.epochs)
-        for row in second.epochs:
-            row.update(epoch=row["epoch"] + before, stage=2)
-        if second.kept:
-            second.kept["epoch"] += before
-        history = History(history.epochs + second.epochs, history.train_seconds + second.train_seconds,
-                          history.images_seen + second.images_seen, features_seconds=history.features_seconds,
-                          compile_seconds=history.compile_seconds + second.compile_seconds, kept=second.kept,
-                          stopped_early=second.stopped_early and second.stopped_early + before)
+        tuning = recipe.replace(learning_rate=recipe.fine_tune_learning_rate, epochs=recipe.fine_tune_epochs,
+                                seed=recipe.seed + 1)
+        second = Loop(model, dataset.train, tuning, dataset.validation, device=device,
+                      callbacks=[resume, *callbacks] if resume is not None else list(callbacks), progress=progress,
+                      stage=Stage(2, earlier=history), streaming=streaming).fit()
+        history = history.then(second, stage=2)
         test = {}  # the head's test score no longer describes the tuned network
     return history, test
 
 
 def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                    progress: bool = True, cache_dir=None, callbacks=(), resume=None, loop_ready=None,
-                    ) -> tuple[History, dict]:
+                    progress: str | bool = "auto", cache_dir=None, callbacks=()) -> tuple[History, dict]:
     """Train `model.head` on the frozen backbone's features of each split; (history, test metrics)."""
     model.to(device)
     if recipe.channels_last:
@@ -132,8 +124,8 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
                                       channels_last=False)
     features_seconds = time.perf_counter() - started
-    history = fit(model.head, features["train"], head_recipe, features.get("validation"), device, progress, callbacks,
-                  resume, loop_ready, context={"stage": 1})
+    history = Loop(model.head, features["train"], head_recipe, features.get("validation"), device=device,
+                   callbacks=callbacks, progress=progress, stage=Stage(1)).fit()
     history.features_seconds = features_seconds
     test = {}
     if "test" in features:

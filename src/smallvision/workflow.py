@@ -15,7 +15,7 @@ import torch
 
 from smallvision import distributed
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
-from smallvision.checkpoint import Checkpointer, read_checkpoint, restore_checkpoint, stop_on_signals
+from smallvision.checkpoint import Checkpointer, Resume, read_checkpoint, stop_on_signals
 from smallvision.data.cache import data_path, parse_size, size
 from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource
@@ -31,7 +31,8 @@ from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
-from smallvision.loop import fit
+from smallvision.callbacks import Callback, shows
+from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
 
 # With no recipe named: the seed's training for digits; for photos the most accurate recipe here
@@ -61,12 +62,13 @@ def held_out_splits(source: str | Path, recipe_named: str | Path | Recipe, recip
 
 
 def train(source: str | Path | None = None, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
-          data: str | Path | None = None, force: bool = False, progress: bool = True,
-          cache_dir: str | Path | None = None, resume: str | Path | None = None, **overrides) -> Run:
+          data: str | Path | None = None, force: bool = False, progress: bool | str = "auto",
+          cache_dir: str | Path | None = None, resume: str | Path | None = None, callbacks: list[Callback] = (),
+          **overrides) -> Run:
     """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it.
     Without a recipe: `default_recipe(source)`. With `resume`, continue that unfinished run instead."""
     if resume is not None:
-        return resume_run(resume, data, progress, cache_dir, source, recipe, overrides)
+        return resume_run(resume, data, progress, cache_dir, source, recipe, overrides, callbacks)
     network = overrides.get("model")
     if isinstance(network, (Sequential, list)):  # sv.train(..., model=sv.Sequential([...])): its layers count
         layers = network.keras_layers if isinstance(network, Sequential) else network
@@ -83,11 +85,11 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
     recipe_named = recipe or default_recipe(source)
     recipe = load_recipe(recipe_named).replace(**overrides)
     ranks, device = start_processes(recipe)
-    progress = progress and ranks.main
+    progress = progress if ranks.main else "off"
     held_out = held_out_splits(source, recipe_named, recipe, overrides)
     if held_out:
         recipe = recipe.replace(**held_out)
-        if progress:
+        if shows(progress):
             missing = " and ".join(SPLIT_FIELDS[field] for field in held_out)
             print(f"{source} has no {missing} split of its own: holding out {HELD_OUT_FRACTION:.0%} of each class "
                   f"for {'each' if len(held_out) > 1 else 'it'} (--test-split and --val-split choose the fractions; "
@@ -105,7 +107,7 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
                 write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
                     {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
                 write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
-            train_into(directory, source, recipe, device, data, progress, cache_dir)
+            train_into(directory, source, recipe, device, data, progress, cache_dir, callbacks=callbacks)
         except TrainingStopped as stop:
             stop.directory = directory
             raise
@@ -117,14 +119,15 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
     return Run(directory, recipe.device)
 
 
-def resume(run: str | Path, progress: bool = True, data: str | Path | None = None, cache_dir=None) -> Run:
+def resume(run: str | Path, progress: bool | str = "auto", data: str | Path | None = None, cache_dir=None,
+           callbacks: list[Callback] = ()) -> Run:
     """Continue an unfinished run (stopped, killed or crashed) where its checkpoint left it: sv.resume(RUN)
     is sv.train(resume=RUN)."""
-    return resume_run(run, data, progress, cache_dir)
+    return resume_run(run, data, progress, cache_dir, callbacks=callbacks)
 
 
-def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=None, source=None, recipe=None,
-               overrides: dict | None = None) -> Run:
+def resume_run(path: str | Path, data=None, progress: bool | str = "auto", cache_dir=None, source=None, recipe=None,
+               overrides: dict | None = None, callbacks: list[Callback] = ()) -> Run:
     """Continue an unfinished run from its checkpoint (or from its start, when it was stopped before the
     first one), with its own recipe and data, to the numbers the run would have had uninterrupted."""
     directory = Path(path)
@@ -144,10 +147,10 @@ def resume_run(path: str | Path, data=None, progress: bool = True, cache_dir=Non
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise SmallvisionError(f"{directory / 'training.json'}: unreadable ({err})") from None
     ranks, device = start_processes(recipe)
-    progress = progress and ranks.main
+    progress = progress if ranks.main else "off"
     with training_lock(directory) if ranks.main else contextlib.nullcontext():
         try:
-            train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True)
+            train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True, callbacks=callbacks)
         except TrainingStopped as stop:
             stop.directory = directory
             raise
@@ -203,8 +206,8 @@ def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
                                std=config["std"] if recipe.std is None else recipe.std)
 
 
-def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool,
-               cache_dir=None, resuming: bool = False) -> None:
+def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool | str,
+               cache_dir=None, resuming: bool = False, callbacks: list[Callback] = ()) -> None:
     """Load the source, fit, score on test, and write every file of the run into `directory`. The recipe
     and the data files are written before training starts, so a run stopped at any moment resumes."""
     recipe = with_backbone_preprocessing(recipe)
@@ -212,7 +215,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     load_start = time.perf_counter()
     with distributed.main_first():  # rank 0 decodes; the others read its cache
         dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
-                              recipe_image_shape(recipe), cache_dir, progress)
+                              recipe_image_shape(recipe), cache_dir, shows(progress))
     load_seconds = time.perf_counter() - load_start
     for warning in dataset.warnings if ranks.main else ():
         print(f"warning: {warning}", file=sys.stderr, flush=True)
@@ -249,7 +252,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     choice = training_precision(recipe.precision, device)
     if choice.warning() and ranks.main:
         print(f"warning: {choice.warning()}", file=sys.stderr, flush=True)
-    if progress:
+    if shows(progress):
         print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device} "
               f"in {choice.precision} ({choice.reason})", flush=True)
     # recipe.toml keeps what was asked ("auto" stays portable); the training and the run record the choice.
@@ -259,24 +262,20 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     elif ranks.main:
         write_data_files(directory, dataset, recipe)
     checkpoint = read_checkpoint(directory) if resuming else None
-    if resuming and progress:
-        where = "its start (it stopped before its first checkpoint)"
-        if checkpoint:
-            header = checkpoint[0]
-            stage = f"stage {header['context']['stage']}, " if "stage" in header["context"] else ""
-            where = f"{stage}its {header['step']}th step ({header['epoch']} epochs done)"
+    resume = Resume(checkpoint) if checkpoint else None
+    if resuming and shows(progress):
+        where = resume.where() if resume else "its start (it stopped before its first checkpoint)"
         print(f"resuming {directory} from {where}", flush=True)
-    resume = (lambda loop: restore_checkpoint(loop, *checkpoint)) if checkpoint else None
     with stop_on_signals() as stopper:
-        common = dict(callbacks=[Checkpointer(directory, recipe.checkpoint_minutes)] if ranks.main else [],
-                      resume=resume, loop_ready=stopper.attach)
+        callbacks = [stopper, *([Checkpointer(directory, recipe.checkpoint_minutes)] if ranks.main else []),
+                     *callbacks]
         if recipe.backbone:  # two stages of their own; the checkpoint says which one it was written in
             history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir,
-                                                            context=checkpoint[0]["context"] if checkpoint else None,
-                                                            streaming=streaming, **common)
+                                                            callbacks, resume, streaming)
         else:
-            history = fit(model, train_split, chosen, dataset.validation, device, progress, streaming=streaming,
-                          **common)
+            history = Loop(model, train_split, chosen, dataset.validation, device=device,
+                           callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
+                           streaming=streaming).fit()
             test_metrics = {}
     metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),

@@ -1,0 +1,196 @@
+"""Keras' callbacks, on our `Loop`: each job that watches or steers training is one small class.
+
+The loop calls, in this order, `on_train_begin`, then per epoch `on_epoch_begin`, `on_batch_end` after
+every batch, `on_epoch_end`; and `on_train_end` when the last epoch (or early stopping) is done, or
+`on_stop` instead when a stop was asked for (Ctrl-C, SIGTERM, `loop.request_stop()`). A callback reads
+`loop.live`, the figures of the loop's last refresh (step.Refresh: where it reads the device anyway), so
+watching costs no host sync of its own; `loop.at_refresh` says whether this batch was one.
+
+What the loop itself adds from the recipe: `NanGuard` first, `KeepBest` with keep_best, and a progress
+display last (`progress_callback`). The run adds checkpointing, resuming and the signals (checkpoint.py).
+"""
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from smallvision.progress import progress_bar
+
+if TYPE_CHECKING:
+    from smallvision.loop import Loop
+
+
+class Callback:
+    """Keras' hook points. Each receives the Loop; none needs to call the others."""
+
+    def on_train_begin(self, loop: "Loop") -> None:
+        """Before the first step (and before torch.compile's warm-up): a checkpoint is put back here."""
+
+    def on_epoch_begin(self, loop: "Loop") -> None:
+        pass
+
+    def on_batch_end(self, loop: "Loop") -> None:
+        """After every batch. `loop.live` is as of the last refresh; `loop.at_refresh` is True when this
+        batch's end was one (the epoch's sums were read, every process met): only then is the state whole
+        enough to save."""
+
+    def on_epoch_end(self, loop: "Loop") -> None:
+        """The epoch's row is `loop.state.history.epochs[-1]` (with its validation, when there was one)."""
+
+    def on_train_end(self, loop: "Loop") -> None:
+        """Training is over (its last epoch, or early stopping); the run is written next."""
+
+    def on_stop(self, loop: "Loop") -> None:
+        """Training stops before its end, as asked: the state is whole, between two batches."""
+
+
+class NanGuard(Callback):
+    """The first loss that is not a number stops training, saying where, with a lower learning rate to try.
+    First among the callbacks, so no checkpoint is written after it: the last one keeps the last good weights."""
+
+    def on_batch_end(self, loop: "Loop") -> None:
+        if loop.at_refresh:
+            loop.step.check_finite(loop.live.epoch, loop.steps_per_epoch)
+
+    def on_epoch_end(self, loop: "Loop") -> None:
+        loop.step.check_finite(loop.live.epoch, loop.steps_per_epoch)
+
+
+class KeepBest(Callback):
+    """Keras' ModelCheckpoint(save_best_only=True) and EarlyStopping(restore_best_weights=True): the
+    weights of the best validation are kept (in the training state, so a checkpoint carries them), put
+    back at the end, and with a patience, training stops after that many validations without a better one."""
+
+    def __init__(self, metric: str, patience: int = 0):
+        self.metric, self.patience = metric, patience
+
+    def better(self, value: float, best) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best.value if self.metric == "val_accuracy" else value < best.value
+
+    def on_epoch_end(self, loop: "Loop") -> None:
+        from smallvision.loop import Best
+
+        state, row = loop.state, loop.state.history.epochs[-1]
+        if self.metric not in row:
+            return  # not a validation epoch (validation_freq)
+        if self.better(row[self.metric], state.best):
+            weights = {name: value.detach().cpu().clone() for name, value in loop.model.state_dict().items()}
+            state.best, state.waited = Best(row["epoch"], row[self.metric], weights), 0
+            return
+        state.waited += 1
+        if self.patience and state.waited >= self.patience:
+            loop.finish_early = True
+            state.history.stopped_early = row["epoch"]
+
+    def on_train_end(self, loop: "Loop") -> None:
+        best = loop.state.best
+        if best is not None:
+            loop.model.load_state_dict(best.weights)
+            loop.state.history.kept = {"epoch": best.epoch, self.metric: best.value}
+
+
+def format_epoch(row: dict, epochs: int, images_per_second: float) -> str:
+    text = (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}"
+            f"  {row['seconds']:.1f}s  {images_per_second:,.0f} img/s")
+    if "val_accuracy" in row:
+        text += f"  val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
+    return text
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class EpochLines(Callback):
+    """Progress for a pipe or a file (a CI log, nohup, a notebook's output), as Keras' verbose=2: one line
+    per epoch on stdout, and inside an epoch longer than `every` seconds a line at most that often."""
+
+    def __init__(self, every: float = 60.0):
+        self.every, self.last = every, time.monotonic()
+
+    def on_epoch_begin(self, loop: "Loop") -> None:
+        self.last = time.monotonic()
+
+    def on_batch_end(self, loop: "Loop") -> None:
+        if loop.at_refresh and time.monotonic() - self.last >= self.every:
+            live = loop.live
+            eta = f"  ETA {format_duration(live.eta_seconds)}" if live.eta_seconds is not None else ""
+            print(f"epoch {live.epoch}/{live.epochs}  batch {live.batch}/{live.steps_per_epoch}  loss {live.loss:.4f}"
+                  f"  accuracy {live.accuracy:.4f}  {live.images_per_second:,.0f} img/s{eta}", flush=True)
+            self.last = time.monotonic()
+
+    def on_epoch_end(self, loop: "Loop") -> None:
+        row = loop.state.history.epochs[-1]
+        print(format_epoch(row, loop.recipe.epochs, loop.live.images_per_second), flush=True)
+        if loop.finish_early:
+            print(f"early stopping: no better {loop.recipe.keep_best} in {loop.recipe.early_stopping_patience} "
+                  f"validations", flush=True)
+
+    def on_train_end(self, loop: "Loop") -> None:
+        kept = loop.state.history.kept
+        if kept:
+            metric = loop.recipe.keep_best
+            print(f"kept the weights of epoch {kept['epoch']} ({metric} {kept[metric]:.4f}, the best)", flush=True)
+
+
+class ProgressBar(EpochLines):
+    """Progress for a terminal, as Keras' verbose=1: a bar per epoch on stderr, redrawn at each refresh
+    (loss, accuracy, images/s), and the epoch's line when it ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.bar = None
+
+    def on_epoch_begin(self, loop: "Loop") -> None:
+        live = loop.live
+        self.bar = progress_bar("bar", total=live.steps_per_epoch, initial=live.batch,
+                                desc=f"epoch {live.epoch}/{live.epochs}", unit="batch", leave=False)
+
+    def on_batch_end(self, loop: "Loop") -> None:
+        if loop.at_refresh:
+            live = loop.live
+            self.bar.set_postfix(loss=f"{live.loss:.4f}", accuracy=f"{live.accuracy:.4f}",
+                                 img_s=f"{live.images_per_second:.0f}", refresh=False)
+            self.bar.update(live.batch - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_epoch_end(self, loop: "Loop") -> None:
+        self.close()
+        super().on_epoch_end(loop)
+
+    def on_stop(self, loop: "Loop") -> None:
+        self.close()
+
+
+PROGRESS = ("auto", "bar", "lines", "off")
+
+
+def shows(mode: str | bool) -> bool:
+    """Whether a progress mode shows anything at all (the run's own lines: what it trains, what it resumes)."""
+    return mode not in (False, "off")
+
+
+def progress_callback(mode: str | bool) -> Callback | None:
+    """The display that fits where the output goes: "auto" is a bar on a terminal and one line per epoch
+    into a pipe or a file; "bar" and "lines" choose; "off" (or False) shows nothing."""
+    if mode is True:
+        mode = "auto"
+    if mode is False or mode == "off":
+        return None
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "lines"
+    return ProgressBar() if mode == "bar" else EpochLines()
