@@ -50,11 +50,8 @@ class NanGuard(Callback):
     First among the callbacks, so no checkpoint is written after it: the last one keeps the last good weights."""
 
     def on_batch_end(self, loop: "Loop") -> None:
-        if loop.at_refresh:
+        if loop.at_refresh:  # an epoch's last batch always is one: checked before its validation and checkpoint
             loop.step.check_finite(loop.live.epoch, loop.steps_per_epoch)
-
-    def on_epoch_end(self, loop: "Loop") -> None:
-        loop.step.check_finite(loop.live.epoch, loop.steps_per_epoch)
 
 
 class KeepBest(Callback):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smallvision import distributed
-from smallvision.callbacks import Callback, KeepBest, NanGuard, progress_callback
+from smallvision.callbacks import Callback, KeepBest, NanGuard, ProgressBar, progress_callback
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
@@ -254,7 +254,7 @@ class Loop:
             last = len(train) % recipe.batch_size or recipe.batch_size
             sizes = {(stop - start, size) for size in (recipe.batch_size, last) for start, stop in [ranks.share(size)]}
             state.history.compile_seconds += step.compile(recipe.compile, sizes, tuple(train.shape[1:]))
-        shown = any(callback.__class__.__name__ == "ProgressBar" for callback in self.callbacks)
+        shown = any(isinstance(callback, ProgressBar) for callback in self.callbacks)  # refreshed twice a second
         for epoch in range(state.epoch + 1, recipe.epochs + 1):
             if self.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
                 break
