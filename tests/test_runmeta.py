@@ -174,6 +174,12 @@ def test_an_imported_runs_missing_origin_is_one_line_naming_it_and_the_file(fiel
     assert_one_line_naming(str(caught.value), str(path), f"no {field!r} field")
 
 
+def test_an_import_from_before_left_out_was_recorded_left_nothing_out(tmp_path):
+    run = copied("imported-0.1.0", tmp_path)
+    edited(run, lambda meta: meta["imported_from"].pop("left_out"))
+    assert sv.load_run(run, "cpu").meta.imported_from.left_out == []
+
+
 def test_the_missing_field_cli_message_is_one_line(tmp_path, capsys):
     run = copied("digits-0.1.0", tmp_path)
     path = edited(run, lambda meta: meta["architecture"].pop("input_shape"))
