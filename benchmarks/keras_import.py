@@ -42,7 +42,7 @@ def main() -> None:
                 probabilities = probabilities[:, 1:]
             difference = float((probabilities - expected).abs().max())
             summary[name] = {"max_abs_difference": difference, "images": len(images), "import_seconds": seconds,
-                             "written_by": run.meta["imported_from"]["written_by"]}
+                             "written_by": run.meta.imported_from.written_by}
             print(f"{name:<22} {summary[name]['written_by']:<12} {len(images):>6} {difference:>18.2e} {BAR:>7.0e} "
                   f"{seconds:>9.2f}  {'ok' if difference <= BAR else 'OVER THE BAR'}")
     save_results("keras_import", summary)

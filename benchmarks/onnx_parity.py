@@ -62,11 +62,11 @@ def one_photo(run, scratch: Path, image: str | None) -> Path:
         print(f"note: timing a random image ({' '.join(str(err).split())[:150]})")
         data = None
     if data is not None and data.paths:
-        root = Path(run.trained_root() or run.meta["source"])
+        root = Path(run.trained_root() or run.meta.source)
         for candidate in (root / data.paths[0], Path(data.paths[0])):
             if candidate.is_file():
                 return candidate
-    shape = tuple(run.meta["architecture"]["input_shape"])
+    shape = run.meta.architecture.input_shape
     images = data.images if data is not None else torch.randint(0, 256, (1, *shape), dtype=torch.uint8)
     pixels = images[0].permute(1, 2, 0).numpy()
     path = scratch / "photo.png"

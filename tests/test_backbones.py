@@ -83,7 +83,7 @@ def test_feature_extraction_learns_and_leaves_the_backbone_unchanged(shared_cats
     after = trained.backbone.state_dict()
     assert after.keys() == frozen.keys()  # every weight and statistic compared, none missed
     assert all(torch.equal(after[k].cpu(), v.cpu()) for k, v in frozen.items())  # weights and BN statistics
-    assert run.meta["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)
+    assert run.meta.preprocessing.mean == pytest.approx([127 / 255] * 3)
     reloaded = sv.load_run(run.path)
     assert isinstance(reloaded.model, BackboneClassifier)
     assert reloaded.evaluate(root)["accuracy"] == pytest.approx(run.metrics["test_accuracy"], abs=0.02)

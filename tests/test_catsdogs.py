@@ -50,7 +50,7 @@ def test_an_image_folder_run_records_its_data_and_predicts(tmp_path):
     (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 no more")
     run = sv.train(root, "seed-catsdogs", out=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache",
                    image_size=48, epochs=2, steps_per_epoch=3, val_split=0.25, test_split=0.25)
-    assert run.meta["output_activation"] == "sigmoid"
+    assert run.meta.output_activation == "sigmoid"
     data = json.loads((run.path / "data.json").read_text())
     assert data["layout"] == "classes" and data["counts"]["test"] == {"cats": 3, "dogs": 3}
     assert data["skipped"] == 1

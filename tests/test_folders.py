@@ -174,7 +174,7 @@ def test_data_check_and_train_say_the_same_of_an_empty_class_folder(tmp_path, ca
     trained = capsys.readouterr()
     assert said in trained.err
     run = sv.load_run(tmp_path / "run")
-    assert run.class_names == ["cats", "dogs"] and run.meta["output_activation"] == "sigmoid"
+    assert run.class_names == ["cats", "dogs"] and run.meta.output_activation == "sigmoid"
 
 
 def test_evaluate_scores_a_folder_of_class_folders_whole(tmp_path, capsys):

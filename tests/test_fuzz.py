@@ -466,6 +466,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from smallvision.loop import Loop, Stage, TrainingState
     from smallvision.models.layer_text import layers_to_json, parse_layers
     from smallvision.run import save_run
+    from smallvision.runmeta import RunMeta
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("run")
@@ -480,7 +481,7 @@ def tiny_run(tmp_path_factory) -> Path:
         "preprocessing": {"rescale": 1 / 255, "mean": None, "std": None, "channels_last": True,
                           "resize": "none", "color_mode": "L", "invert_light_background": False},
     }
-    save_run(directory, model, recipe, meta, [], {"epochs": 1})
+    save_run(directory, model, recipe, RunMeta.from_json(meta), [], {"epochs": 1})
     # The checkpoint of a Loop one optimiser step in, written by save_checkpoint itself.
     images = ImageSet(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 2, 0, 1, 2]),
                       CLASSES)
@@ -550,7 +551,7 @@ def check_run(directory: Path, *damaged: Path) -> None:
             outcome("refused")
             return
         outcome("loaded")
-        channels, height, width = run.meta["architecture"]["input_shape"]
+        channels, height, width = run.meta.architecture.input_shape
         probabilities = run.probabilities(torch.zeros(1, channels, height, width, dtype=torch.uint8))
     assert tuple(probabilities.shape) == (1, len(run.class_names))
     assert all(isinstance(name, str) for name in run.class_names)

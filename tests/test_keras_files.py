@@ -70,7 +70,7 @@ def test_an_augmentation_layer_in_a_sequential_is_left_out(shared_keras, tmp_pat
             target.writestr(item, json.dumps(config) if item == "config.json" else source.read(item))
     info, images, expected = keras_reference(shared_keras, "mixed_layers.keras")
     run = import_keras(flipping, tmp_path / "run", info["classes"])
-    assert run.meta["imported_from"]["left_out"] == ["flip (RandomFlip)"]
+    assert run.meta.imported_from.left_out == ["flip (RandomFlip)"]
     assert (run.probabilities(images) - expected).abs().max() <= 1e-4
 
 
@@ -85,7 +85,7 @@ def test_keras_names_and_the_pixel_scale_come_with_the_import(shared_keras, tmp_
     assert main(["import-keras", str(shared_keras / "mixed_layers.keras"), "--classes", "a,b,c",
                  "--out", str(tmp_path / "run")]) == 0
     run = sv.load_run(tmp_path / "run")
-    assert run.meta["preprocessing"]["rescale"] == 1.0 and "rescaling" in run.model.layers
+    assert run.meta.preprocessing.rescale == 1.0 and "rescaling" in run.model.layers
     assert "conv2d_3" in run.model.layers  # Keras' own layer names, for --layer
     assert main(["summary", str(tmp_path / "run")]) == 0
     assert "separable_conv2d (SeparableConv2D)" in capsys.readouterr().out
@@ -141,7 +141,7 @@ def test_export_then_import_gives_the_same_predictions(tiny_source, tmp_path):
         config = json.loads(archive.read("config.json"))
     assert [entry["class_name"] for entry in config["config"]["layers"]][:3] == ["InputLayer", "Rescaling", "Conv2D"]
     back = import_keras(written, tmp_path / "back", run.class_names)
-    assert back.meta["preprocessing"]["rescale"] == 1.0  # the run's 1/255 now lives in the file's Rescaling
+    assert back.meta.preprocessing.rescale == 1.0  # the run's 1/255 now lives in the file's Rescaling
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
     torch.testing.assert_close(back.probabilities(images), run.probabilities(images), rtol=0, atol=1e-5)
 

@@ -103,13 +103,13 @@ def test_the_metadata_says_what_predict_needs_and_what_the_run_was(kinds, export
         meta = {entry.key: entry.value for entry in proto.metadata_props}
         assert set(METADATA_KEYS) <= set(meta) and meta["format"] == FORMAT
         assert json.loads(meta["class_names"]) == run.class_names
-        channels, height, width = run.meta["architecture"]["input_shape"]
+        channels, height, width = run.meta.architecture.input_shape
         assert json.loads(meta["input_shape"]) == [channels, height, width]
         assert json.loads(meta["input_size"]) == [height, width]
-        assert json.loads(meta["preprocessing"]) == run.meta["preprocessing"]
+        assert json.loads(meta["preprocessing"]) == json.loads((run.path / "model.json").read_text())["preprocessing"]
         assert json.loads(meta["test_time_flip"]) is run.test_time_flip
         assert json.loads(meta["metrics"]) == run.metrics and meta["recipe"] == run.recipe.name
-        assert meta["source"] == run.meta["source"] and meta["precision"].startswith("fp32")
+        assert meta["source"] == run.meta.source and meta["precision"].startswith("fp32")
         batch, *rest = proto.graph.input[0].type.tensor_type.shape.dim
         assert batch.dim_param and not batch.dim_value  # the batch size is free, not the example's
         assert [dim.dim_value for dim in rest] == [height, width, channels]

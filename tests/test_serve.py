@@ -353,7 +353,7 @@ def test_a_token_is_required_everywhere_but_healthz_and_the_page(shapes_run, sha
 
 
 def test_served_names_come_from_directories_and_files(tmp_path):
-    from smallvision.serve.models import served_names
+    from smallvision.serve.loading import served_names
 
     paths = [tmp_path / "pets-1", tmp_path / "pets-1" / "model.onnx", tmp_path / "pets.onnx", tmp_path / "b" / "pets-1"]
     assert served_names(paths) == ["pets-1", "pets-1-2", "pets", "pets-1-3"]  # export's own name: by its run's

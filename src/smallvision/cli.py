@@ -461,10 +461,10 @@ def run_import_keras(args) -> None:
 
     classes = [name.strip() for name in args.classes.split(",")] if args.classes else None
     run = import_keras(args.file, args.out, classes, args.source, args.rescale, args.force)
-    print(f"{args.file}: {run.model.model_name}, {len(run.class_names)} classes, input "
-          f"{'x'.join(map(str, run.meta['architecture']['input_shape'][1:]))}x{run.meta['architecture']['input_shape'][0]}")
-    if run.meta["imported_from"]["left_out"]:
-        print(f"left out: {'; '.join(run.meta['imported_from']['left_out'])}: augmentation, which acts only in "
+    channels, height, width = run.meta.architecture.input_shape
+    print(f"{args.file}: {run.model.model_name}, {len(run.class_names)} classes, input {height}x{width}x{channels}")
+    if run.meta.imported_from.left_out:
+        print(f"left out: {'; '.join(run.meta.imported_from.left_out)}: augmentation, which acts only in "
               f"training", file=sys.stderr)
     print(run.path)
 
@@ -543,7 +543,7 @@ def export_onnx_and_report(run, out, data_dir=None) -> int:
     from smallvision.onnx_export import PARITY_BAR, export_onnx, parity
 
     path = export_onnx(run, out)
-    channels, height, width = run.meta["architecture"]["input_shape"]
+    channels, height, width = run.meta.architecture.input_shape
     inside = "preprocessing" + (", mirrored-image mean" if run.test_time_flip else "")
     size = path.stat().st_size
     size = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"

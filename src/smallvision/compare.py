@@ -21,7 +21,7 @@ def compare_runs(paths: list[str | Path]) -> list[dict]:
         if seconds is not None:
             seconds += metrics.get("features_seconds", 0.0)  # a frozen backbone's features are part of its training
         accuracy = metrics.get("test_accuracy")
-        rows.append({"run": run.path.name, "recipe": recipe.name, "model": run.meta["architecture"]["model"],
+        rows.append({"run": run.path.name, "recipe": recipe.name, "model": run.meta.architecture.model,
                      "parameters": f"{count_parameters(run.model):,}", "epochs": epochs,
                      "training time": "—" if seconds is None else f"{seconds:,.1f} s",
                      "test accuracy": "—" if accuracy is None else f"{accuracy:.4f}"})

@@ -12,8 +12,8 @@ import torch
 
 from smallvision.data.imageset import ImageSet
 from smallvision.files import write_atomically
-from smallvision.metrics import classification_metrics, format_classification_report, most_confident_mistakes
-from smallvision.run import WHOLE, writable_directory
+from smallvision.metrics import format_classification_report, most_confident_mistakes
+from smallvision.run import writable_directory
 
 MISTAKES_SHOWN = 16
 
@@ -45,20 +45,14 @@ def source_label(source: str | Path) -> str:
 
 def evaluate_run(run, source: str | Path | None = None, split: str | None = None, data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None, write: bool = True, progress: bool = False) -> Evaluation:
-    """Score `run` on `split` of `source` (default: the source it was trained on; with no split named, its
-    test split, or the whole of a folder of class folders: Run.split_to_score); with `write`, also write
-    the evaluation's files into RUN/eval-SOURCE-SPLIT/."""
-    source = source or run.meta["source"]
-    split = run.split_to_score(source, split)
-    data = run.labelled_split(source, split, data_dir, cache_dir, progress)
-    probabilities = run.split_probabilities(data)
-    metrics = {"source": str(source), "split": split,
-               **classification_metrics(data.labels, probabilities, run.class_names)}
-    if split == WHOLE:
-        metrics["scored"] = "every image: a folder of class folders that is not the run's own source"
-    evaluation = Evaluation(metrics, data, probabilities)
+    """Score `run` on `split` of `source` (`Run.score`: default, the source it was trained on; with no split
+    named, its test split, or the whole of a folder of class folders); with `write`, also write the
+    evaluation's files into RUN/eval-SOURCE-SPLIT/."""
+    evaluation = Evaluation(*run.score(source, split, data_dir, cache_dir, progress))
     if write:
-        evaluation.directory = write_evaluation(run.path / f"eval-{source_label(source)}-{split}", evaluation)
+        metrics = evaluation.metrics
+        evaluation.directory = write_evaluation(run.path / f"eval-{source_label(metrics['source'])}-{metrics['split']}",
+                                                evaluation)
     return evaluation
 
 

@@ -409,6 +409,7 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
     from smallvision.models.layer_text import layers_source, layers_to_json
     from smallvision.recipe import Recipe
     from smallvision.run import Run, prepare_run_dir, save_run
+    from smallvision.runmeta import Architecture, ImportedFrom, Preprocessing, RunMeta
 
     path = Path(path)
     keras, model = keras_network(path)
@@ -436,21 +437,19 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
                     layers=layers_source(layers), rescale=rescale, precision="fp32",
                     image_size=keras.input_shape[1] if keras.input_shape[1] == keras.input_shape[2] else None,
                     color_mode="grayscale" if channels == 1 else "rgb")
-    meta = {
-        "format": "smallvision-run/1",
-        "source": f"keras:{path.name}",
-        "architecture": {"model": model.model_name, "backbone": None, "input_shape": list(keras.input_shape),
-                         "num_classes": classes, "dropout": 0.0, "layers": layers_to_json(model.keras_layers)},
-        "class_names": class_names,
-        "output_activation": model.output_activation,
-        "precision": "fp32",  # Keras computed in float32; so do we, to give its answers
-        "precision_reason": "imported from Keras, which computes in float32",
-        "test_time_flip": False,
-        "preprocessing": {"rescale": rescale, "mean": None, "std": None, "channels_last": True,
-                          "resize": "area when shrinking, bilinear when growing",
-                          "color_mode": "L" if channels == 1 else "RGB", "invert_light_background": False},
-        "imported_from": {"file": str(path.resolve()), "written_by": keras.written_by, "left_out": keras.left_out},
-    }
+    meta = RunMeta(
+        source=f"keras:{path.name}",
+        architecture=Architecture(model=model.model_name, input_shape=keras.input_shape, num_classes=classes,
+                                  layers=layers_to_json(model.keras_layers)),
+        class_names=class_names,
+        output_activation=model.output_activation,
+        precision="fp32",  # Keras computed in float32; so do we, to give its answers
+        precision_reason="imported from Keras, which computes in float32",
+        preprocessing=Preprocessing(rescale=rescale, mean=None, std=None, channels_last=True,
+                                    resize="area when shrinking, bilinear when growing",
+                                    color_mode="L" if channels == 1 else "RGB", invert_light_background=False),
+        imported_from=ImportedFrom(file=str(path.resolve()), written_by=keras.written_by, left_out=keras.left_out),
+    )
     metrics = {"imported_from": str(path.resolve()), "written_by": keras.written_by}
     save_run(directory, model, recipe, meta, [], metrics)  # no history: it was trained elsewhere
     return Run(directory, "auto")
@@ -512,12 +511,12 @@ def export_keras(run, out: str | Path) -> Path:
 
     model = run.model
     if not isinstance(model, Sequential):
-        raise SmallvisionError(f"{run.path}: a pretrained timm backbone ({run.meta['architecture'].get('backbone')}) "
+        raise SmallvisionError(f"{run.path}: a pretrained timm backbone ({run.meta.architecture.backbone}) "
                                f"is not a Keras network; only layer lists can be written as Keras files")
-    pre = run.meta["preprocessing"]
-    scale, offset = pre["rescale"], 0.0
-    if pre.get("mean") is not None:  # (x * rescale - mean) / std as one Rescaling
-        mean, std = np.asarray(pre["mean"], dtype=float), np.asarray(pre["std"], dtype=float)
+    pre = run.meta.preprocessing
+    scale, offset = pre.rescale, 0.0
+    if pre.mean is not None:  # (x * rescale - mean) / std as one Rescaling
+        mean, std = np.asarray(pre.mean, dtype=float), np.asarray(pre.std, dtype=float)
         scale, offset = (scale / std).tolist(), (-mean / std).tolist()
     rescaling = None if (scale == 1.0 and offset == 0.0) else {"scale": scale, "offset": offset}
     config = keras_config(model, rescaling)

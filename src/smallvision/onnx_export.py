@@ -28,6 +28,7 @@ from smallvision.files import write_atomically
 from smallvision.models.summary import count_parameters
 from smallvision.onnx_model import FORMAT, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME, OnnxModel, one_line
 from smallvision.run import writable_directory
+from smallvision.runmeta import Preprocessing
 from smallvision.inference import predict_probabilities
 
 PARITY_IMAGES = 64
@@ -38,14 +39,14 @@ EXAMPLE_BATCH = 2  # the exporter traces with this batch; with 1 it could take t
 class RunProbabilities(nn.Module):
     """`Run.probabilities` as one network, for the exporter: uint8 pixels [N, H, W, C] -> probabilities."""
 
-    def __init__(self, model: nn.Module, preprocessing: dict, test_time_flip: bool):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, test_time_flip: bool):
         super().__init__()
         self.model = model
-        self.rescale = float(preprocessing["rescale"])
-        self.normalise = preprocessing.get("mean") is not None
+        self.rescale = float(preprocessing.rescale)
+        self.normalise = preprocessing.mean is not None
         if self.normalise:  # one number or one per channel, as Preprocess takes them
-            self.register_buffer("mean", per_channel(preprocessing["mean"]), persistent=False)
-            self.register_buffer("std", per_channel(preprocessing["std"]), persistent=False)
+            self.register_buffer("mean", per_channel(preprocessing.mean), persistent=False)
+            self.register_buffer("std", per_channel(preprocessing.std), persistent=False)
         self.test_time_flip = test_time_flip
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -86,10 +87,10 @@ def onnx_model_proto(run):
     """The run's `RunProbabilities` as a checked ONNX ModelProto, weights inside, with its metadata."""
     import onnx
 
-    channels, height, width = run.meta["architecture"]["input_shape"]
+    channels, height, width = run.meta.architecture.input_shape
     device = next(run.model.parameters()).device
     example = torch.zeros(EXAMPLE_BATCH, height, width, channels, dtype=torch.uint8, device=device)
-    network = RunProbabilities(run.model, run.meta["preprocessing"], run.test_time_flip).to(device).eval()
+    network = RunProbabilities(run.model, run.meta.preprocessing, run.test_time_flip).to(device).eval()
     chatter = io.StringIO()
     try:
         # The exporter reports each of its steps on stdout (verbose=False quiets most) and warns about
@@ -118,8 +119,8 @@ def metadata(run) -> dict[str, str]:
     """What predict needs besides the graph, and what the run was, as metadata_props (JSON where structured)."""
     from smallvision import __version__
 
-    channels, height, width = run.meta["architecture"]["input_shape"]
-    architecture = run.meta["architecture"]
+    architecture = run.meta.architecture
+    channels, height, width = architecture.input_shape
     values = {
         "format": FORMAT,
         "class_names": json.dumps(run.class_names),
@@ -130,14 +131,14 @@ def metadata(run) -> dict[str, str]:
                  f"when growing); the rest of the preprocessing is inside the graph",
         # The run's own: rescale, mean and std are inside the graph; invert_light_background is not (predict
         # inverts and frames light-background digits while reading the file, as the run does).
-        "preprocessing": json.dumps(run.meta["preprocessing"]),
+        "preprocessing": json.dumps(run.meta.preprocessing.to_json()),
         "test_time_flip": json.dumps(run.test_time_flip),
         "output_activation": run.model.output_activation,
-        "model": architecture.get("backbone") or architecture["model"],
+        "model": architecture.backbone or architecture.model,
         "parameters": str(count_parameters(run.model)),  # for the model card `serve` shows
-        "precision": f"fp32 (trained in {run.meta.get('precision', 'fp32')})",
+        "precision": f"fp32 (trained in {run.meta.precision})",
         "metrics": json.dumps(run.metrics),
-        "source": str(run.meta.get("source", "")),
+        "source": run.meta.source,
         "recipe": run.recipe.name,
         "smallvision_version": __version__,
     }
@@ -174,8 +175,8 @@ def parity_images(run, data_dir: str | Path | None = None) -> tuple[torch.Tensor
         unavailable = " ".join(str(err).split())
     if unavailable is None:
         pick = torch.linspace(0, len(data) - 1, min(PARITY_IMAGES, len(data))).round().long()
-        return data.subset(pick).images.cpu(), f"{len(pick)} test images of {run.meta['source']}"
-    shape = tuple(run.meta["architecture"]["input_shape"])
+        return data.subset(pick).images.cpu(), f"{len(pick)} test images of {run.meta.source}"
+    shape = run.meta.architecture.input_shape
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (PARITY_IMAGES, *shape), dtype=torch.uint8, generator=generator)
     return images, f"{PARITY_IMAGES} random images (the run's test images are not available: {unavailable})"

@@ -184,7 +184,6 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
     (and written under RUN/eval-SOURCE-SPLIT/); when the source cannot be read, the report says why and
     shows everything else."""
     metrics = run.metrics
-    architecture = run.meta["architecture"]
     data_summary = read_json(run.path / "data.json")
     trained_splits = data_summary.get("counts", {})
     if source is None and split in (None, "test") and trained_splits and "test" not in trained_splits \
@@ -201,7 +200,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
         evaluation_seconds = None
         evaluated = mistakes = gradcam = f"<p>⚠ Not evaluated: {html.escape(str(err))}</p>"
     epochs = str(run.recipe.epochs) + (f" + {run.recipe.fine_tune_epochs} fine-tuning" if run.recipe.fine_tune_epochs else "")
-    overview = [("model", architecture["model"]), ("recipe", run.recipe.name),
+    overview = [("model", run.meta.architecture.model), ("recipe", run.recipe.name),
                 ("test accuracy", f"{metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "—"),
                 ("validation accuracy", f"{metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "—"),
                 ("epochs", epochs), ("training time", format_seconds(metrics.get("train_seconds"))),
@@ -225,7 +224,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
             f'<meta name=viewport content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(run.path.name)} · smallvision report</title><style>{STYLE}</style></head>\n"
             f"<body><header><p class=muted>smallvision report</p><h1>{html.escape(run.path.name)}</h1>"
-            f"<p class=muted>trained on {html.escape(run.meta['source'])}</p>{cards(overview)}</header>\n"
+            f"<p class=muted>trained on {html.escape(run.meta.source)}</p>{cards(overview)}</header>\n"
             f"{body}\n</body></html>\n")
     out = Path(out) if out else run.path / "report.html"
     try:

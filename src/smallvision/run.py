@@ -3,7 +3,6 @@
 import contextlib
 import csv
 import json
-import math
 import os
 import socket
 import time
@@ -19,12 +18,14 @@ from smallvision.data.sources import open_source
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
 from smallvision.images import expand_image_paths, load_image
+from smallvision.metrics import classification_metrics
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.predictions import answer, predict_files
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.inference import Preprocess, predict_probabilities, resolve_device, split_probabilities
+from smallvision.runmeta import RunMeta
 
 try:
     import fcntl
@@ -32,7 +33,6 @@ except ImportError:  # Windows: no advisory locks; two trainings into one direct
     fcntl = None
 
 RUN_FILES = ("model.json", "model.safetensors", "recipe.toml")
-MAX_SIDE = 8192  # an input_shape beyond this in a model.json is damage, not a network to build
 WHOLE = "all"  # the split name that scores every image of a source
 LOCK_NAME = ".training.lock"
 
@@ -88,12 +88,12 @@ def writable_directory(path: str | Path) -> Path:
     return path
 
 
-def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[dict], metrics: dict) -> None:
+def save_run(directory: Path, model, recipe: Recipe, meta: RunMeta, history: list[dict], metrics: dict) -> None:
     """Write a run's files; history.csv and curves.png only when there is a history (an imported network
     has none)."""
     weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
     write_atomically(directory / "model.safetensors", lambda p: save_file(weights, str(p)))
-    write_atomically(directory / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    meta.write(directory / "model.json")
     write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
     write_atomically(directory / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     if history:
@@ -101,7 +101,7 @@ def save_run(directory: Path, model, recipe: Recipe, meta: dict, history: list[d
 
         write_atomically(directory / "history.csv", lambda p: write_history(p, history))
         write_atomically(directory / "curves.png",
-                         lambda p: plot_curves(history, p, f"{meta['source']} · {recipe.name}",
+                         lambda p: plot_curves(history, p, f"{meta.source} · {recipe.name}",
                                                  metrics.get("kept_epoch")))
 
 
@@ -172,44 +172,37 @@ class Run:
         if missing:
             raise SmallvisionError(f"{self.path}: not a smallvision run ({', '.join(missing)} missing)")
         description = self.path / "model.json"
-        try:
-            self.meta = json.loads(description.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise SmallvisionError(f"{description}: unreadable ({err})") from None
+        self.meta = RunMeta.read(description)  # every field checked here, once
         self.recipe = load_recipe(str(self.path / "recipe.toml"))
         self.device = resolve_device(device)
-        problem = description_problem(self.meta)
-        if problem:
-            raise SmallvisionError(f"{description}: not a run's model description ({problem})")
-        self.class_names: list[str] = self.meta["class_names"]
-        architecture, pre = self.meta["architecture"], self.meta["preprocessing"]
+        self.class_names: list[str] = list(self.meta.class_names)
+        architecture, pre = self.meta.architecture, self.meta.preprocessing
         try:
             # The run's safetensors hold every weight: a backbone needs no pretrained ones here.
-            if architecture.get("layers") is not None:  # the network itself, written by every run since layer lists
-                layers = layers_from_json(architecture["layers"], str(description))
+            if architecture.layers is not None:  # the network itself, written by every run since layer lists
+                layers = layers_from_json(architecture.layers, str(description))
                 # Shapes first, on the meta device (no memory): a model.json cannot ask for more than the
                 # weights file holds. The sketch's layers are spent on it, so the network is read again.
                 with torch.device("meta"):
-                    sketch = build_network(layers, architecture["input_shape"], architecture["num_classes"],
-                                           name=architecture["model"])
+                    sketch = build_network(layers, architecture.input_shape, architecture.num_classes,
+                                           name=architecture.model)
                 weights_fit(sketch, self.path / "model.safetensors")
-                self.model = build_network(layers_from_json(architecture["layers"], str(description)),
-                                           architecture["input_shape"], architecture["num_classes"],
-                                           name=architecture["model"])
+                self.model = build_network(layers_from_json(architecture.layers, str(description)),
+                                           architecture.input_shape, architecture.num_classes,
+                                           name=architecture.model)
             else:  # a backbone, or a run from before: by name
-                self.model = create_model(architecture["model"], architecture["input_shape"],
-                                          architecture["num_classes"], architecture.get("dropout", 0.0),
-                                          architecture.get("backbone"), pretrained=False)
+                self.model = create_model(architecture.model, architecture.input_shape, architecture.num_classes,
+                                          architecture.dropout, architecture.backbone, pretrained=False)
         except SmallvisionError as err:  # whitespace collapsed: a name from the file may hold a newline
             raise SmallvisionError(f"{description}: the network it describes cannot be built: "
                                    f"{' '.join(str(err).split())}") from None
         except (KeyError, TypeError, ValueError) as err:  # layer_from_json takes each entry's shape on trust
             raise SmallvisionError(f"{description}: not a run's model description (a layer of the wrong kind: "
                                    f"{type(err).__name__}: {err})") from None
-        self.preprocess = Preprocess(pre["rescale"], pre["mean"], pre["std"], pre["channels_last"])
-        self.test_time_flip = bool(self.meta.get("test_time_flip", False))
+        self.preprocess = Preprocess(pre.rescale, pre.mean, pre.std, pre.channels_last)
+        self.test_time_flip = self.meta.test_time_flip
         # Inference follows this machine, not the run: a bf16 run is scored in fp32 where bf16 is emulated.
-        self.precision = inference_precision(self.meta.get("precision", "fp32"), self.device)
+        self.precision = inference_precision(self.meta.precision, self.device)
         weights = self.path / "model.safetensors"
         try:
             self.model.load_state_dict(load_file(str(weights)))
@@ -220,7 +213,7 @@ class Run:
             first = str(err).strip().splitlines()[-1].strip()
             raise SmallvisionError(f"{weights}: its weights do not fit the network in model.json ({first})") from None
         self.model.to(self.device).eval()
-        if pre["channels_last"]:
+        if pre.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     @property
@@ -239,9 +232,8 @@ class Run:
 
     def read_image(self, path: str | Path) -> torch.Tensor:
         """One image file as uint8 [C, H, W], converted as the run's preprocessing says."""
-        channels, height, width = self.meta["architecture"]["input_shape"]
-        invert = self.meta["preprocessing"].get("invert_light_background", False)
-        return load_image(path, channels, height, width, invert)
+        channels, height, width = self.meta.architecture.input_shape
+        return load_image(path, channels, height, width, self.meta.preprocessing.invert_light_background)
 
     def load_images(self, paths: list[str | Path]) -> tuple[list[Path], torch.Tensor]:
         files = expand_image_paths(paths)
@@ -267,8 +259,8 @@ class Run:
         not the run's own source: new labelled photos, scored whole (WHOLE)."""
         if split:
             return split
-        source = source or self.meta["source"]
-        if str(source) != self.meta["source"] and Path(source).is_dir() and is_image_folder(Path(source)):
+        source = source or self.meta.source
+        if str(source) != self.meta.source and Path(source).is_dir() and is_image_folder(Path(source)):
             if scan_folder(Path(source)).layout == "classes":
                 return WHOLE
         return "test"
@@ -277,10 +269,10 @@ class Run:
                        cache_dir: str | Path | None = None, progress: bool = False) -> ImageSet:
         """One split of a labelled source (default: the run's own), or with WHOLE every image of it, checked
         against the run's classes and input."""
-        source = source or self.meta["source"]
-        shape = tuple(self.meta["architecture"]["input_shape"])
+        source = source or self.meta.source
+        shape = self.meta.architecture.input_shape
         # The run's own source is split again by the run's rule, so its held-out images are the same ones.
-        own = str(source) == self.meta["source"]
+        own = str(source) == self.meta.source
         rule = self.recipe if own else Recipe()
         if own and not Path(source).exists():
             source = self.trained_root() or source  # a relative path given from another directory
@@ -308,9 +300,22 @@ class Run:
                  cache_dir: str | Path | None = None) -> dict:
         """Accuracy, log loss, per-class scores and the confusion matrix on a labelled source whose classes
         match the run's. Writes nothing: `smallvision.evaluation.evaluate_run` writes the pictures too."""
-        from smallvision.evaluation import evaluate_run  # it builds on this module
+        return self.score(source, split, data_dir, cache_dir)[0]
 
-        return evaluate_run(self, source, split, data_dir, cache_dir, write=False).metrics
+    def score(self, source: str | Path | None = None, split: str | None = None, data_dir: str | Path | None = None,
+              cache_dir: str | Path | None = None, progress: bool = False) -> tuple[dict, ImageSet, torch.Tensor]:
+        """(metrics, the labelled split, its probabilities) on `split` of `source` (default: the source it was
+        trained on; with no split named, its test split, or the whole of a folder of class folders:
+        `split_to_score`). `evaluate` gives the metrics; `evaluation.evaluate_run` writes the files from all three."""
+        source = source or self.meta.source
+        split = self.split_to_score(source, split)
+        data = self.labelled_split(source, split, data_dir, cache_dir, progress)
+        probabilities = self.split_probabilities(data)
+        metrics = {"source": str(source), "split": split,
+                   **classification_metrics(data.labels, probabilities, self.class_names)}
+        if split == WHOLE:
+            metrics["scored"] = "every image: a folder of class folders that is not the run's own source"
+        return metrics, data, probabilities
 
 
 def weights_fit(model, weights: Path) -> None:
@@ -326,68 +331,6 @@ def weights_fit(model, weights: Path) -> None:
         differ = sorted(set(stored) ^ set(wanted)) or [name for name in wanted if stored[name] != wanted[name]]
         raise SmallvisionError(f"{weights}: its weights do not fit the network in model.json ({differ[0]}: "
                                f"{stored.get(differ[0])} in the file, {wanted.get(differ[0])} in the network)")
-
-
-def description_problem(meta) -> str | None:
-    """What makes model.json's content unfit to rebuild and use a run, or None: every field Run reads,
-    of the kind it needs, so that a damaged or hand-edited file fails as it loads, not in a prediction."""
-    if not isinstance(meta, dict):
-        return f"a JSON {type(meta).__name__}, not an object"
-    for key in ("class_names", "architecture", "preprocessing"):
-        if key not in meta:
-            return f"no {key!r} field"
-    names, architecture, pre = meta["class_names"], meta["architecture"], meta["preprocessing"]
-    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
-        return f"class_names must be a list of names, got {short(names)}"
-    if not isinstance(architecture, dict) or not isinstance(pre, dict):
-        return "architecture and preprocessing must be JSON objects"
-    for key in ("model", "input_shape", "num_classes"):
-        if key not in architecture:
-            return f"no {key!r} field in architecture"
-    if not isinstance(architecture["model"], str):
-        return f"architecture.model must be a name, got {short(architecture['model'])}"
-    shape = architecture["input_shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(whole(side) and side >= 1 for side in shape)):
-        return f"architecture.input_shape must be [channels, height, width], got {short(shape)}"
-    if shape[0] not in (1, 3) or max(shape[1:]) > MAX_SIDE:
-        return f"architecture.input_shape must be 1 or 3 channels and at most {MAX_SIDE} pixels a side, got {short(shape)}"
-    if not whole(architecture["num_classes"]) or architecture["num_classes"] != len(names):
-        return f"architecture.num_classes must be the number of class_names ({len(names)}), got " \
-               f"{short(architecture['num_classes'])}"
-    for key in ("rescale", "mean", "std", "channels_last"):
-        if key not in pre:
-            return f"no {key!r} field in preprocessing"
-    if not finite(pre["rescale"]):
-        return f"preprocessing.rescale must be a number, got {short(pre['rescale'])}"
-    if (pre["mean"] is None) != (pre["std"] is None):
-        return "preprocessing needs both mean and std, or neither"
-    for key in ("mean", "std"):
-        values = pre[key] if isinstance(pre[key], list) else [pre[key]]
-        if pre[key] is not None and not (len(values) in (1, shape[0]) and all(map(finite, values))
-                                         and (key == "mean" or 0 not in values)):
-            return f"preprocessing.{key} must be a number or one per channel{' (not 0)' if key == 'std' else ''}, " \
-                   f"got {short(pre[key])}"
-    if not isinstance(pre["channels_last"], bool):
-        return f"preprocessing.channels_last must be true or false, got {short(pre['channels_last'])}"
-    return None
-
-
-def whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def finite(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an integer beyond any float
-        return False
-
-
-def short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_run(path: str | Path, device: str = "auto") -> Run:

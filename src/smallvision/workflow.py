@@ -30,6 +30,7 @@ from smallvision.precision import inference_precision, training_precision
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
+from smallvision.runmeta import Architecture, Preprocessing, RunMeta
 from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
@@ -309,24 +310,23 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    meta = {
-        "format": "smallvision-run/1",
-        "source": str(source),
-        "architecture": {"model": model_name, "backbone": recipe.backbone, "input_shape": list(input_shape),
-                         "num_classes": len(dataset.class_names), "dropout": recipe.dropout},
-        "class_names": dataset.class_names,
-        "output_activation": model.output_activation,
-        "precision": choice.precision,  # what the weights were trained in; inference follows the machine
-        "precision_reason": choice.reason,
-        "test_time_flip": recipe.test_time_flip,
-        "preprocessing": {"rescale": recipe.rescale, "mean": recipe.mean, "std": recipe.std,
-                          "channels_last": recipe.channels_last,
-                          "resize": "area when shrinking, bilinear when growing" if dataset.root else "none",
-                          "color_mode": "L" if input_shape[0] == 1 else "RGB",
-                          "invert_light_background": has_dark_background(train_split.take(torch.arange(min(len(train_split), 1000))))},
-    }
-    if not recipe.backbone:  # the network itself, so the run reloads without knowing any name of ours
-        meta["architecture"]["layers"] = layers_to_json(model.keras_layers)
+    # A layer list is the network itself, so the run reloads without knowing any name of ours.
+    layers = None if recipe.backbone else layers_to_json(model.keras_layers)
+    meta = RunMeta(
+        source=str(source),
+        architecture=Architecture(model=model_name, backbone=recipe.backbone, input_shape=input_shape,
+                                  num_classes=len(dataset.class_names), dropout=recipe.dropout, layers=layers),
+        class_names=dataset.class_names,
+        output_activation=model.output_activation,
+        precision=choice.precision,  # what the weights were trained in; inference follows the machine
+        precision_reason=choice.reason,
+        test_time_flip=recipe.test_time_flip,
+        preprocessing=Preprocessing(
+            rescale=recipe.rescale, mean=recipe.mean, std=recipe.std, channels_last=recipe.channels_last,
+            resize="area when shrinking, bilinear when growing" if dataset.root else "none",
+            color_mode="L" if input_shape[0] == 1 else "RGB",
+            invert_light_background=has_dark_background(train_split.take(torch.arange(min(len(train_split), 1000))))),
+    )
     try:
         save_run(directory, model, recipe, meta, history.epochs, metrics)
     except OSError as err:  # a full disk, a lost permission: the last epoch's checkpoint holds the whole result

@@ -27,7 +27,8 @@ from smallvision.images import DamagedImage
 from smallvision.predictions import class_index
 from smallvision.serve.batcher import NotRunning, QueueFull
 from smallvision.serve.limits import BodyLimit
-from smallvision.serve.models import PREDICT, ServedModel, load_models
+from smallvision.serve.loading import load_models
+from smallvision.serve.models import PREDICT, ServedModel
 
 PAGE = Path(__file__).parent / "page"
 MAX_BODY = 10 * 2**20

@@ -59,15 +59,15 @@ def model_card(run, name: str) -> dict:
 
     metrics, data = read_json(run.path / "metrics.json"), read_json(run.path / "data.json")
     training = read_json(run.path / "training.json")
-    architecture = run.meta["architecture"]
+    architecture = run.meta.architecture
     recipe = run.recipe
     epochs = metrics.get("epochs") if isinstance(metrics.get("epochs"), int) else recipe.epochs
     return {
         "name": name,
         "classes": list(run.class_names),
-        "model": architecture["model"],
-        "backbone": architecture.get("backbone"),
-        "input_shape": list(architecture["input_shape"]),  # [channels, height, width]
+        "model": architecture.model,
+        "backbone": architecture.backbone,
+        "input_shape": list(architecture.input_shape),  # [channels, height, width]
         "parameters": count_parameters(run.model),
         "test_accuracy": number(metrics.get("test_accuracy")),
         "val_accuracy": number(metrics.get("val_accuracy")),
@@ -75,14 +75,13 @@ def model_card(run, name: str) -> dict:
         "fine_tune_epochs": recipe.fine_tune_epochs or None,
         "recipe": {"name": recipe.name, "description": recipe.description or None, "summary": recipe.one_line()},
         "training_data": {
-            "source": source_name(data.get("source") or training.get("source") or run.meta.get("source")),
+            "source": source_name(data.get("source") or training.get("source") or run.meta.source),
             "layout": data.get("layout") or None,
             "counts": counts(data, run.class_names),
         },
         "trained": trained_on(metrics, run.path / "model.safetensors"),
         "train_seconds": number(metrics.get("train_seconds")),
-        "imported_from": source_name((run.meta.get("imported_from") or {}).get("file")
-                                     if isinstance(run.meta.get("imported_from"), dict) else None),
+        "imported_from": source_name(run.meta.imported_from.file if run.meta.imported_from else None),
         "exported_file": None,
     }
 

@@ -1,7 +1,7 @@
-"""The models a server serves: each loaded once, under a name of its own, with its card and the worker that
-runs its batches. Two kinds share one face (`ServedModel`): a run directory, run by PyTorch with Grad-CAM
-(`served_run.py`), and an exported `.onnx` file, run by onnxruntime without PyTorch (`served_onnx.py`).
-This module imports neither, so that a server of `.onnx` files never loads PyTorch.
+"""The face every served model shows the application and the batcher (`ServedModel`), whichever engine runs
+it: a run directory, run by PyTorch with Grad-CAM (`served_run.py`), or an exported `.onnx` file, run by
+onnxruntime without PyTorch (`served_onnx.py`). Both build on this module, which imports neither (nor
+PyTorch); `loading.py` loads them.
 
 A batch runs at one of a few sizes (`buckets`: powers of two, one and a half times them, and max_batch),
 padded with copies of its last image. Each new input shape leaves buffers of its own in the process for good
@@ -13,12 +13,8 @@ Images cross the batcher as NumPy arrays (uint8 [N, ...] in the model's own layo
 NumPy too: the request threads and the event loop never touch PyTorch.
 """
 
-import threading
-from pathlib import Path
-
 import numpy as np
 
-from smallvision.onnx_model import OnnxModel, is_onnx_path
 from smallvision.predictions import answer
 from smallvision.serve.batcher import Batcher, Job
 
@@ -38,23 +34,6 @@ def padded(images: np.ndarray, size: int) -> np.ndarray:
     if len(images) >= size:
         return images
     return np.concatenate([images, np.repeat(images[-1:], size - len(images), axis=0)])
-
-
-def served_names(paths: list[Path]) -> list[str]:
-    """Each run by its directory's name, an exported file by its name without `.onnx` (export's own name,
-    RUN/model.onnx, by its run's); a name met again gets -2, -3, ... in the order given."""
-    names: list[str] = []
-    for path in paths:
-        path = Path(path).resolve()
-        if is_onnx_path(path):
-            path = path.parent if path.name == "model.onnx" else path.with_suffix("")
-        base = path.name or "run"
-        name, number = base, 1
-        while name in names:
-            number += 1
-            name = f"{base}-{number}"
-        names.append(name)
-    return names
 
 
 class ServedModel:
@@ -136,48 +115,3 @@ class ServedModel:
         heatmaps, classes, layer = self.run_gradcam(padded(images, size), padded(classes, size), key[1])
         return [(p, h, c, layer) for p, h, c in zip(np.split(probabilities, sizes), np.split(heatmaps[:count], sizes),
                                                     np.split(classes[:count], sizes))]
-
-
-def load_models(runs: list, device: str = "auto", max_batch: int | None = None, max_wait: float = 0.005,
-                max_queue: int = 256) -> dict[str, ServedModel]:
-    """{name: ServedModel} for run directories, exported `.onnx` files (or Runs already loaded), in the order
-    given. A path that is not a usable run or export raises SmallvisionError, before anything is served."""
-    def load() -> dict[str, ServedModel]:
-        loaded = []
-        for run in runs:
-            if isinstance(run, (str, Path)) and is_onnx_path(run):
-                loaded.append(OnnxModel(run, device))
-            else:
-                from smallvision.run import Run  # PyTorch, for run directories only
-
-                loaded.append(run if isinstance(run, Run) else Run(run, device))
-        names = served_names([model.path for model in loaded])
-        served = []
-        for name, model in zip(names, loaded):
-            if isinstance(model, OnnxModel):
-                from smallvision.serve.served_onnx import ServedOnnx as kind
-            else:
-                from smallvision.serve.served_run import ServedRun as kind
-            served.append(kind(name, model, max_batch, max_wait, max_queue))
-        return {model.name: model for model in served}
-
-    return in_passing_thread(load)
-
-
-def in_passing_thread(work):
-    """work() in a thread that ends with it, so that the OpenMP team it starts ends too (see served_run.py);
-    its result, or its exception raised here."""
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = work()
-        except BaseException as err:  # noqa: BLE001 -- handed to the caller's thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, name="smallvision-serve-load")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]

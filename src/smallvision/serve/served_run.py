@@ -1,7 +1,7 @@
 """A run directory served: its network in PyTorch, predictions and Grad-CAM.
 
 PyTorch's parallel work (OpenMP) happens in each model's worker thread alone: runs are loaded in a thread of
-their own that then ends (`models.in_passing_thread`), and decoding stays in NumPy. GNU OpenMP keeps a team
+their own that then ends (`loading.in_passing_thread`), and decoding stays in NumPy. GNU OpenMP keeps a team
 of threads for every thread that ever ran parallel work, and once they outnumber the cores it stops spinning
 between parallel regions: a photo's forward pass in the worker then took 34-43 ms instead of 21
 (EfficientNet-Lite0, 2 cores).
@@ -25,8 +25,8 @@ class ServedRun(ServedModel):
 
     def __init__(self, name: str, run: Run, max_batch: int | None = None, max_wait: float = 0.005, max_queue: int = 256):
         self.name, self.run, self.class_names = name, run, list(run.class_names)
-        self.channels, self.height, self.width = run.meta["architecture"]["input_shape"]
-        self.invert = bool(run.meta["preprocessing"].get("invert_light_background", False))
+        self.channels, self.height, self.width = run.meta.architecture.input_shape
+        self.invert = run.meta.preprocessing.invert_light_background
         # Found once, before the worker owns the model: checking a layer later needs no forward pass.
         self.map_layers = list(map_shapes(run.model))
         try:
