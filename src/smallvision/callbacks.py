@@ -13,35 +13,32 @@ display last (`progress_callback`). The run adds checkpointing, resuming and the
 import math
 import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from smallvision.progress import progress_bar
 
-if TYPE_CHECKING:
-    from smallvision.loop import Loop
-
 
 class Callback:
-    """Keras' hook points. Each receives the Loop; none needs to call the others."""
+    """Keras' hook points. Each receives the Loop (loop.py); none needs to call the others."""
 
-    def on_train_begin(self, loop: "Loop") -> None:
+    def on_train_begin(self, loop) -> None:
         """Before the first step (and before torch.compile's warm-up): a checkpoint is put back here."""
 
-    def on_epoch_begin(self, loop: "Loop") -> None:
+    def on_epoch_begin(self, loop) -> None:
         pass
 
-    def on_batch_end(self, loop: "Loop") -> None:
+    def on_batch_end(self, loop) -> None:
         """After every batch. `loop.live` is as of the last refresh; `loop.at_refresh` is True when this
         batch's end was one (the epoch's sums were read, every process met): only then is the state whole
         enough to save."""
 
-    def on_epoch_end(self, loop: "Loop") -> None:
+    def on_epoch_end(self, loop) -> None:
         """The epoch's row is `loop.state.history.epochs[-1]` (with its validation, when there was one)."""
 
-    def on_train_end(self, loop: "Loop") -> None:
+    def on_train_end(self, loop) -> None:
         """Training is over (its last epoch, or early stopping); the run is written next."""
 
-    def on_stop(self, loop: "Loop") -> None:
+    def on_stop(self, loop) -> None:
         """Training stops before its end, as asked: the state is whole, between two batches."""
 
 
@@ -49,9 +46,18 @@ class NanGuard(Callback):
     """The first loss that is not a number stops training, saying where, with a lower learning rate to try.
     First among the callbacks, so no checkpoint is written after it: the last one keeps the last good weights."""
 
-    def on_batch_end(self, loop: "Loop") -> None:
+    def on_batch_end(self, loop) -> None:
         if loop.at_refresh:  # an epoch's last batch always is one: checked before its validation and checkpoint
             loop.step.check_finite(loop.live.epoch, loop.steps_per_epoch)
+
+
+@dataclass
+class Best:
+    """KeepBest's record, kept in the loop's state (so a checkpoint carries it)."""
+
+    epoch: int
+    value: float  # of the recipe's keep_best metric
+    weights: dict  # a copy of the model's state_dict (name -> tensor), on the CPU
 
 
 class KeepBest(Callback):
@@ -69,9 +75,7 @@ class KeepBest(Callback):
             return True
         return value > best.value if self.metric == "val_accuracy" else value < best.value
 
-    def on_epoch_end(self, loop: "Loop") -> None:
-        from smallvision.loop import Best
-
+    def on_epoch_end(self, loop) -> None:
         state, row = loop.state, loop.state.history.epochs[-1]
         if self.metric not in row:
             return  # not a validation epoch (validation_freq)
@@ -84,7 +88,7 @@ class KeepBest(Callback):
             loop.finish_early = True
             state.history.stopped_early = row["epoch"]
 
-    def on_train_end(self, loop: "Loop") -> None:
+    def on_train_end(self, loop) -> None:
         best = loop.state.best
         if best is not None:
             loop.model.load_state_dict(best.weights)
@@ -115,10 +119,10 @@ class EpochLines(Callback):
     def __init__(self, every: float = 60.0):
         self.every, self.last = every, time.monotonic()
 
-    def on_epoch_begin(self, loop: "Loop") -> None:
+    def on_epoch_begin(self, loop) -> None:
         self.last = time.monotonic()
 
-    def on_batch_end(self, loop: "Loop") -> None:
+    def on_batch_end(self, loop) -> None:
         if loop.at_refresh and time.monotonic() - self.last >= self.every:
             live = loop.live
             eta = f"  ETA {format_duration(live.eta_seconds)}" if live.eta_seconds is not None else ""
@@ -126,14 +130,14 @@ class EpochLines(Callback):
                   f"  accuracy {live.accuracy:.4f}  {live.images_per_second:,.0f} img/s{eta}", flush=True)
             self.last = time.monotonic()
 
-    def on_epoch_end(self, loop: "Loop") -> None:
+    def on_epoch_end(self, loop) -> None:
         row = loop.state.history.epochs[-1]
         print(format_epoch(row, loop.recipe.epochs, loop.live.images_per_second), flush=True)
         if loop.finish_early:
             print(f"early stopping: no better {loop.recipe.keep_best} in {loop.recipe.early_stopping_patience} "
                   f"validations", flush=True)
 
-    def on_train_end(self, loop: "Loop") -> None:
+    def on_train_end(self, loop) -> None:
         kept = loop.state.history.kept
         if kept:
             metric = loop.recipe.keep_best
@@ -148,12 +152,12 @@ class ProgressBar(EpochLines):
         super().__init__()
         self.bar = None
 
-    def on_epoch_begin(self, loop: "Loop") -> None:
+    def on_epoch_begin(self, loop) -> None:
         live = loop.live
         self.bar = progress_bar("bar", total=live.steps_per_epoch, initial=live.batch,
                                 desc=f"epoch {live.epoch}/{live.epochs}", unit="batch", leave=False)
 
-    def on_batch_end(self, loop: "Loop") -> None:
+    def on_batch_end(self, loop) -> None:
         if loop.at_refresh:
             live = loop.live
             self.bar.set_postfix(loss=f"{live.loss:.4f}", accuracy=f"{live.accuracy:.4f}",
@@ -165,11 +169,11 @@ class ProgressBar(EpochLines):
             self.bar.close()
             self.bar = None
 
-    def on_epoch_end(self, loop: "Loop") -> None:
+    def on_epoch_end(self, loop) -> None:
         self.close()
         super().on_epoch_end(loop)
 
-    def on_stop(self, loop: "Loop") -> None:
+    def on_stop(self, loop) -> None:
         self.close()
 
 

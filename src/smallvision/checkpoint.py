@@ -20,8 +20,7 @@ from safetensors.torch import save_file
 from smallvision import distributed
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
-from smallvision.callbacks import Callback
-from smallvision.loop import Best
+from smallvision.callbacks import Best, Callback
 
 FORMAT = "smallvision-checkpoint/2"  # 2: the best weights, early stopping, a stage's context
 NAME = "checkpoint.safetensors"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smallvision import distributed
-from smallvision.callbacks import Callback, KeepBest, NanGuard, ProgressBar, progress_callback
+from smallvision.callbacks import Best, Callback, KeepBest, NanGuard, ProgressBar, progress_callback
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
@@ -110,13 +110,6 @@ class TrainingState:
     history: History = field(default_factory=History)
     best: "Best | None" = None  # with keep_best: the best validation so far and its weights
     waited: int = 0  # validations since the best one (early stopping counts them)
-
-
-@dataclass
-class Best:
-    epoch: int
-    value: float  # of the recipe's keep_best metric
-    weights: dict[str, torch.Tensor]  # a copy of the model's state_dict, on the CPU
 
 
 @dataclass
