@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from smallvision.data.imageset import ImageSet
+from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
 from smallvision.metrics import classification_metrics, format_classification_report, most_confident_mistakes
 from smallvision.run import WHOLE, writable_directory
@@ -43,12 +44,24 @@ def source_label(source: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "source"
 
 
+def default_source(run) -> str:
+    """What a run is scored on when no source is named: the source it was trained on; for a network imported
+    from Keras, the labelled source its import named (`import-keras --source`)."""
+    imported = run.meta.get("imported_from")
+    if not isinstance(imported, dict):
+        return run.meta["source"]
+    if imported.get("source"):
+        return imported["source"]
+    raise SmallvisionError(f"{run.path}: imported from {Path(str(imported.get('file'))).name} without --source, so "
+                           f"it knows no source to score on; name one: `smallvision evaluate {run.path} SOURCE`")
+
+
 def evaluate_run(run, source: str | Path | None = None, split: str | None = None, data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None, write: bool = True, progress: bool = False) -> Evaluation:
-    """Score `run` on `split` of `source` (default: the source it was trained on; with no split named, its
-    test split, or the whole of a folder of class folders: Run.split_to_score); with `write`, also write
-    the evaluation's files into RUN/eval-SOURCE-SPLIT/."""
-    source = source or run.meta["source"]
+    """Score `run` on `split` of `source` (default: the source it was trained on, `default_source`; with no split
+    named, its test split, or the whole of a folder of class folders: Run.split_to_score); with `write`, also
+    write the evaluation's files into RUN/eval-SOURCE-SPLIT/."""
+    source = source or default_source(run)
     split = run.split_to_score(source, split)
     data = run.labelled_split(source, split, data_dir, cache_dir, progress)
     probabilities = run.split_probabilities(data)

@@ -451,6 +451,8 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
                           "color_mode": "L" if channels == 1 else "RGB", "invert_light_background": False},
         "imported_from": {"file": str(path.resolve()), "written_by": keras.written_by, "left_out": keras.left_out},
     }
+    if source is not None:  # what `evaluate RUN` and `report RUN` score on when no source is named
+        meta["imported_from"]["source"] = str(Path(source).resolve()) if Path(str(source)).exists() else str(source)
     metrics = {"imported_from": str(path.resolve()), "written_by": keras.written_by}
     save_run(directory, model, recipe, meta, [], metrics)  # no history: it was trained elsewhere
     return Run(directory, "auto")
