@@ -155,5 +155,5 @@ def test_augment_preview_draws_a_grid(tmp_path, capsys):
 
     with Image.open(out) as picture:
         assert picture.width > 400 and picture.height > 200
-    assert main(["augment", "preview", str(root), "--recipe", "seed-catsdogs", "-o", str(out)]) == 2
+    assert main(["augment", "preview", str(root), "--recipe", "seed-catsdogs", "-o", str(tmp_path / "none.png")]) == 2
     assert "has no augmentation" in capsys.readouterr().err

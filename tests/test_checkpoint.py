@@ -119,7 +119,9 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_slice, tmp
 
     monkeypatch.setattr(step_module, "cross_entropy", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(SmallvisionError, match=r"NaN or infinite at step 71 \(epoch 2, batch 14 of 57\).*--lr"):
+    with pytest.raises(SmallvisionError, match=r"NaN or infinite at step 71 \(epoch 2, batch 14 of 57\): training "
+                                               r"stopped; .*run keeps its last checkpoint, with the last good weights; "
+                                               r"try a lower learning rate.*--lr"):
         sv.train(mnist_slice, "seed-mnist", out=out, **SETTINGS)
     header, tensors = read_checkpoint(out)  # written after epoch 1, before the loss went bad
     assert header["epoch"] == 1 and all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))

@@ -160,7 +160,7 @@ def test_an_unknown_model_is_404_naming_the_served_ones(client, shape_photos):
     for answer in (client.post("/predict?model=shapez", content=photo), client.post("/gradcam?model=shapez", content=photo),
                    client.get("/models/shapez")):
         assert answer.status_code == 404
-        assert answer.json() == {"detail": "unknown model 'shapez'; this server serves: shapes"}
+        assert answer.json() == {"detail": "unknown model 'shapez': did you mean 'shapes'? known: shapes"}
     assert client.get("/nowhere").json() == {"detail": "Not Found"}
 
 

@@ -31,9 +31,10 @@ def activation_pictures(run, image_path: str | Path, layers: list[str] | None = 
     files, images = run.load_images([image_path])
     if len(files) != 1:
         raise SmallvisionError(f"{image_path}: activations are drawn for one image; name one file, not a folder")
+    activations = layer_activations(run, images[0], layers)  # a layer it does not have: refused, nothing written
     out_dir = writable_directory(out_dir or run.path / "activations")
     pictures = []
-    for number, (name, maps) in enumerate(layer_activations(run, images[0], layers).items()):
+    for number, (name, maps) in enumerate(activations.items()):
         channels, height, width = maps.shape
         shown = f"all {channels}" if channels <= max_channels else f"the first {max_channels} of {channels}"
         title = f"{files[0].name} · layer {name}: {height}x{width}x{channels} ({shown} channels)"

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from smallvision import heap
-from smallvision.errors import SmallvisionError, TrainingStopped
+from smallvision.errors import SmallvisionError, TrainingStopped, unknown_name
 
 PROG = "smallvision"
 
@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "split (a photo folder with a built-in recipe: 0.15)")
     overrides.add_argument("--test-split", type=float, help="hold out this fraction as a test split when the source has "
                                                             "none (a photo folder with a built-in recipe: 0.15)")
-    overrides.add_argument("--image-size", type=int, help="decode image folders to this many pixels square")
+    overrides.add_argument("--image-size", type=int, help="decode image folders to this many pixels square (digits "
+                                                          "from IDX files keep their own size: refused there)")
     overrides.add_argument("--dropout", type=float, help="the network's Dropout rate, where it has one")
     overrides.add_argument("--precision", help="auto (the built-in recipes: bf16 where this machine computes it "
                                                             "natively, else fp32), bf16 or fp32")
@@ -202,11 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
                       "smallvision explain runs/pets-1 my_cat.jpg --class cats\n"
                       "  smallvision explain runs/mnist-1 digit.png --layer conv2d_1", run_explain)
     explain.add_argument("run", help="a run directory")
-    explain.add_argument("files", nargs="+", help="image files or directories of them")
+    explain.add_argument("files", nargs="+", help="image files or directories of them (a file that cannot be read "
+                                                  "gets a JSON line with its `error`, the others are still explained, "
+                                                  "and the exit status is 2)")
     explain.add_argument("--class", dest="class_name", help="explain this class (default: each image's prediction)")
     explain.add_argument("--layer", help="the layer whose maps to weigh (default: the last convolutional one; "
                                          "a wrong name lists them)")
-    explain.add_argument("-o", "--out", help="the folder for the pictures (default: RUN/explain/)")
+    explain.add_argument("-o", "--out", help="the folder for the pictures, made if it is not there (default: "
+                                             "RUN/explain/); a picture of the same image from an earlier call is "
+                                             "replaced")
     explain.add_argument("--device", default="auto")
 
     activations = command(sub, "activations", "every channel's activation for one image, a grid per layer, "
@@ -216,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     activations.add_argument("image", help="one image file")
     activations.add_argument("--layers", nargs="+", help="which layers (default: every layer with a feature map)")
     activations.add_argument("--max-channels", type=int, default=256, help="draw at most this many channels a layer")
-    activations.add_argument("-o", "--out", help="the folder for the pictures (default: RUN/activations/)")
+    activations.add_argument("-o", "--out", help="the folder for the pictures, made if it is not there (default: "
+                                                 "RUN/activations/); pictures of the same image and layers from an "
+                                                 "earlier call are replaced")
     activations.add_argument("--device", default="auto")
 
     filters = command(sub, "filters", "the input pattern each filter of a layer responds to most, found by "
@@ -226,15 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--layer", required=True, help="a layer with a feature map (a wrong name lists them)")
     filters.add_argument("--count", type=int, default=64, help="the first this many filters (default: 64)")
     filters.add_argument("--steps", type=int, default=40, help="gradient ascent steps (default: 40, as the chapter)")
-    filters.add_argument("-o", "--out", help="the picture to write (default: RUN/filters/LAYER.png)")
+    filters.add_argument("-o", "--out", help="the picture to write (default: RUN/filters/LAYER.png, replaced by each "
+                                             "call); a file named here that exists is refused without --force")
+    filters.add_argument("--force", action="store_true", help="replace the file -o names")
     filters.add_argument("--device", default="auto")
 
     report = command(sub, "report", "one self-contained HTML page about a run: recipe, data, curves, "
                      "evaluation, mistakes, Grad-CAM and timings", "smallvision report runs/pets-1", run_report)
     add_run_and_source(report)
-    report.add_argument("-o", "--out", help="the HTML file to write (default: RUN/report.html)")
+    report.add_argument("-o", "--out", help="the HTML file to write (default: RUN/report.html, replaced by each "
+                                            "call); a file named here that exists is refused without --force")
+    report.add_argument("--force", action="store_true", help="replace the file -o names")
     report.add_argument("--samples", type=at_least(0), default=8, help="how many images get a Grad-CAM heatmap")
-    report.add_argument("--layer", help="the layer for Grad-CAM (default: the last convolutional one)")
+    report.add_argument("--layer", help="the layer for Grad-CAM (default: the last convolutional one; a wrong name "
+                                        "lists them, and nothing is written)")
 
     keras_in = command(sub, "import-keras", "turn a Keras model file (.h5 as the book saves it, or .keras) into a run "
                        "directory that predict, evaluate, explain, report and the rest use; TensorFlow is not needed "
@@ -261,18 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
                      "  smallvision predict pets.onnx my_cat.jpg          # onnxruntime alone", run_export)
     export.add_argument("run", help="a run directory")
     export.add_argument("--format", choices=["keras", "onnx"], default="keras", help="the file's format (default keras)")
-    export.add_argument("-o", "--out", help="the file to write (default RUN/model.keras, RUN/model.onnx)")
+    export.add_argument("-o", "--out", help="the file to write (default RUN/model.keras, RUN/model.onnx); one that "
+                                            "exists is refused without --force")
+    export.add_argument("--force", action="store_true", help="replace the file if it exists")
     export.add_argument("--data", help="onnx: where to look for the run's source first, for its test images (without "
                                        "them the check uses random images)")
 
-    compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time and "
-                      "test accuracy; with --plot, their validation accuracy in one picture",
+    compare = command(sub, "compare", "runs side by side: recipe, model, parameters, epochs, training time (a frozen "
+                      "backbone's feature extraction included; compiling and loading the data not) and test accuracy; "
+                      "with --plot, their validation accuracy in one picture",
                       "smallvision compare runs/*/ --md\n  smallvision compare runs/lite0 runs/lite1 --plot lite.png",
                       run_compare)
     compare.add_argument("runs", nargs="+", help="run directories")
     compare.add_argument("--md", action="store_true", help="print a Markdown table")
     compare.add_argument("--plot", metavar="FILE.png", help="also draw each run's validation accuracy by epoch and by "
-                         "training time")
+                         "training time (a frozen backbone's feature extraction included, as in the table); a file "
+                         "that exists is refused without --force, and runs without a validated epoch draw nothing")
+    compare.add_argument("--force", action="store_true", help="replace the file --plot names")
 
     predict = command(sub, "predict", "classify image files; one JSON object per image, in file order (a file that "
                       "cannot be read gets one with its `error`, the others are still answered, and the exit status is 2)",
@@ -339,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--recipe", default="seed-catsdogs", help="decode at this recipe's image size and channels "
                                                                   "(shares the decode cache with training runs)")
     check.add_argument("--image-size", type=int, help="decode at this size instead")
-    check.add_argument("--samples", metavar="PNG", help="also draw 8 training images of each class, a row per class")
+    check.add_argument("--samples", metavar="PNG", help="also draw 8 training images of each class, a row per class "
+                                                        "(a file that exists is refused without --force)")
+    check.add_argument("--force", action="store_true", help="replace the file --samples names")
     check.add_argument("--memory-budget", metavar="SIZE", help="say whether training would hold the images in memory "
                        "or read them from the memory-mapped cache under this budget (default: the recipe's)")
     check.add_argument("--data", help="where to look for the source's files first")
@@ -351,8 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "smallvision augment preview ../shared/datasets/cats_and_dogs_small "
                       "--recipe seed-catsdogs-augment -o grid.png", run_augment_preview)
     preview.add_argument("source", help="an image folder, `mnist`, or a directory of IDX files")
-    preview.add_argument("--recipe", default="seed-catsdogs-augment", help="whose augmentation to draw")
-    preview.add_argument("-o", "--out", default="augment-preview.png", help="the picture to write (PNG)")
+    preview.add_argument("--recipe", help="whose augmentation to draw (default: the recipe `train` uses for the "
+                                          "source without --recipe: seed-mnist for digits, which has none, and "
+                                          "catsdogs-finetune for a folder of photos)")
+    preview.add_argument("-o", "--out", default="augment-preview.png", help="the picture to write (PNG; default "
+                         "augment-preview.png); a file that exists is refused without --force")
+    preview.add_argument("--force", action="store_true", help="replace the file -o names")
     preview.add_argument("--index", type=int, default=0, help="which training image (default: the first)")
     preview.add_argument("--count", type=int, default=11, help="how many augmented versions")
     preview.add_argument("--seed", type=int, default=0)
@@ -364,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_run_and_source(parser: argparse.ArgumentParser) -> None:
     """A run, and the labelled split it is scored on."""
     parser.add_argument("run", help="a run directory")
-    parser.add_argument("source", nargs="?", help="the source to score on (default: the one it was trained on)")
+    parser.add_argument("source", nargs="?", help="the source to score on (default: the one it was trained on; for "
+                                                  "a run from import-keras, its --source)")
     parser.add_argument("--split", help="which split (default: test; all of a folder of class folders that is not "
                                          "the run's own source, e.g. new labelled photos)")
     parser.add_argument("--data", help="where to look for the source's files first")
@@ -375,6 +399,41 @@ def add_run_and_source(parser: argparse.ArgumentParser) -> None:
 def add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="where decoded images are kept between runs "
                                             "(default: $SMALLVISION_CACHE or ~/.cache/smallvision)")
+
+
+def new_file(path: str | Path, force: bool, flag: str) -> Path:
+    """A file a command is about to write where the user named it, checked before any work is spent: one
+    that exists is refused unless --force (nothing already on disk is overwritten)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SmallvisionError(f"{path}: is a directory; name the file to write with {flag}")
+    if path.exists() and not force:
+        raise SmallvisionError(f"{path}: already exists; choose another {flag}, or pass --force to replace it")
+    return path
+
+
+def print_json(result: dict) -> None:
+    """One JSON line, encoded as `serve` encodes its answers: UTF-8, names as they are (no \\u escapes)."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")  # a class name in any script must not fail a C locale
+    print(json.dumps(result, ensure_ascii=False))
+
+
+def print_answers(results) -> int:
+    """predict's and explain's JSON lines as they come; a file that could not be read has its `error` in its
+    line and one line on stderr names it (or counts them): exit status 2, the others answered all the same."""
+    unreadable = []
+    for result in results:
+        print_json(result)
+        if "error" in result:
+            unreadable.append(result["error"])
+    if len(unreadable) == 1:
+        print(f"{PROG}: error: {unreadable[0]}", file=sys.stderr)
+    elif unreadable:
+        print(f"{PROG}: error: {len(unreadable)} files could not be read, their lines say why; the first: "
+              f"{unreadable[0]}", file=sys.stderr)
+    return 2 if unreadable else 0
 
 
 def parse_settings(settings: list[str]) -> dict:
@@ -451,8 +510,10 @@ def run_train(args) -> int | None:
     if not distributed.ranks().main:
         return None  # rank 0 reports the run
     metrics = run.metrics
-    shown = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "train_seconds", "images_per_second") if k in metrics}
-    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) and v < 1 else f"{k} {v:g}" for k, v in shown.items()))
+    shown = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "train_seconds", "images_per_second")
+             if metrics.get(k) is not None}
+    formats = {"test_accuracy": ".4f", "val_accuracy": ".4f", "train_seconds": ".2f", "images_per_second": ",.1f"}
+    print("  ".join(f"{k} {v:{formats[k]}}" for k, v in shown.items()))  # one format a figure: 1.0000 beside 0.5000
     print(run.path)
 
 
@@ -473,14 +534,15 @@ def run_export(args) -> int | None:
     from smallvision.run import load_run
 
     run = load_run(args.run, "cpu")
+    out = new_file(args.out or run.path / f"model.{args.format}", args.force, "-o")
     if args.format == "onnx":
-        return export_onnx_and_report(run, args.out or run.path / "model.onnx", args.data)
+        return export_onnx_and_report(run, out, args.data)
     from smallvision.keras_files import export_keras
 
     if run.test_time_flip:
         print("note: the run scores each image with its mirror image too; the Keras file scores the image alone",
               file=sys.stderr)
-    print(export_keras(run, args.out or run.path / "model.keras"))
+    print(export_keras(run, out))
 
 
 def run_evaluate(args) -> None:
@@ -497,12 +559,11 @@ def run_evaluate(args) -> None:
     print(f"\n{evaluation.directory}")
 
 
-def run_explain(args) -> None:
+def run_explain(args) -> int:
     from smallvision.explain import explain
     from smallvision.run import load_run
 
-    for result in explain(load_run(args.run, args.device), args.files, args.class_name, args.layer, args.out):
-        print(json.dumps(result))
+    return print_answers(explain(load_run(args.run, args.device), args.files, args.class_name, args.layer, args.out))
 
 
 def run_activations(args) -> None:
@@ -518,6 +579,8 @@ def run_filters(args) -> None:
     from smallvision.filters import filter_picture
     from smallvision.run import load_run
 
+    if args.out:
+        new_file(args.out, args.force, "-o")
     print(filter_picture(load_run(args.run, args.device), args.layer, args.out, args.count, args.steps))
 
 
@@ -525,6 +588,8 @@ def run_report(args) -> None:
     from smallvision.report import build_report
     from smallvision.run import load_run
 
+    if args.out:
+        new_file(args.out, args.force, "-o")
     print(build_report(load_run(args.run, args.device), args.out, args.source, args.split, args.data, args.cache_dir,
                        args.samples, args.layer, progress=True))
 
@@ -532,9 +597,12 @@ def run_report(args) -> None:
 def run_compare(args) -> None:
     from smallvision.compare import compare_runs, format_table, plot_runs
 
-    print(format_table(compare_runs(args.runs), markdown=args.md))
     if args.plot:
-        unvalidated = plot_runs(args.runs, args.plot)
+        new_file(args.plot, args.force, "--plot")
+    rows = compare_runs(args.runs)
+    unvalidated = plot_runs(args.runs, args.plot) if args.plot else []  # refused (nothing drawn) before the table
+    print(format_table(rows, markdown=args.md))
+    if args.plot:
         print(f"wrote {args.plot}" + (f" (no validated epoch, left out: {', '.join(unvalidated)})" if unvalidated
                                       else ""), file=sys.stderr)
 
@@ -569,17 +637,7 @@ def run_predict(args) -> int:
         from smallvision.run import load_run
 
         run = load_run(args.run, args.device)
-    unreadable = []
-    for result in run.predict_each(args.files, top=args.top, progress=True):
-        print(json.dumps(result))
-        if "error" in result:
-            unreadable.append(result["error"])
-    if len(unreadable) == 1:
-        print(f"{PROG}: error: {unreadable[0]}", file=sys.stderr)
-    elif unreadable:
-        print(f"{PROG}: error: {len(unreadable)} files could not be read, their lines say why; the first: "
-              f"{unreadable[0]}", file=sys.stderr)
-    return 2 if unreadable else 0
+    return print_answers(run.predict_each(args.files, top=args.top, progress=True))
 
 
 def run_serve(args) -> None:
@@ -631,10 +689,25 @@ def run_summary(args) -> None:
         print(f"Recipe: {recipe.name}: {recipe.one_line()}")
         print(recipe.to_toml().rstrip())
         return
+    if args.name not in model_names():  # the nearest of everything summary takes: models, recipes, runs
+        raise unknown_name("model, recipe or run", args.name, model_names() + list(recipes) + runs_beside(args.name))
     print(summary(create_model(args.name)))
 
 
+def runs_beside(name: str) -> list[str]:
+    """The run directories in the folder `name` would be in (a misspelt run's neighbours), as paths like it."""
+    from smallvision.run import is_run
+
+    folder = Path(name).parent
+    try:
+        return sorted(str(folder / entry.name) if str(folder) != "." else entry.name
+                      for entry in folder.iterdir() if entry.is_dir() and is_run(entry))
+    except OSError:
+        return []
+
+
 def run_data_check(args) -> int:
+    from smallvision.data.folders import FolderProblem
     from smallvision.datacheck import check_source, format_report, plot_class_samples
     from smallvision.recipe import load_recipe
     from smallvision.run import writable_directory
@@ -642,9 +715,13 @@ def run_data_check(args) -> int:
 
     recipe = load_recipe(args.recipe).replace(image_size=args.image_size, memory_budget=args.memory_budget)
     if args.samples:  # before the decoding, not after it
-        writable_directory(Path(args.samples).parent)
-    report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True,
-                          memory_budget=recipe.memory_budget)
+        writable_directory(new_file(args.samples, args.force, "--samples").parent)
+    try:
+        report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True,
+                              memory_budget=recipe.memory_budget)
+    except FolderProblem as problem:  # a folder that is there, laid out so that training would fail: the verdict
+        print(f"source: {args.source}\n\ncannot train: {problem}")
+        return 1
     print(format_report(report))
     if args.samples and report.source.train is not None:
         print(f"samples: {plot_class_samples(report.source, args.samples)}")
@@ -654,6 +731,7 @@ def run_data_check(args) -> int:
 def run_augment_preview(args) -> None:
     from smallvision.preview import preview_augmentation
 
+    new_file(args.out, args.force, "-o")
     path = preview_augmentation(args.source, args.recipe, args.out, index=args.index, count=args.count,
                                 seed=args.seed, data_dir=args.data, cache_dir=args.cache_dir)
     print(path)

@@ -8,6 +8,8 @@ from smallvision.models.summary import count_parameters
 from smallvision.run import load_run
 
 COLUMNS = ("run", "recipe", "model", "parameters", "epochs", "training time", "test accuracy")
+# training time: train_seconds, and a frozen backbone's features_seconds (its features are part of its training);
+# compiling (compile_seconds) and loading the data are not. --plot's time axis is the same.
 
 
 def compare_runs(paths: list[str | Path]) -> list[dict]:
@@ -30,14 +32,34 @@ def compare_runs(paths: list[str | Path]) -> list[dict]:
 
 def plot_runs(paths: list[str | Path], path: str | Path) -> list[str]:
     """The runs' validation accuracy in one picture (plots.plot_comparison), each labelled by its directory's
-    name; the names of those without a validated epoch (an imported Keras file, validation off), left out."""
+    name, its time axis the table's training time (a frozen backbone's features first); the names of those
+    without a validated epoch (an imported Keras file, validation off), left out. When no run has one,
+    nothing is drawn: an error, and no file."""
+    from smallvision.errors import SmallvisionError
     from smallvision.files import write_atomically
     from smallvision.plots import plot_comparison
-    from smallvision.run import read_history
+    from smallvision.run import read_history, writable_directory
 
-    histories = [(Path(run).resolve().name, read_history(Path(run) / "history.csv")) for run in paths]
+    histories = [(Path(run).resolve().name, read_history(Path(run) / "history.csv"), features_seconds(Path(run)))
+                 for run in paths]
+    unvalidated = [name for name, history, _ in histories
+                   if not any(row.get("val_accuracy") is not None for row in history)]
+    if len(unvalidated) == len(histories):
+        raise SmallvisionError(f"--plot {path}: no run here has a validated epoch (an imported Keras file, or "
+                               f"validation off), so there is nothing to draw")
+    writable_directory(Path(path).parent)
     write_atomically(Path(path), lambda target: plot_comparison(histories, target))
-    return [name for name, history in histories if not any(row.get("val_accuracy") is not None for row in history)]
+    return unvalidated
+
+
+def features_seconds(run: Path) -> float:
+    """A frozen backbone's feature extraction, which the table's training time counts (0 for other runs)."""
+    import json
+
+    try:
+        return float(json.loads((run / "metrics.json").read_text()).get("features_seconds", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from smallvision.errors import SmallvisionError
+from smallvision.images import image_files_listed
 from smallvision.predictions import class_index
 from smallvision.run import writable_directory
 from smallvision.taps import check_layers, default_cam_layer, map_geometry, run_with_taps
@@ -76,25 +78,44 @@ def run_heatmaps(run, images: torch.Tensor, classes: torch.Tensor | None = None,
 def explain(run, paths: list[str | Path], class_name: str | None = None, layer: str | None = None,
             out_dir: str | Path | None = None) -> list[dict]:
     """A Grad-CAM picture for each image file, written to `out_dir` (default RUN/explain/).
-    Returns one dict per image: path, label, probability, explained (class), layer, picture."""
+    Returns one dict per image: path, label, probability, explained (class), layer, picture; for a file that
+    cannot be read or is not there, path and error in its place, as `predict` answers (the others are
+    still explained). A class or layer the run does not have is refused before anything is read or written."""
     from smallvision.plots import plot_explanation  # matplotlib is slow to import
 
-    files, images = run.load_images(paths)
+    chosen = class_index(run.class_names, class_name) if class_name is not None else None
+    if layer:
+        check_layers(run.model, [layer])
+    listed = image_files_listed(paths)
+    results, readable, pixels = [None] * len(listed), [], []
+    for index, (path, missing) in enumerate(listed):
+        try:
+            if missing:
+                raise SmallvisionError(missing)
+            pixels.append(run.read_image(path))
+            readable.append(index)
+        except SmallvisionError as err:  # one damaged file must not cost the pictures of the others
+            results[index] = {"path": str(path), "error": str(err)}
+    if not readable:
+        return results
+    images = torch.stack(pixels)
     probabilities = run.probabilities(images)
     classes = probabilities.argmax(1)
-    if class_name is not None:
-        classes = torch.full((len(images),), class_index(run.class_names, class_name), dtype=torch.long)
+    if chosen is not None:
+        classes = torch.full((len(images),), chosen, dtype=torch.long)
     heatmaps, classes, layer = run_heatmaps(run, images, classes, layer)
     out_dir = writable_directory(out_dir or run.path / "explain")
-    results, used = [], set()
-    for path, image, heatmap, probs, explained in zip(files, images, heatmaps, probabilities, classes.tolist()):
+    used = set()
+    for index, image, heatmap, probs, explained in zip(readable, images, heatmaps, probabilities, classes.tolist()):
+        path = listed[index][0]
         predicted = int(probs.argmax())
         picture = unique_path(out_dir, f"{path.stem}-gradcam", ".png", used)
         title = f"{path.name}: {run.class_names[predicted]} ({probs[predicted]:.1%})"
         caption = f"Grad-CAM for {run.class_names[explained]} at layer {layer}"
         plot_explanation(image, heatmap, picture, title, caption)
-        results.append({"path": str(path), "label": run.class_names[predicted], "probability": round(float(probs[predicted]), 6),
-                        "explained": run.class_names[explained], "layer": layer, "picture": str(picture)})
+        results[index] = {"path": str(path), "label": run.class_names[predicted],
+                          "probability": round(float(probs[predicted]), 6), "explained": run.class_names[explained],
+                          "layer": layer, "picture": str(picture)}
     return results
 
 

@@ -27,14 +27,26 @@ class DamagedImage(Exception):
 def expand_image_paths(paths: list[str | Path]) -> list[Path]:
     """Files as given, and the image files inside any directory given, in sorted order."""
     found = []
+    for path, missing in image_files_listed(paths):
+        if missing:
+            raise SmallvisionError(missing)
+        found.append(path)
+    return found
+
+
+def image_files_listed(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
+    """`expand_image_paths`, with a path that does not exist kept in its place with its error (the one line
+    that names it) rather than stopping there: `predict` and `explain` answer the others."""
+    found = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found += [(p, None) for p in sorted(p for p in path.rglob("*")
+                                                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())]
         elif path.is_file():
-            found.append(path)
+            found.append((path, None))
         else:
-            raise SmallvisionError(f"{path}: no such file or directory")
+            found.append((path, f"{path}: no such file or directory"))
     if not found:
         raise SmallvisionError(f"no image files found in {', '.join(map(str, paths))}")
     return found

@@ -409,6 +409,7 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
     from smallvision.models.layer_text import layers_source, layers_to_json
     from smallvision.recipe import Recipe
     from smallvision.run import Run, prepare_run_dir, save_run
+    from smallvision.data.sources import source_spec
     from smallvision.runmeta import Architecture, ImportedFrom, Preprocessing, RunMeta
 
     path = Path(path)
@@ -448,7 +449,8 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
         preprocessing=Preprocessing(rescale=rescale, mean=None, std=None, channels_last=True,
                                     resize="area when shrinking, bilinear when growing",
                                     color_mode="L" if channels == 1 else "RGB", invert_light_background=False),
-        imported_from=ImportedFrom(file=str(path.resolve()), written_by=keras.written_by, left_out=keras.left_out),
+        imported_from=ImportedFrom(file=str(path.resolve()), written_by=keras.written_by, left_out=keras.left_out,
+                                   source=None if source is None else source_spec(source)),  # what `evaluate RUN` scores on by default
     )
     metrics = {"imported_from": str(path.resolve()), "written_by": keras.written_by}
     save_run(directory, model, recipe, meta, [], metrics)  # no history: it was trained elsewhere

@@ -1,12 +1,43 @@
 """Pictures: learning curves as the seed draws them (training as dots, validation as a line), image grids,\nheatmaps over images, activation grids and the confusion matrix."""
 
+import contextlib
+import warnings
 from itertools import accumulate, pairwise
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib import font_manager
 from matplotlib.ticker import MaxNLocator
+
+# Fonts with the glyphs DejaVu Sans lacks (class names in Chinese, Japanese or Korean): those installed are
+# drawn from where the default font has no glyph (matplotlib's fallback along font.family). Debian packages:
+# fonts-noto-cjk, fonts-droid-fallback, fonts-wqy-zenhei, fonts-wqy-microhei, fonts-arphic-uming.
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+                  "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "AR PL UMing CN",
+                  "Noto Sans JP", "Noto Sans SC")
+
+
+def add_fallback_fonts() -> list[str]:
+    """Put the installed ones of FALLBACK_FONTS after the fonts matplotlib is set to use; those added."""
+    installed = {entry.name for entry in font_manager.fontManager.ttflist}
+    family = list(matplotlib.rcParams["font.family"])
+    added = [name for name in FALLBACK_FONTS if name in installed and name not in family]
+    matplotlib.rcParams["font.family"] = family + added
+    return added
+
+
+add_fallback_fonts()
+
+
+@contextlib.contextmanager
+def quiet_glyphs():
+    """Without a font that has a character, matplotlib draws a box and warns (naming its own source file);
+    the picture is still right otherwise, so the warning is not the user's business (plots.FALLBACK_FONTS)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        yield
 
 
 def plot_curves(history: list[dict], path, title: str = "", kept_epoch: int | None = None) -> None:
@@ -37,12 +68,14 @@ def plot_curves(history: list[dict], path, title: str = "", kept_epoch: int | No
     finish(figure, path, title)
 
 
-def plot_comparison(histories: list[tuple[str, list[dict]]], path, title: str = "") -> None:
-    """Several runs' validation accuracy, one line each: by epoch, and by training time (each epoch's seconds
-    added up), where a faster network and a more accurate one are told apart at a glance."""
+def plot_comparison(histories: list[tuple[str, list[dict], float]], path, title: str = "") -> None:
+    """Several runs' validation accuracy, one line each: by epoch, and by training time (a frozen backbone's
+    feature seconds, then each epoch's seconds added up, as `compare`'s table counts it), where a faster
+    network and a more accurate one are told apart at a glance."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, history in histories:
-        elapsed = accumulate(row["seconds"] or 0 for row in history)  # training seconds at each epoch's end
+    for name, history, before in histories:
+        elapsed = accumulate((row["seconds"] or 0 for row in history), initial=before)  # at each epoch's end
+        next(elapsed)  # the start
         validated = [(row, seconds) for row, seconds in zip(history, elapsed) if row.get("val_accuracy") is not None]
         if not validated:
             continue
@@ -50,7 +83,8 @@ def plot_comparison(histories: list[tuple[str, list[dict]]], path, title: str = 
                              "o-", markersize=3, label=name)
         axes[1].plot([seconds for _, seconds in validated], [row["val_accuracy"] for row, _ in validated], "o-",
                      markersize=3, color=line.get_color(), label=name)
-    for axis, by, label in zip(axes, ("epoch", "training time"), ("epoch", "seconds of training")):
+    seconds = "seconds of training" + (" (a frozen backbone's features first)" if any(h[2] for h in histories) else "")
+    for axis, by, label in zip(axes, ("epoch", "training time"), ("epoch", seconds)):
         axis.set_title(f"Validation accuracy by {by}")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
@@ -85,9 +119,10 @@ def finish(figure, path, title: str = "") -> None:
     """Title, tight layout, save as PNG at 100 dpi, and free the figure."""
     if title:
         figure.suptitle(title)
-    if figure.get_layout_engine() is None:
-        figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with quiet_glyphs():
+        if figure.get_layout_engine() is None:
+            figure.tight_layout()
+        figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
@@ -148,7 +183,8 @@ def plot_channel_grid(maps, path, title: str, columns: int = 16) -> None:
     axis.imshow(canvas, cmap="viridis", vmin=0, vmax=255, interpolation="nearest", aspect="equal")
     axis.axis("off")
     figure.suptitle(title, fontsize=10)
-    figure.savefig(path, dpi=100)
+    with quiet_glyphs():
+        figure.savefig(path, dpi=100)
     plt.close(figure)
 
 

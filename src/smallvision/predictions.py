@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from smallvision.errors import SmallvisionError, unknown_name
-from smallvision.images import expand_image_paths
+from smallvision.images import image_files_listed
 from smallvision.progress import progress_bar
 
 CHUNK = 256  # image files decoded and classified together
@@ -17,24 +17,26 @@ def predict_files(paths: list[str | Path], top: int, progress: bool, read_image:
                   probabilities: Callable, prediction: Callable) -> Iterator[dict]:
     """One dict per image file (directories are searched) in file order, a chunk of files at a time, so the
     first answers come at once and memory stays bounded: `prediction(path, probabilities, top)` for a file
-    `read_image` could read, `{"path", "error"}` for one it could not. `probabilities` takes a chunk's
-    images as a list and gives one row per image."""
+    `read_image` could read, `{"path", "error"}` for one it could not or that is not there. `probabilities`
+    takes a chunk's images as a list and gives one row per image."""
     if top < 1:
         raise SmallvisionError(f"top must be at least 1, got {top}")
-    files = expand_image_paths(paths)
-    bar = progress_bar(progress, total=len(files), desc="predicting", unit="img", delay=1.0)
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start:start + CHUNK]
+    listed = image_files_listed(paths)  # a path that is not there is answered with its error, in its place
+    bar = progress_bar(progress, total=len(listed), desc="predicting", unit="img", delay=1.0)
+    for start in range(0, len(listed), CHUNK):
+        chunk = listed[start:start + CHUNK]
         results, readable, images = [None] * len(chunk), [], []
-        for index, path in enumerate(chunk):
+        for index, (path, missing) in enumerate(chunk):
             try:
+                if missing:
+                    raise SmallvisionError(missing)
                 images.append(read_image(path))
                 readable.append(index)
             except SmallvisionError as err:  # one damaged file must not cost the answers for the others
                 results[index] = {"path": str(path), "error": str(err)}
         if images:
             for index, row in zip(readable, probabilities(images)):
-                results[index] = prediction(chunk[index], row, top)
+                results[index] = prediction(chunk[index][0], row, top)
         bar.update(len(chunk))
         yield from results
     bar.close()

@@ -16,7 +16,7 @@ from smallvision.evaluation import Evaluation, evaluate_run, mistake_titles
 from smallvision.explain import run_heatmaps
 from smallvision.models.summary import count_parameters
 from smallvision.files import write_atomically
-from smallvision.taps import map_shapes
+from smallvision.taps import check_layers, map_shapes
 
 STYLE = """
 :root { color-scheme: light; --ink: #1d2330; --muted: #5b6475; --line: #d9dee7; --accent: #2457c5; }
@@ -182,7 +182,9 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
                  layer: str | None = None, progress: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path. The evaluation is made fresh
     (and written under RUN/eval-SOURCE-SPLIT/); when the source cannot be read, the report says why and
-    shows everything else."""
+    shows everything else. A layer the run does not have is refused before anything is evaluated or written."""
+    if layer:
+        check_layers(run.model, [layer])
     metrics = run.metrics
     data_summary = read_json(run.path / "data.json")
     trained_splits = data_summary.get("counts", {})
@@ -228,6 +230,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
             f"{body}\n</body></html>\n")
     out = Path(out) if out else run.path / "report.html"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(out, lambda p: p.write_text(page, encoding="utf-8"))
     except OSError as err:
         raise SmallvisionError(f"{out}: cannot write the report there ({err.strerror or err})") from None

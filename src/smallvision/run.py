@@ -302,12 +302,23 @@ class Run:
         match the run's. Writes nothing: `smallvision.evaluation.evaluate_run` writes the pictures too."""
         return self.score(source, split, data_dir, cache_dir)[0]
 
+    def default_source(self) -> str:
+        """What the run is scored on when no source is named: the source it was trained on; for a network
+        imported from Keras, the labelled source its import named (`import-keras --source`)."""
+        imported = self.meta.imported_from
+        if imported is None:
+            return self.meta.source
+        if imported.source:
+            return imported.source
+        raise SmallvisionError(f"{self.path}: imported from {Path(imported.file).name} without --source, so it knows "
+                               f"no source to score on; name one: `smallvision evaluate {self.path} SOURCE`")
+
     def score(self, source: str | Path | None = None, split: str | None = None, data_dir: str | Path | None = None,
               cache_dir: str | Path | None = None, progress: bool = False) -> tuple[dict, ImageSet, torch.Tensor]:
         """(metrics, the labelled split, its probabilities) on `split` of `source` (default: the source it was
         trained on; with no split named, its test split, or the whole of a folder of class folders:
         `split_to_score`). `evaluate` gives the metrics; `evaluation.evaluate_run` writes the files from all three."""
-        source = source or self.meta.source
+        source = source or self.default_source()
         split = self.split_to_score(source, split)
         data = self.labelled_split(source, split, data_dir, cache_dir, progress)
         probabilities = self.split_probabilities(data)

@@ -124,16 +124,21 @@ class ImportedFrom:
     file: str
     written_by: str  # the Keras that saved it, e.g. "Keras 3.15.1"
     left_out: list[str] = field(default_factory=list)  # the layers left out (augmentation), with their kinds
+    source: str | None = None  # the labelled source `import-keras --source` named: what `evaluate RUN` scores on
 
     def to_json(self) -> dict:
-        return {"file": self.file, "written_by": self.written_by, "left_out": self.left_out}
+        data = {"file": self.file, "written_by": self.written_by, "left_out": self.left_out}
+        if self.source is not None:
+            data["source"] = self.source
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ImportedFrom":
         fields = Fields(data, "imported_from")
         return cls(file=fields.need("file", is_text, "a path"),
                    written_by=fields.need("written_by", is_text, "a name and version"),
-                   left_out=fields.get("left_out", [], is_text_list, "a list of names"))
+                   left_out=fields.get("left_out", [], is_text_list, "a list of names"),
+                   source=fields.get("source", None, is_text, "a path or a name"))
 
 
 @dataclass(frozen=True)

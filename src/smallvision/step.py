@@ -21,7 +21,12 @@ from smallvision.recipe import Recipe
 
 
 class NonFiniteLoss(SmallvisionError):
-    """The NaN guard's error: the loss stopped being a number."""
+    """The NaN guard's error: the loss stopped being a number. `what` says where, `advice` what usually helps;
+    the workflow puts between them what became of the run (workflow.nan_stopped)."""
+
+    def __init__(self, what: str, advice: str):
+        super().__init__(f"{what}; {advice}")
+        self.what, self.advice = what, advice
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float,
@@ -154,9 +159,9 @@ class Step:
         bad, recipe = int(self.first_bad.item()), self.recipe
         if bad >= 0:
             raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (epoch {epoch}, batch "
-                                f"{bad - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}): training stopped, and "
-                                f"the last checkpoint (if any) holds the last good weights; try a lower learning rate "
-                                f"than {recipe.learning_rate:g}, e.g. --lr {recipe.learning_rate / 10:g}")
+                                f"{bad - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}): training stopped",
+                                f"try a lower learning rate than {recipe.learning_rate:g}, e.g. --lr "
+                                f"{recipe.learning_rate / 10:g}")
 
 
 class Refresh:

@@ -19,7 +19,7 @@ from smallvision.checkpoint import Checkpointer, Resume, read_checkpoint, stop_o
 from smallvision.data.cache import data_path, parse_size, size
 from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource
-from smallvision.data.sources import FINGERPRINT_KIND, is_photo_folder, open_source, split_fingerprints
+from smallvision.data.sources import FINGERPRINT_KIND, is_photo_folder, open_source, source_spec, split_fingerprints
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.images import has_dark_background
 from smallvision.models import build_network, create_model, default_input_shape, named_layers
@@ -27,6 +27,7 @@ from smallvision.models.backbones import backbone_preprocessing
 from smallvision.models.layer_text import layer_source, layers_source, layers_to_json, parse_layers
 from smallvision.models.layers import Input, Sequential, declared_input_shape
 from smallvision.precision import inference_precision, training_precision
+from smallvision.step import NonFiniteLoss
 from smallvision.recipe import Recipe, builtin_recipes, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
@@ -112,9 +113,12 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
         except TrainingStopped as stop:
             stop.directory = directory
             raise
-        except BaseException:
-            if ranks.main and created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists():
+        except BaseException as failure:
+            removed = ranks.main and created and directory.is_dir() and not (directory / CHECKPOINT_NAME).exists()
+            if removed:
                 shutil.rmtree(directory)  # a run that failed before its first checkpoint leaves nothing behind
+            if isinstance(failure, NonFiniteLoss):
+                raise nan_stopped(failure, directory, removed) from None
             raise
     distributed.barrier()  # the run's files are written before any process reads them
     return Run(directory, recipe.device)
@@ -155,8 +159,21 @@ def resume_run(path: str | Path, data=None, progress: bool | str = "auto", cache
         except TrainingStopped as stop:
             stop.directory = directory
             raise
+        except NonFiniteLoss as failure:
+            raise nan_stopped(failure, directory, removed=False) from None
     distributed.barrier()
     return Run(directory, recipe.device)
+
+
+def nan_stopped(failure: NonFiniteLoss, directory: Path, removed: bool) -> NonFiniteLoss:
+    """The NaN guard's error, saying what became of the run: the checkpoint it keeps, or that it had none."""
+    if (directory / CHECKPOINT_NAME).exists():
+        kept = f"{directory} keeps its last checkpoint, with the last good weights"
+    elif removed:
+        kept = f"no checkpoint had been written yet, so nothing was kept ({directory} is removed)"
+    else:
+        kept = f"no checkpoint had been written yet: {directory} holds no weights"
+    return NonFiniteLoss(f"{failure.what}; {kept}", failure.advice)
 
 
 def start_processes(recipe: Recipe) -> tuple[distributed.Ranks, torch.device]:
@@ -238,6 +255,12 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print(f"{source}: {why}", file=sys.stderr, flush=True)
     train_split = dataset.train
     input_shape = tuple(train_split.shape[1:])
+    if dataset.root is None and recipe.image_size and not recipe.backbone \
+            and (recipe.image_size, recipe.image_size) != input_shape[1:]:
+        # IDX files are trained on at their own size: a recipe saying otherwise would record what did not happen
+        raise SmallvisionError(f"image_size {recipe.image_size}: {source} holds {input_shape[1]}x{input_shape[2]} "
+                               f"images from IDX files, which are trained on at their own size, not resized; "
+                               f"leave --image-size out")
     expected = recipe_image_shape(recipe)
     if expected and input_shape[0] != expected[0]:
         network = recipe.backbone or ("the network's Input" if recipe.layers else recipe.model)
@@ -334,11 +357,6 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                                f"checkpoint is kept: make room, then `smallvision train --resume {directory}` "
                                f"writes them without training again") from None
     (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # a finished run needs no checkpoint
-
-
-def source_spec(source) -> str:
-    """The source as --resume finds it again from any directory: a path made absolute, a name as it is."""
-    return str(Path(source).resolve()) if Path(str(source)).exists() else str(source)
 
 
 def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> None:

@@ -21,6 +21,11 @@ SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validatio
                  "test": "test"}
 
 
+class FolderProblem(SmallvisionError):
+    """A folder that is there but cannot be trained on as it is laid out (no class folders, classes that differ
+    between splits, ...): `train` refuses it as any bad input, `data check` reports it as its verdict (exit 1)."""
+
+
 @dataclass
 class FolderScan:
     """What is in an image folder, before anything is decoded: (relative path, label) pairs per split."""
@@ -58,8 +63,8 @@ def scan_folder(root: Path) -> FolderScan:
     split_folders = [f for f in folders if f.name.lower() in SPLIT_FOLDERS]
     if not split_folders:
         if not folders:
-            raise SmallvisionError(f"{root}: no class folders inside; an image folder is ROOT/CLASS/*.jpg "
-                                   f"or ROOT/train/CLASS/*.jpg (with validation/ and test/ beside train/)")
+            raise FolderProblem(f"{root}: no class folders inside; an image folder is ROOT/CLASS/*.jpg "
+                                f"or ROOT/train/CLASS/*.jpg (with validation/ and test/ beside train/)")
         scan = FolderScan(root, "classes", [f.name for f in folders], {})
         scan.files["train"] = list_classes(root, root, scan)
         loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
@@ -72,14 +77,14 @@ def scan_folder(root: Path) -> FolderScan:
     for folder in split_folders:
         split = SPLIT_FOLDERS[folder.name.lower()]
         if split in by_split:
-            raise SmallvisionError(f"{root}: both {by_split[split].name}/ and {folder.name}/ are there; "
-                                   f"keep one {split} folder")
+            raise FolderProblem(f"{root}: both {by_split[split].name}/ and {folder.name}/ are there; "
+                                f"keep one {split} folder")
         by_split[split] = folder
     if "train" not in by_split:
-        raise SmallvisionError(f"{root}: has {', '.join(f.name + '/' for f in split_folders)} but no train/ folder")
+        raise FolderProblem(f"{root}: has {', '.join(f.name + '/' for f in split_folders)} but no train/ folder")
     class_names = [f.name for f in subfolders(by_split["train"])]
     if not class_names:
-        raise SmallvisionError(f"{by_split['train']}: no class folders inside (expected train/CLASS/*.jpg)")
+        raise FolderProblem(f"{by_split['train']}: no class folders inside (expected train/CLASS/*.jpg)")
     scan = FolderScan(root, "splits", class_names, {})
     for split in ("train", "validation", "test"):
         if split not in by_split:
@@ -91,8 +96,8 @@ def scan_folder(root: Path) -> FolderScan:
             extra = sorted(set(found) - set(class_names))
             what = "; ".join(filter(None, [f"missing {missing}" if missing else "",
                                            f"has extra {extra}" if extra else ""]))
-            raise SmallvisionError(f"{folder}: its class folders differ from train/'s: {what}. "
-                                   f"Every split needs the same class folders")
+            raise FolderProblem(f"{folder}: its class folders differ from train/'s: {what}. "
+                                f"Every split needs the same class folders")
         scan.files[split] = list_classes(root, folder, scan)
     others = [f.name for f in folders if f not in split_folders]
     if others:

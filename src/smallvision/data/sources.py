@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from smallvision.data.cache import CACHE_FORMAT, RESIZE, release_pages
-from smallvision.data.folders import image_files, is_image_folder, load_image_folder
+from smallvision.data.folders import FolderProblem, image_files, is_image_folder, load_image_folder
 from smallvision.data.imageset import DataSource, ImageSet, stratified_split
 from smallvision.data.mnist import is_idx_directory, load_idx_source, locate_mnist
 from smallvision.errors import SmallvisionError, unknown_name
@@ -65,10 +65,10 @@ def load_source(spec: str, data_dir: str | Path | None, image_shape: tuple[int, 
             return load_image_folder(path, image_shape, cache_dir, progress)
         loose = len(image_files(path))
         if loose:  # the usual first mistake: every image in one folder, the classes not separated
-            raise SmallvisionError(f"{path}: {loose} image(s) but no class folders: put each class's images in a "
-                                   f"folder named after it ({path}/CLASS_NAME/*.jpg), one folder per class")
-        raise SmallvisionError(f"{path}: no data source found here: expected class folders (ROOT/CLASS/*.jpg or "
-                               f"ROOT/train/CLASS/*.jpg) or the four MNIST-format IDX files")
+            raise FolderProblem(f"{path}: {loose} image(s) but no class folders: put each class's images in a "
+                                f"folder named after it ({path}/CLASS_NAME/*.jpg), one folder per class")
+        raise FolderProblem(f"{path}: no data source found here: expected class folders (ROOT/CLASS/*.jpg or "
+                            f"ROOT/train/CLASS/*.jpg) or the four MNIST-format IDX files")
     if path.exists():
         raise SmallvisionError(f"{path}: a source must be a directory or one of: {', '.join(NAMED_SOURCES)}")
     if "/" in spec or spec.startswith("."):
@@ -149,3 +149,8 @@ def training_problem(source: DataSource) -> str | None:
         return (f"{source.root or source.name}: {usable} class{'es' if usable != 1 else ''} with usable training "
                 f"images ({listed}); a classifier needs at least two. Put each class's images in its own folder")
     return None
+
+
+def source_spec(source) -> str:
+    """The source as --resume finds it again from any directory: a path made absolute, a name as it is."""
+    return str(Path(source).resolve()) if Path(str(source)).exists() else str(source)

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from smallvision.errors import SmallvisionError
+from smallvision.errors import SmallvisionError, unknown_name
 from smallvision.images import DamagedImage
 from smallvision.predictions import class_index
 from smallvision.serve.batcher import NotRunning, QueueFull
@@ -106,7 +106,7 @@ def create_app(runs: list, *, device: str = "auto", max_batch: int | None = None
         if name is None:
             return models[default]
         if name not in models:
-            raise HTTPException(404, f"unknown model {name!r}; this server serves: {', '.join(models)}")
+            raise HTTPException(404, str(unknown_name("model", name, list(models))))  # the nearest served names
         return models[name]
 
     @app.get("/", include_in_schema=False)

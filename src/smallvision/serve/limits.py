@@ -49,7 +49,7 @@ class BodyLimit:
 
 
 async def answer(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps({"detail": detail}, ensure_ascii=False).encode()  # as the application's own answers
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
