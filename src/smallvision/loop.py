@@ -16,7 +16,7 @@ from smallvision.optim import build_optimizer, flatten_parameters, learning_rate
 from smallvision.precision import inference_precision, training_precision
 from smallvision.progress import progress_bar
 from smallvision.recipe import Recipe
-from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
+from smallvision.inference import evaluate_imageset, resolve_device
 from smallvision.step import Refresh, Step
 
 
@@ -29,7 +29,7 @@ class History:
     train_seconds: float = 0.0
     images_seen: int = 0
     features_seconds: float = 0.0  # computing a frozen backbone's features before the head trains on them
-    compile_seconds: float = 0.0  # torch.compile's work before the first step (recipe.compile), not training
+    compile_seconds: float = 0.0  # torch.compile's work before the first step (recipe.run.compile), not training
     kept: dict | None = None  # with keep_best: the epoch whose weights the model holds at the end, and its score
     stopped_early: int | None = None  # the epoch after which early stopping ended training
 
@@ -183,38 +183,38 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
     callable, restores a checkpoint into the fresh Loop; `loop_ready(loop)` is told the Loop before
     the first step (a signal handler asks it to stop); `context` is saved with each checkpoint. With
     `streaming`, the training images stay memory-mapped on the host (MappedBatches)."""
-    device = device or resolve_device(recipe.device)
-    precision = training_precision(recipe.precision, device).precision
+    device = device or resolve_device(recipe.run.device)
+    precision = training_precision(recipe.run.precision, device).precision
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # each batch shape's fastest convolutions, found at its first step
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator(device=device).manual_seed(recipe.seed)
+    torch.manual_seed(recipe.run.seed)
+    generator = torch.Generator(device=device).manual_seed(recipe.run.seed)
     model.to(device)
-    if recipe.channels_last:
+    if recipe.preprocess.channels_last:
         model.to(memory_format=torch.channels_last)
     weight_groups = flatten_parameters(model)  # flat buffers: decayed kernels, undecayed biases and scales
     optimizer = build_optimizer(weight_groups, recipe)
-    preprocess = Preprocess.from_recipe(recipe)
+    preprocess = recipe.preprocess
     binary = model.output_activation == "sigmoid"
-    if recipe.loss == "binary_crossentropy" and not binary:
+    if recipe.optimizer.loss == "binary_crossentropy" and not binary:
         raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
-                               f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} classes: "
+                               f"{recipe.network.backbone or recipe.network.model} here ends in softmax over {train.num_classes} classes: "
                                f"use loss = \"categorical_crossentropy\"")
     ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
-    if recipe.batch_size < ranks.world:
-        raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {ranks.world} processes sharing "
+    if recipe.optimizer.batch_size < ranks.world:
+        raise SmallvisionError(f"batch_size {recipe.optimizer.batch_size} is smaller than the {ranks.world} processes sharing "
                                f"each batch; use a batch of at least {ranks.world}")
     if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
         images, labels, reader = None, train.labels.to(device), MappedBatches(train, device, ranks)
     else:
         images, labels, reader = train.images.to(device), train.labels.to(device), None
-    steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
-    if recipe.keep_best:
+    steps_per_epoch = recipe.schedule.steps_per_epoch or math.ceil(len(train) / recipe.optimizer.batch_size)
+    total_steps = steps_per_epoch * recipe.schedule.epochs
+    if recipe.run.keep_best:
         if validation is None:
-            raise SmallvisionError(f"keep_best = \"{recipe.keep_best}\" needs a validation split to score epochs on: "
+            raise SmallvisionError(f"keep_best = \"{recipe.run.keep_best}\" needs a validation split to score epochs on: "
                                    f"give the source a validation/ folder, or hold some out with --val-split 0.15")
-        callbacks = [KeepBest(recipe.keep_best, recipe.early_stopping_patience), *callbacks]
+        callbacks = [KeepBest(recipe.run.keep_best, recipe.run.early_stopping_patience), *callbacks]
     loop = Loop(model, optimizer, generator, recipe, device,
                 TrainingState(order=torch.empty(0, dtype=torch.long, device=device)), context=context or {})
     if resume is not None:
@@ -223,11 +223,11 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         loop_ready(loop)
     state = loop.state
     step = Step(model, optimizer, weight_groups, recipe, preprocess, binary, precision, device, ranks)
-    if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
-        last = len(train) % recipe.batch_size or recipe.batch_size
-        sizes = {(stop - start, size) for size in (recipe.batch_size, last) for start, stop in [ranks.share(size)]}
-        state.history.compile_seconds += step.compile(recipe.compile, sizes, tuple(train.shape[1:]))
-    for epoch in range(state.epoch + 1, recipe.epochs + 1):
+    if recipe.run.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
+        last = len(train) % recipe.optimizer.batch_size or recipe.optimizer.batch_size
+        sizes = {(stop - start, size) for size in (recipe.optimizer.batch_size, last) for start, stop in [ranks.share(size)]}
+        state.history.compile_seconds += step.compile(recipe.run.compile, sizes, tuple(train.shape[1:]))
+    for epoch in range(state.epoch + 1, recipe.schedule.epochs + 1):
         if loop.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
             break
         model.train()
@@ -235,22 +235,22 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         step.begin_epoch(state.loss_sum, state.correct)
         seen = state.seen
         first_batch = state.step - (epoch - 1) * steps_per_epoch
-        bar = progress_bar(progress, total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch}/{recipe.epochs}",
+        bar = progress_bar(progress, total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch}/{recipe.schedule.epochs}",
                            unit="batch", leave=False)
         refresh = Refresh(ranks.world, progress)
         stopping = None  # what the processes agreed at the last refresh (one process: at once)
         for batch_index in range(first_batch, steps_per_epoch):
             if state.cursor >= len(state.order):
                 state.order, state.cursor = torch.randperm(len(train), device=device, generator=generator), 0
-            batch = state.order[state.cursor:state.cursor + recipe.batch_size]
-            state.cursor += recipe.batch_size
+            batch = state.order[state.cursor:state.cursor + recipe.optimizer.batch_size]
+            state.cursor += recipe.optimizer.batch_size
             share = ranks.share(len(batch))
             mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
             if reader is not None:  # the batch after this one, in the same order, is read while this one trains
-                pixels = reader.read(state.order, state.cursor - recipe.batch_size, recipe.batch_size)
+                pixels = reader.read(state.order, state.cursor - recipe.optimizer.batch_size, recipe.optimizer.batch_size)
             else:
                 pixels = images.index_select(0, mine)  # whole rows copied; `images[mine]` went pixel by pixel, 6x slower
-            rate = recipe.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
+            rate = recipe.optimizer.learning_rate * learning_rate_factor(recipe, state.step, total_steps)
             step(pixels, labels[mine], share, len(batch), rate, state.step + 1, generator)
             state.step += 1
             seen += len(batch)
@@ -285,26 +285,26 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         history.images_seen += seen
         row = dict(epoch=epoch, loss=state.loss_sum / seen, accuracy=state.correct / seen,
                    seconds=seconds, learning_rate=step.rate)
-        if validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
+        if validation is not None and (epoch % recipe.schedule.validation_freq == 0 or epoch == recipe.schedule.epochs):
             val_start = time.perf_counter()
             val_loss, val_accuracy = evaluate_imageset(model, validation, preprocess,
                                                        inference_precision(precision, device), device,
-                                                       recipe.test_time_flip)
+                                                       recipe.run.test_time_flip)
             row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)
         state.epoch, state.loss_sum, state.correct, state.seen, state.seconds = epoch, 0.0, 0, 0, 0.0
         if progress:
-            print(format_epoch(row, recipe.epochs, seen / seconds), flush=True)
+            print(format_epoch(row, recipe.schedule.epochs, seen / seconds), flush=True)
         for callback in callbacks:
             callback.on_epoch_end(loop)
         if loop.finish_early:
             if progress:
-                print(f"early stopping: no better {recipe.keep_best} in {recipe.early_stopping_patience} validations",
+                print(f"early stopping: no better {recipe.run.keep_best} in {recipe.run.early_stopping_patience} validations",
                       flush=True)
             break
         if ranks.world == 1:
             stopping = loop.stop_requested
-        if stopping and epoch < recipe.epochs:
+        if stopping and epoch < recipe.schedule.epochs:
             for callback in callbacks:
                 callback.on_stop(loop)
             raise TrainingStopped(loop)
@@ -312,7 +312,7 @@ def fit(model: Sequential, train: ImageSet, recipe: Recipe, validation: ImageSet
         callback.on_train_end(loop)
     if progress and state.history.kept:
         kept = state.history.kept
-        print(f"kept the weights of epoch {kept['epoch']} ({recipe.keep_best} {kept[recipe.keep_best]:.4f}, "
+        print(f"kept the weights of epoch {kept['epoch']} ({recipe.run.keep_best} {kept[recipe.run.keep_best]:.4f}, "
               f"the best)", flush=True)
     return state.history
 

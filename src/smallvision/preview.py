@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from smallvision.augment import Augment
+from smallvision.augment import augment_batch
 from smallvision.data.sources import load_source
 from smallvision.errors import SmallvisionError
 from smallvision.recipe import Recipe, load_recipe
@@ -17,8 +17,8 @@ def preview_augmentation(source: str | Path, recipe: str | Path | Recipe, out: s
     from smallvision.plots import plot_image_grid  # matplotlib is slow to import
 
     recipe = load_recipe(recipe)
-    augment = Augment.from_recipe(recipe)
-    if augment is None:
+    augment = recipe.augment
+    if not augment.active:
         raise SmallvisionError(f"recipe {recipe.name!r} has no augmentation to preview; "
                                f"try --recipe seed-catsdogs-augment, or --recipe a .toml file that sets some")
     if count < 1:
@@ -28,31 +28,12 @@ def preview_augmentation(source: str | Path, recipe: str | Path | Recipe, out: s
         raise SmallvisionError(f"{source}: no training image number {index} (it has {0 if train is None else len(train)})")
     original = train.take(torch.tensor([index]))
     generator = torch.Generator().manual_seed(seed)
-    augmented = augment(original.expand(count, -1, -1, -1), generator)
+    augmented = augment_batch(augment, original.expand(count, -1, -1, -1), generator)
     name = train.paths[index] if train.paths else f"image {index}"
     label = train.class_names[int(train.labels[index])]
     out = Path(out)
     if out.parent and not out.parent.exists():
         raise SmallvisionError(f"{out.parent}: no such directory for the picture")
     plot_image_grid(torch.cat([original.float(), augmented]), ["original"] + [f"augmented {i + 1}" for i in range(count)],
-                    out, title=f"{name} ({label})\n{recipe.name}: {describe(augment)}")
+                    out, title=f"{name} ({label})\n{recipe.name}: {augment.describe()}")
     return out
-
-
-def describe(augment: Augment) -> str:
-    parts = []
-    if augment.rotation_range:
-        parts.append(f"rotation {augment.rotation_range:g}°")
-    if augment.width_shift_range or augment.height_shift_range:
-        parts.append(f"shift {augment.width_shift_range:g}/{augment.height_shift_range:g}")
-    if augment.shear_range:
-        parts.append(f"shear {augment.shear_range:g}°")
-    if augment.zoom_range != (1.0, 1.0):
-        parts.append(f"zoom {augment.zoom_range[0]:g}-{augment.zoom_range[1]:g}")
-    if augment.horizontal_flip:
-        parts.append("h-flip")
-    if augment.vertical_flip:
-        parts.append("v-flip")
-    if augment.brightness_range:
-        parts.append(f"brightness {augment.brightness_range[0]:g}-{augment.brightness_range[1]:g}")
-    return ", ".join(parts) + f", fill {augment.fill_mode}"

@@ -81,7 +81,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
     stage = (context or {}).get("stage", 1)
     model.freeze_backbone()
     if stage == 1:
-        if recipe.augments:
+        if recipe.augment.active:
             history = fit(model, dataset.train, recipe, dataset.validation, device, progress, callbacks, resume,
                           loop_ready, context={"stage": 1}, streaming=streaming)
             test = {}
@@ -93,10 +93,10 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
             row["stage"] = 1
     else:
         history, test = History(**context["earlier"]), {}
-    if recipe.fine_tune_blocks:
-        model.unfreeze_last_blocks(recipe.fine_tune_blocks)
-        tuning = dataclasses.replace(recipe, learning_rate=recipe.fine_tune_learning_rate,
-                                     epochs=recipe.fine_tune_epochs, seed=recipe.seed + 1)
+    if recipe.fine_tune.blocks:
+        model.unfreeze_last_blocks(recipe.fine_tune.blocks)
+        tuning = recipe.replace(learning_rate=recipe.fine_tune.learning_rate,
+                                epochs=recipe.fine_tune.epochs, seed=recipe.run.seed + 1)
         second = fit(model, dataset.train, tuning, dataset.validation, device, progress, callbacks, resume, loop_ready,
                      context={"stage": 2, "earlier": dataclasses.asdict(history)}, streaming=streaming)
         before = len(history.epochs)
@@ -117,27 +117,27 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
                     ) -> tuple[History, dict]:
     """Train `model.head` on the frozen backbone's features of each split; (history, test metrics)."""
     model.to(device)
-    if recipe.channels_last:
+    if recipe.preprocess.channels_last:
         model.to(memory_format=torch.channels_last)
-    preprocess = Preprocess.from_recipe(recipe)
+    preprocess = recipe.preprocess
     features = {}
     started = time.perf_counter()
     fingerprints = split_fingerprints(dataset)
     with distributed.main_first():  # rank 0 computes and caches the features; the others read them
         for split, images in dataset.splits().items():
-            values = cached_features(model, images, fingerprints[split], preprocess, recipe.precision, device,
-                                     cache_dir, progress, f"{recipe.backbone} features of {split}")
+            values = cached_features(model, images, fingerprints[split], preprocess, recipe.run.precision, device,
+                                     cache_dir, progress, f"{recipe.network.backbone} features of {split}")
             features[split] = Features(values, images.labels, images.class_names)
     # The head sees features as they are: no rescaling, normalisation or augmentation.
-    head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
-                                      channels_last=False)
+    head_recipe = recipe.replace(preprocess=Preprocess(rescale=1.0, mean=None, std=None, channels_last=False),
+                                 test_time_flip=False)
     features_seconds = time.perf_counter() - started
     history = fit(model.head, features["train"], head_recipe, features.get("validation"), device, progress, callbacks,
                   resume, loop_ready, context={"stage": 1})
     history.features_seconds = features_seconds
     test = {}
     if "test" in features:
-        loss, accuracy = evaluate_imageset(model.head, features["test"], Preprocess.from_recipe(head_recipe),
-                                           inference_precision(recipe.precision, device), device)
+        loss, accuracy = evaluate_imageset(model.head, features["test"], head_recipe.preprocess,
+                                           inference_precision(recipe.run.precision, device), device)
         test = {"test_accuracy": accuracy, "test_loss": loss}
     return history, test
