@@ -47,7 +47,6 @@ CHOICES = {  # by the name the error message gives the field
     "color_mode": ("rgb", "grayscale"),
     "keep_best": ("val_accuracy", "val_loss"),
 }
-KEEP_BEST = CHOICES["keep_best"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +72,12 @@ class Group:
         if value not in CHOICES[kind]:
             raise unknown_name(kind, str(value), list(CHOICES[kind]))
 
-    def check_range(self, names: tuple[str, ...], low: float, high: float, wording: str) -> None:
-        """low <= value < high for each field named."""
+    def check_range(self, names: tuple[str, ...], high: float = 1.0) -> None:
+        """0 <= value < high for each field named (a fraction, unless `high` is infinite)."""
         for name in names:
             value = getattr(self, name)
-            if not low <= value < high:
+            if not 0.0 <= value < high:
+                wording = "be 0 or more" if high == math.inf else f"be in [0, {high:g})"
                 raise SmallvisionError(f"{self.path(name)} must {wording}, got {value}")
 
     def check_positive(self, names: tuple[str, ...]) -> None:
@@ -109,7 +109,7 @@ class Network(Group):
                 raise SmallvisionError("give a network as layers or a pretrained backbone, not both")
             if self.dropout:
                 raise SmallvisionError("with layers, write the Dropout among them (Dropout(0.5)); leave dropout at 0")
-        self.check_range(("dropout",), 0.0, 1.0, "be in [0, 1)")
+        self.check_range(("dropout",))
 
     def describe(self) -> str:
         return self.backbone or (self.model if self.layers is None else f"{len(self.layers)} layers of its own")
@@ -135,7 +135,7 @@ class Data(Group):
             self.check_choice("color_mode", "color_mode")
         if self.image_size is not None and self.image_size < 8:
             raise SmallvisionError(f"data.image_size must be at least 8 pixels, got {self.image_size}")
-        self.check_range(("val_split", "test_split"), 0.0, 1.0, "be in [0, 1)")
+        self.check_range(("val_split", "test_split"))
         if self.val_split + self.test_split >= 1.0:
             raise SmallvisionError("data.val_split + data.test_split must leave some images to train on")
         if self.memory_budget != "auto":
@@ -278,8 +278,8 @@ class Optimizer(Group):
         self.check_choice("name", "optimizer")
         self.check_choice("loss", "loss")
         self.check_positive(("learning_rate", "epsilon"))
-        self.check_range(("rho", "beta_1", "beta_2", "momentum", "label_smoothing"), 0.0, 1.0, "be in [0, 1)")
-        self.check_range(("weight_decay",), 0.0, math.inf, "be 0 or more")
+        self.check_range(("rho", "beta_1", "beta_2", "momentum", "label_smoothing"))
+        self.check_range(("weight_decay",), high=math.inf)
         if self.batch_size < 1:
             raise SmallvisionError(f"optimizer.batch_size must be at least 1, got {self.batch_size}")
 
@@ -300,7 +300,7 @@ class Schedule(Group):
 
     def validate(self) -> None:
         self.check_choice("name", "schedule")
-        self.check_range(("warmup",), 0.0, 1.0, "be in [0, 1)")
+        self.check_range(("warmup",))
         for name in ("epochs", "validation_freq"):
             if getattr(self, name) < 1:
                 raise SmallvisionError(f"schedule.{name} must be at least 1, got {getattr(self, name)}")
