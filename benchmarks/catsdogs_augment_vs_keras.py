@@ -61,12 +61,12 @@ def run_smallvision(data: Path, epochs: int, scratch: Path, cache: Path) -> dict
 
 def smallvision_parts(data: Path, scratch: Path) -> dict:
     """Decoding (a first run, then from the cache), augmentation alone, and the network step alone."""
-    from smallvision.augment import Augment
+    from smallvision.augment import augment_batch
     from smallvision.data.folders import load_image_folder
     from smallvision.models import create_model
     from smallvision.optim import build_optimizer, flatten_parameters, zero_gradients
     from smallvision.recipe import load_recipe
-    from smallvision.inference import Preprocess, autocast
+    from smallvision.inference import autocast
     from smallvision.step import cross_entropy
 
     cache = scratch / "parts-cache"
@@ -82,20 +82,20 @@ def smallvision_parts(data: Path, scratch: Path) -> dict:
     recipe = load_recipe("seed-catsdogs-augment")
     images, labels = source.train.images, source.train.labels
     batches = [torch.arange(i, min(i + BATCH, len(images))) for i in range(0, len(images), BATCH)]
-    augment, generator = Augment.from_recipe(recipe), torch.Generator().manual_seed(0)
+    augment, generator = recipe.augment, torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    augmented = [augment(images[b], generator) for b in batches]
+    augmented = [augment_batch(augment, images[b], generator) for b in batches]
     augment_rate = len(images) / (time.perf_counter() - start)
 
     torch.manual_seed(0)
-    model = create_model(recipe.model, SHAPE, 2, recipe.dropout).to(memory_format=torch.channels_last)
+    model = create_model(recipe.network.model, SHAPE, 2, recipe.network.dropout).to(memory_format=torch.channels_last)
     weights = flatten_parameters(model)
     optimizer = build_optimizer(weights, recipe)
-    preprocess = Preprocess.from_recipe(recipe)
+    preprocess = recipe.preprocess
     for step, index in enumerate([0, 1, 2] + list(range(len(batches)))):  # three warm-up steps, then one pass
         if step == 3:
             start = time.perf_counter()
-        with autocast(torch.device("cpu"), recipe.precision):
+        with autocast(torch.device("cpu"), recipe.run.precision):
             logits = model(preprocess(augmented[index]))
         loss = cross_entropy(logits, labels[batches[index]], True, 0.0)
         zero_gradients(weights)

@@ -100,14 +100,15 @@ def gpu_busy(recipe: str, mode: str, device: str, steps: int = 60) -> str:
     from smallvision.loop import fit
 
     chosen = builtin_recipes()[recipe].replace(epochs=1, steps_per_epoch=steps, compile=mode)
-    source = open_source(source_of(recipe), image_shape=(1, 28, 28) if "mnist" in recipe else (3, chosen.image_size,
-                         chosen.image_size), val_split=0.0, test_split=0.0)
+    size = chosen.data.image_size
+    source = open_source(source_of(recipe), image_shape=(1, 28, 28) if "mnist" in recipe else (3, size, size),
+                         val_split=0.0, test_split=0.0)
     where = torch.device(device)
-    fit(create_model(chosen.model, source.train.shape[1:], source.train.num_classes), source.train, chosen,
+    fit(create_model(chosen.network.model, source.train.shape[1:], source.train.num_classes), source.train, chosen,
         device=where, progress=False)  # warm: the allocator, cuDNN's choices, the compiled graphs
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if where.type == "cuda" else [])
     with profile(activities=activities) as profiled:
-        history = fit(create_model(chosen.model, source.train.shape[1:], source.train.num_classes), source.train,
+        history = fit(create_model(chosen.network.model, source.train.shape[1:], source.train.num_classes), source.train,
                       chosen, device=where, progress=False)
     wall = history.train_seconds / steps
     kernels = sum(event.self_device_time_total for event in profiled.key_averages()) / 1e6 / steps

@@ -69,7 +69,8 @@ def in_process(recipes: list[str], precisions: list[str], rounds: int, scale: fl
             turn = round_index % len(precisions)
             for precision in precisions[turn:] + precisions[:turn]:
                 torch.manual_seed(0)
-                model = create_model(recipe.model, tuple(train.images.shape[1:]), train.num_classes, recipe.dropout)
+                network = recipe.network
+                model = create_model(network.model, tuple(train.images.shape[1:]), train.num_classes, network.dropout)
                 history = fit(model, train, recipe.replace(precision=precision), progress=False)
                 speeds.setdefault((played_cpu(), recipe_name, precision), []).append(history.images_per_second)
                 print(f"round {round_index + 1}  in-process {recipe_name:<11} {precision:<4} "

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from smallvision.augment import Augment, fixed_parameters
-from smallvision.recipe import Recipe
+from smallvision.augment import apply_parameters, augment_batch, fixed_parameters, random_parameters
+from smallvision.recipe import Augment, Recipe
 
 
 def marker(height=16, width=16, row=3, col=10):
@@ -22,34 +22,34 @@ def where(image) -> list[list[int]]:
 
 def test_a_90_degree_rotation_is_exact():
     image = torch.rand(1, 3, 9, 9) * 255
-    turned = Augment().apply(image, fixed_parameters(1, theta=90))
+    turned = apply_parameters(Augment(), image, fixed_parameters(1, theta=90))
     assert torch.allclose(turned, torch.rot90(image, k=1, dims=(2, 3)), atol=1e-3)  # counter-clockwise, as Keras
 
 
 def test_a_quarter_width_shift_moves_a_marker_a_quarter_width():
-    shifted = Augment().apply(marker(), fixed_parameters(1, shift_x=0.25 * 16))
+    shifted = apply_parameters(Augment(), marker(), fixed_parameters(1, shift_x=0.25 * 16))
     assert where(shifted) == [[3, 10 - 4]]
-    down = Augment().apply(marker(), fixed_parameters(1, shift_y=-4.0))
+    down = apply_parameters(Augment(), marker(), fixed_parameters(1, shift_y=-4.0))
     assert where(down) == [[3 + 4, 10]]
 
 
 def test_shift_ranges_are_fractions_below_one_and_pixels_above():
-    draws = Augment(width_shift_range=0.25).random_parameters(2000, 16, 40, torch.Generator().manual_seed(0))
+    draws = random_parameters(Augment(width_shift_range=0.25), 2000, 16, 40, torch.Generator().manual_seed(0))
     assert 9.0 < draws["shift_x"].abs().max() <= 10.0  # 0.25 of 40 pixels
-    draws = Augment(height_shift_range=3).random_parameters(2000, 16, 40, torch.Generator().manual_seed(0))
+    draws = random_parameters(Augment(height_shift_range=3), 2000, 16, 40, torch.Generator().manual_seed(0))
     assert 2.9 < draws["shift_y"].abs().max() <= 3.0
 
 
 def test_flips_mirror_the_image():
     image = marker()
-    assert where(Augment().apply(image, fixed_parameters(1, flip_horizontal=True))) == [[3, 15 - 10]]
-    assert where(Augment().apply(image, fixed_parameters(1, flip_vertical=True))) == [[15 - 3, 10]]
+    assert where(apply_parameters(Augment(), image, fixed_parameters(1, flip_horizontal=True))) == [[3, 15 - 10]]
+    assert where(apply_parameters(Augment(), image, fixed_parameters(1, flip_vertical=True))) == [[15 - 3, 10]]
 
 
 def test_zoom_above_one_shrinks_the_content_as_keras_does():
     image = torch.zeros(1, 1, 21, 21)
     image[0, 0, 5:16, 5:16] = 255  # an 11-pixel square in the middle
-    zoomed = Augment().apply(image, fixed_parameters(1, zx=2.0, zy=2.0))
+    zoomed = apply_parameters(Augment(), image, fixed_parameters(1, zx=2.0, zy=2.0))
     assert 4 <= (zoomed[0, 0, 10] > 127).sum() <= 7  # about half as wide
 
 
@@ -61,33 +61,33 @@ def test_zoom_above_one_shrinks_the_content_as_keras_does():
 ])
 def test_each_fill_mode_fills_the_uncovered_edge(fill_mode, expected):
     ramp = (torch.arange(8.0) * 10).expand(1, 1, 8, 8)
-    shifted = Augment(fill_mode=fill_mode, cval=99).apply(ramp, fixed_parameters(1, shift_x=3.0))
+    shifted = apply_parameters(Augment(fill_mode=fill_mode, cval=99), ramp, fixed_parameters(1, shift_x=3.0))
     assert shifted[0, 0, 4].tolist() == pytest.approx(expected, abs=1e-3)
 
 
 def test_brightness_scales_and_clips():
     image = torch.full((1, 3, 4, 4), 200.0)
-    brighter = Augment(brightness_range=(1.5, 1.5)).apply(image, fixed_parameters(1, brightness=1.5))
-    darker = Augment(brightness_range=(0.5, 0.5)).apply(image, fixed_parameters(1, brightness=0.5))
+    brighter = apply_parameters(Augment(brightness_range=(1.5, 1.5)), image, fixed_parameters(1, brightness=1.5))
+    darker = apply_parameters(Augment(brightness_range=(0.5, 0.5)), image, fixed_parameters(1, brightness=0.5))
     assert brighter.max() == 255 and darker.mean() == 100
 
 
 def test_every_image_gets_its_own_parameters_and_a_seed_repeats_them():
-    recipe = Recipe(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2,
-                    zoom_range=0.2, horizontal_flip=True)
-    augment = Augment.from_recipe(recipe)
-    assert augment.zoom_range == (0.8, 1.2)
+    recipe = Recipe().replace(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2,
+                              zoom_range=0.2, horizontal_flip=True)
+    augment = recipe.augment
+    assert augment.zoom_bounds == (0.8, 1.2)
     images = torch.rand(1, 3, 20, 20).mul(255).expand(6, -1, -1, -1).to(torch.uint8)
-    first = augment(images, torch.Generator().manual_seed(1))
+    first = augment_batch(augment, images, torch.Generator().manual_seed(1))
     assert first.dtype == torch.float32 and first.shape == (6, 3, 20, 20)
     assert all(not torch.equal(first[0], first[i]) for i in range(1, 6))
-    assert torch.equal(first, augment(images, torch.Generator().manual_seed(1)))
+    assert torch.equal(first, augment_batch(augment, images, torch.Generator().manual_seed(1)))
 
 
 def test_a_recipe_without_augmentation_has_none():
-    assert Augment.from_recipe(Recipe()) is None
-    assert Augment.from_recipe(Recipe(zoom_range=[1.0, 1.0])) is None
-    assert Augment.from_recipe(Recipe(vertical_flip=True)) is not None
+    assert not Recipe().augment.active
+    assert not Recipe().replace(zoom_range=[1.0, 1.0]).augment.active
+    assert Recipe().replace(vertical_flip=True).augment.active
 
 
 def test_the_geometry_is_keras_own():
@@ -99,7 +99,7 @@ def test_the_geometry_is_keras_own():
     parameters = fixed_parameters(1, theta=theta, shift_x=tx, shift_y=ty, shear=shear, zx=zx, zy=zy)
     inside = None
     for mode in ("nearest", "reflect", "constant", "wrap"):
-        ours = Augment(fill_mode=mode, cval=50.0).apply(image, parameters)[0].permute(1, 2, 0).numpy()
+        ours = apply_parameters(Augment(fill_mode=mode, cval=50.0), image, parameters)[0].permute(1, 2, 0).numpy()
         difference = np.abs(ours - reference[mode])
         if mode == "constant":
             inside = reference["constant"] != 50.0  # where the map lands on the image itself

@@ -84,7 +84,7 @@ def test_a_flat_folder_run_ends_with_a_test_score_and_its_split_saved(tmp_path, 
                    epochs=1, steps_per_epoch=2)
     assert "has no test and validation split of its own: holding out 15%" in capsys.readouterr().err
     assert "test_accuracy" in run.metrics and "val_accuracy" in run.metrics
-    assert (run.recipe.test_split, run.recipe.val_split) == (0.15, 0.15)
+    assert (run.recipe.data.test_split, run.recipe.data.val_split) == (0.15, 0.15)
     counts = json.loads((run.path / "data.json").read_text())["counts"]
     assert counts["test"] == {"cats": 3, "dogs": 3} and sum(counts["train"].values()) + sum(counts["validation"].values()) == 34
     again = sv.load_run(run.path).evaluate()  # the saved rule finds the same test images

@@ -105,6 +105,30 @@ def test_recipes_and_summary_print(capsys):
     assert "Total params: 93,322" in capsys.readouterr().out
 
 
+def test_set_takes_a_field_by_its_place_or_its_flat_name(capsys, tiny_source, tmp_path):
+    from smallvision.recipe import load_recipe
+
+    common = ["train", str(tiny_source), "--epochs", "1", "--steps-per-epoch", "2", "--quiet"]
+    recipes = []
+    for name, settings in (("dotted", ["augment.rotation_range=20", "augment.horizontal_flip=true", "run.seed=3"]),
+                           ("flat", ["rotation_range=20", "horizontal_flip=true", "seed=3"])):
+        options = [part for setting in settings for part in ("--set", setting)]
+        assert main([*common, *options, "--out", str(tmp_path / name)]) == 0
+        text = (tmp_path / name / "recipe.toml").read_text()
+        assert "[augment]\nrotation_range = 20.0" in text and not text.startswith("rotation_range")  # grouped
+        recipes.append(load_recipe(str(tmp_path / name / "recipe.toml")))
+    capsys.readouterr()
+    assert recipes[0] == recipes[1] and recipes[0].augment.rotation_range == 20.0 and recipes[0].augment.horizontal_flip
+    assert recipes[0].run.seed == 3 and recipes[0].schedule.epochs == 1  # --epochs, a flag, beside --set
+    fails_cleanly(capsys, [*common, "--set", "schedule.epochs=3", "--out", str(tmp_path / "twice")],
+                  "recipe fields 'epochs' and 'schedule.epochs' are the same field, given 1 and 3")
+    fails_cleanly(capsys, [*common, "--set", "augment.rotaton_range=3", "--out", str(tmp_path / "typo")],
+                  "did you mean 'augment.rotation_range'")
+    fails_cleanly(capsys, [*common, "--set", "augment=3", "--out", str(tmp_path / "group")],
+                  "recipe field 'augment' must be a table of augment settings")
+    assert not any((tmp_path / name).exists() for name in ("twice", "typo", "group"))
+
+
 def test_the_console_script_end_to_end(tiny_source, tmp_path):
     """The installed `smallvision` command: train, predict (JSON lines), evaluate."""
     def cli(*args):

@@ -29,7 +29,8 @@ from hypothesis.control import currently_in_test_context
 from smallvision.data.idx import IDX_TYPES, read_idx, write_idx
 from smallvision.errors import SmallvisionError
 from smallvision.images import DamagedImage, decode_image, load_image
-from smallvision.recipe import Recipe, load_recipe
+from smallvision.recipe import FIELD_TYPES as PATH_TYPES
+from smallvision.recipe import FLAT, GROUPS, Recipe, load_recipe
 
 # Per input kind; SMALLVISION_FUZZ_EXAMPLES=20000 fuzzes for longer (still the same examples every time).
 EXAMPLES = int(os.environ.get("SMALLVISION_FUZZ_EXAMPLES", "500"))
@@ -331,13 +332,14 @@ def test_images_random_bytes_in_image_files(fuzz_dir, magic, rest, suffix, chann
 # ---------------------------------------------------------------------------------------------------
 # 3. Recipe TOML
 
-FIELD_TYPES = {field.name: field.type for field in __import__("dataclasses").fields(Recipe)}
+FIELD_TYPES = {flat: PATH_TYPES[path] for flat, path in FLAT.items()}  # every field, by its flat name
 toml_scalars = (st.booleans() | st.integers(-2**63, 2**63 - 1) | st.integers(-3, 300) | st.floats()
                 | st.floats(-2.0, 2.0) | st.text(max_size=10) | st.sampled_from(["adam", "sgd", "bf16", "rgb", "cpu"])
                 | st.dates() | st.datetimes() | st.times())
 toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
-recipe_keys = st.sampled_from(sorted(FIELD_TYPES)) | st.text(max_size=10) | st.sampled_from(["self", "changes", ""])
+recipe_keys = (st.sampled_from(sorted(FIELD_TYPES)) | st.sampled_from(sorted(PATH_TYPES)) | st.sampled_from(sorted(GROUPS))
+               | st.text(max_size=10) | st.sampled_from(["self", "changes", ""]))
 
 
 def has_declared_type(value, declared) -> bool:
@@ -368,7 +370,7 @@ def check_recipe_text(text: str, where: str = "fuzzed.toml"):
             return None
     outcome("loaded")
     for name, declared in FIELD_TYPES.items():
-        assert has_declared_type(getattr(recipe, name), declared), f"{name} = {getattr(recipe, name)!r}"
+        assert has_declared_type(recipe.get(name), declared), f"{name} = {recipe.get(name)!r}"
     assert Recipe.from_toml(recipe.to_toml()) == recipe  # a NaN would fail here: it never equals itself
     return recipe
 
@@ -399,12 +401,18 @@ def values_of_kind(declared) -> st.SearchStrategy:
 
 @FUZZ
 @given(field_and_value=st.sampled_from(sorted(FIELD_TYPES)).flatmap(
-    lambda field: st.tuples(st.just(field), values_of_kind(FIELD_TYPES[field]) | toml_values)))
-def test_recipe_one_field_of_any_value(field_and_value):
+    lambda field: st.tuples(st.just(field), values_of_kind(FIELD_TYPES[field]) | toml_values)), grouped=st.booleans())
+def test_recipe_one_field_of_any_value(field_and_value, grouped):
     """A valid recipe with one known field set to a value of its type (in range or out of it, NaN, inf) or to
-    anything else (a wrong type, a table, a date)."""
+    anything else (a wrong type, a table, a date), flat or in its group's table."""
     field, value = field_and_value
-    check_recipe_text(tomli_w.dumps({"name": "fuzz", "epochs": 2, field: value}))
+    if grouped:
+        table, name = FLAT[field].split(".")
+        recipe = {"name": "fuzz", "schedule": {"epochs": 2}}
+        recipe.setdefault(table, {})[name] = value
+        check_recipe_text(tomli_w.dumps(recipe))
+    else:
+        check_recipe_text(tomli_w.dumps({"name": "fuzz", "epochs": 2, field: value}))
 
 
 LAYER_PIECES = ["Conv2D(", "Dense(", "MaxPooling2D(", "Residual([", "Input(shape=(8, 8, 1))", "Flatten()", "(", ")",
@@ -470,7 +478,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("run")
-    recipe = Recipe(name="fuzz", layers=LAYERS, epochs=1, precision="fp32", device="cpu")
+    recipe = Recipe(name="fuzz").replace(layers=LAYERS, epochs=1, precision="fp32", device="cpu")
     model = build_network(parse_layers(LAYERS), (1, 8, 8), len(CLASSES))
     meta = {
         "format": "smallvision-run/1", "source": "tiny",

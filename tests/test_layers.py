@@ -148,7 +148,8 @@ def test_a_layer_list_trains_and_its_run_reloads_from_model_json_alone(tiny_sour
     assert [entry["class_name"] for entry in meta["architecture"]["layers"]][:2] == ["Rescaling", "Conv2D"]
     assert meta["preprocessing"]["rescale"] == 1.0  # the network scales the pixels itself
     recipe = sv.load_recipe(str(out / "recipe.toml"))
-    assert recipe.layers[1] == "Conv2D(8, (3, 3), padding='same', activation='relu')" and recipe.rescale == 1.0
+    assert recipe.network.layers[1] == "Conv2D(8, (3, 3), padding='same', activation='relu')"
+    assert recipe.preprocess.rescale == 1.0
     run = sv.load_run(out)
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     assert run.probabilities(images).shape == (5, 3)
@@ -158,7 +159,7 @@ def test_sequential_in_python_trains_and_a_named_run_without_layers_still_reload
     network = sv.Sequential([sv.layers.Conv2D(8, (3, 3), activation="relu"), sv.layers.MaxPooling2D((2, 2)),
                              sv.layers.Flatten(), sv.layers.Dense(3, activation="softmax")])
     run = sv.train(tiny_source, "seed-mnist", model=network, out=tmp_path / "python", epochs=1, progress=False)
-    assert run.model.model_name == "custom" and len(run.recipe.layers) == 4
+    assert run.model.model_name == "custom" and len(run.recipe.network.layers) == 4
     # A run written before layer lists names its network and nothing more: it still reloads, identically.
     named = sv.train(tiny_source, "seed-mnist", out=tmp_path / "named", epochs=1, progress=False)
     meta = json.loads((named.path / "model.json").read_text())

@@ -99,7 +99,8 @@ def test_epsilon_inside_the_root_differs_from_torch_rmsprop_for_tiny_gradients()
 
 def test_build_optimizer_gives_keras_rmsprop_with_the_recipe_settings():
     p = torch.zeros(2, requires_grad=True)
-    optimizer = build_optimizer([p], Recipe(optimizer="rmsprop", learning_rate=0.02, rho=0.8, epsilon=1e-5, momentum=0.5))
+    optimizer = build_optimizer([p], Recipe().replace(optimizer="rmsprop", learning_rate=0.02, rho=0.8, epsilon=1e-5,
+                                                      momentum=0.5))
     assert isinstance(optimizer, KerasRMSprop)
     group = optimizer.param_groups[0]
     assert (group["lr"], group["rho"], group["epsilon"], group["momentum"]) == (0.02, 0.8, 1e-5, 0.5)
@@ -113,11 +114,11 @@ def factors(recipe, total=100):
 
 
 def test_constant_schedule_is_one_everywhere():
-    assert factors(Recipe(schedule="constant")) == [1.0] * 101
+    assert factors(Recipe().replace(schedule="constant")) == [1.0] * 101
 
 
 def test_cosine_schedule_runs_from_one_to_zero_through_a_half():
-    values = factors(Recipe(schedule="cosine"))
+    values = factors(Recipe().replace(schedule="cosine"))
     assert values[0] == 1.0
     assert values[25] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)), abs=1e-12)
     assert values[50] == pytest.approx(0.5, abs=1e-12)
@@ -126,7 +127,7 @@ def test_cosine_schedule_runs_from_one_to_zero_through_a_half():
 
 
 def test_onecycle_warms_up_from_a_tenth_then_falls_linearly_to_zero():
-    values = factors(Recipe(schedule="onecycle", warmup=0.2))
+    values = factors(Recipe().replace(schedule="onecycle", warmup=0.2))
     assert values[0] == pytest.approx(0.1, abs=1e-12)
     assert values[10] == pytest.approx(0.55, abs=1e-12)  # half-way through the warm-up
     assert values[20] == pytest.approx(1.0, abs=1e-12)  # the warm-up's end: the full rate
@@ -138,7 +139,7 @@ def test_onecycle_warms_up_from_a_tenth_then_falls_linearly_to_zero():
 
 
 def test_onecycle_without_warmup_starts_at_the_full_rate():
-    values = factors(Recipe(schedule="onecycle", warmup=0.0))
+    values = factors(Recipe().replace(schedule="onecycle", warmup=0.0))
     assert values[0] == 1.0 and values[50] == pytest.approx(0.5) and values[100] == 0.0
 
 
@@ -254,7 +255,7 @@ def test_an_optimiser_step_on_the_buffers_moves_the_model():
     model = small_model()
     reference = copy.deepcopy(model)
     groups = flatten_parameters(model)
-    optimizer = build_optimizer(groups, Recipe(optimizer="rmsprop", learning_rate=0.01))
+    optimizer = build_optimizer(groups, Recipe().replace(optimizer="rmsprop", learning_rate=0.01))
     reference_optimizer = KerasRMSprop(reference.parameters(), lr=0.01)
     x = inputs()
     for _ in range(3):
@@ -274,7 +275,7 @@ def test_adamw_weight_decay_shrinks_kernels_only():
     model = small_model()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     groups = flatten_parameters(model)
-    optimizer = build_optimizer(groups, Recipe(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
+    optimizer = build_optimizer(groups, Recipe().replace(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
     assert isinstance(optimizer, torch.optim.AdamW)
     zero_gradients(groups)
     optimizer.step()  # a zero gradient: Adam's own update is zero, only the decay acts
@@ -301,7 +302,7 @@ def test_a_model_with_only_biases_gets_one_undecayed_group():
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0
     flat = groups[0]["params"][0]
     assert flat.numel() == 6 and shares_storage(model.weight, flat) and shares_storage(model.bias, flat)
-    optimizer = build_optimizer(groups, Recipe(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
+    optimizer = build_optimizer(groups, Recipe().replace(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
     zero_gradients(groups)
     optimizer.step()  # a zero gradient and no decay for this group: nothing moves
     assert torch.equal(model.weight, torch.ones(3)) and torch.equal(model.bias, torch.zeros(3))
@@ -335,7 +336,7 @@ def test_keras_rmsprop_steps_alike_with_the_learning_rate_a_float_or_a_tensor(mo
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_pytorchs_optimisers_are_fused_and_take_a_tensor_learning_rate(name):
     p = torch.nn.Parameter(torch.ones(10))
-    optimizer = build_optimizer([p], Recipe(optimizer=name, learning_rate=0.1, momentum=0.9))
+    optimizer = build_optimizer([p], Recipe().replace(optimizer=name, learning_rate=0.1, momentum=0.9))
     assert optimizer.param_groups[0]["fused"] is True
     optimizer.param_groups[0]["lr"] = torch.tensor(0.1)
     p.grad = torch.ones(10)

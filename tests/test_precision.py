@@ -81,7 +81,7 @@ def test_a_recipes_auto_is_recorded_as_what_it_resolved_to(tiny_source, tmp_path
         metrics = json.loads((run.path / "metrics.json").read_text())
         assert meta["precision"] == metrics["precision"] == expected
         assert meta["precision_reason"] == metrics["precision_reason"] and metrics["precision_reason"].startswith("auto: ")
-        assert sv.load_recipe(str(run.path / "recipe.toml")).precision == "auto"  # what was asked stays portable
+        assert sv.load_recipe(str(run.path / "recipe.toml")).run.precision == "auto"  # what was asked stays portable
 
 
 def test_explicit_bf16_on_an_emulating_cpu_trains_as_asked_with_one_warning(tiny_source, tmp_path, avx2_cpu, capsys):

@@ -106,6 +106,36 @@ def test_compare_reads_runs_of_every_kind(runs_of_every_kind, capsys):
     assert len({len(line) for line in text[:2]}) == 1 and "catsdogs-finetune" in text[-1]
 
 
+def test_a_run_with_the_flat_recipe_toml_of_an_earlier_release_reads_as_a_grouped_one(runs_of_every_kind, tmp_path):
+    """Runs written before the recipe's groups hold a flat recipe.toml: compare, the report and serve's model card
+    read it through Recipe, as they read a grouped one."""
+    import shutil
+
+    import tomli_w
+
+    import smallvision as sv
+    from smallvision.recipe import FLAT
+    from smallvision.serve.cards import model_card
+
+    grouped = runs_of_every_kind["finetune"]
+    recipe = grouped.recipe
+    flat = {"name": recipe.name, "description": recipe.description,
+            **{name: recipe.get(name) for name in FLAT if recipe.get(name) is not None}}
+    earlier = tmp_path / "finetune-flat"
+    shutil.copytree(grouped.path, earlier)
+    (earlier / "recipe.toml").write_text(tomli_w.dumps(flat))
+    assert "[fine_tune]" in (grouped.path / "recipe.toml").read_text()
+    assert "fine_tune_epochs = 1" in (earlier / "recipe.toml").read_text()
+    run = sv.load_run(earlier)
+    assert run.recipe == recipe
+    rows = compare_runs([grouped.path, earlier])
+    assert {**rows[0], "run": ""} == {**rows[1], "run": ""} and rows[1]["epochs"] == "1+1"
+    card = model_card(run, "earlier")
+    assert card == model_card(grouped, "earlier") and card["fine_tune_epochs"] == 1
+    text = build_report(run, tmp_path / "earlier.html", cache_dir=tmp_path / "cache").read_text()
+    assert "1 + 1 fine-tuning" in text and "[fine_tune]" in text  # every field, shown grouped
+
+
 def test_compare_draws_the_runs_validation_accuracy_by_epoch_and_by_time(runs_of_every_kind, tmp_path, capsys):
     from PIL import Image
 

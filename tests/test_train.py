@@ -64,7 +64,7 @@ def test_the_run_directory_holds_everything(slice_run):
     assert meta["preprocessing"]["invert_light_background"] is True
     rows = list(csv.DictReader(open(slice_run.path / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 11)) and float(rows[-1]["val_accuracy"]) > 0.85
-    assert sv.load_recipe(str(slice_run.path / "recipe.toml")).epochs == 10
+    assert sv.load_recipe(str(slice_run.path / "recipe.toml")).schedule.epochs == 10
     assert Image.open(slice_run.path / "curves.png").size[0] > 500
     assert not any(name.startswith(".partial") for name in names)
 
@@ -253,7 +253,7 @@ def test_compiling_before_the_clock_leaves_the_weights_statistics_and_random_sta
     from smallvision.optim import build_optimizer, flatten_parameters
     from smallvision.recipe import Recipe
     from smallvision.step import Step
-    from smallvision.inference import Preprocess
+    from smallvision.recipe import Preprocess
 
     torch.manual_seed(0)
     model = build_network(parse_layers(BN_LAYERS), (1, 28, 28), 10)
@@ -272,7 +272,7 @@ def test_compiling_before_the_clock_leaves_the_weights_statistics_and_random_sta
 
 @NEEDS_COMPILER
 def test_a_compiled_step_trains_the_eager_weights_and_a_second_run_pays_less_to_compile(mnist_slice, tmp_path):
-    """recipe.compile: the step compiled before the clock starts (at the full and the short last batch), so the
+    """recipe.run.compile: the step compiled before the clock starts (at the full and the short last batch), so the
     run trains as the eager one does; compile_seconds in metrics.json, apart from train_seconds; a second run
     of the same network, in a new process, finds the compiled kernels in PyTorch's cache. Without batch norm,
     whose compiled statistics round differently, and with SGD, a step in proportion to the gradient (RMSprop's
@@ -292,7 +292,7 @@ def test_a_compiled_step_trains_the_eager_weights_and_a_second_run_pays_less_to_
                        capture_output=True)
         runs.append(sv.load_run(tmp_path / name))
     first, second = runs
-    assert "compile_seconds" not in eager.metrics and first.recipe.compile == "default"
+    assert "compile_seconds" not in eager.metrics and first.recipe.run.compile == "default"
     assert 0 < second.metrics["compile_seconds"] < first.metrics["compile_seconds"] / 2, \
         (first.metrics["compile_seconds"], second.metrics["compile_seconds"])
     for name, tensor in eager.model.state_dict().items():

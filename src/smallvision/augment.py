@@ -11,96 +11,70 @@ One difference, on purpose: Keras 3's legacy code swaps its axes after building 
 `height_shift_range` moves images sideways and `width_shift_range` up and down. We keep the
 documented meaning (width: sideways). With equal ranges, as in the seed, the two draw the same
 transforms. A map sends an output pixel to the input point it samples.
-"""
 
-from dataclasses import dataclass
+The settings are the recipe's own group, `recipe.augment` (recipe.py's `Augment`, no PyTorch there);
+the functions here do the tensor work with them.
+"""
 
 import torch
 import torch.nn.functional as F
 
-from smallvision.recipe import Recipe
+from smallvision.recipe import Augment
 
 
-@dataclass
-class Augment:
-    rotation_range: float = 0.0
-    width_shift_range: float = 0.0
-    height_shift_range: float = 0.0
-    shear_range: float = 0.0
-    zoom_range: tuple[float, float] = (1.0, 1.0)
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    brightness_range: tuple[float, float] | None = None
-    fill_mode: str = "nearest"
-    cval: float = 0.0
+def random_parameters(augment: Augment, count: int, height: int, width: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Fresh parameters for `count` images, drawn as Keras draws them (uniform in each range)."""
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(count, generator=generator, device=device)
 
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> "Augment | None":
-        """The recipe's augmentation, or None when it asks for none."""
-        if not recipe.augments:
-            return None
-        return cls(recipe.rotation_range, recipe.width_shift_range, recipe.height_shift_range, recipe.shear_range,
-                   recipe.zoom_bounds, recipe.horizontal_flip, recipe.vertical_flip,
-                   tuple(recipe.brightness_range) if recipe.brightness_range else None, recipe.fill_mode, recipe.cval)
+    def shift(spread: float, size: int):
+        pixels = spread * size if spread < 1 else spread  # Keras: below 1 is a fraction of the size
+        return uniform(-pixels, pixels)
 
-    def random_parameters(self, count: int, height: int, width: int, generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Fresh parameters for `count` images, drawn as Keras draws them (uniform in each range)."""
-        def uniform(low, high):
-            return low + (high - low) * torch.rand(count, generator=generator, device=device)
+    zoom_low, zoom_high = augment.zoom_bounds
+    return {
+        "theta": uniform(-augment.rotation_range, augment.rotation_range),
+        "shift_x": shift(augment.width_shift_range, width),     # sideways, in pixels
+        "shift_y": shift(augment.height_shift_range, height),   # up and down, in pixels
+        "shear": uniform(-augment.shear_range, augment.shear_range),
+        "zx": uniform(zoom_low, zoom_high),
+        "zy": uniform(zoom_low, zoom_high),
+        "flip_horizontal": torch.rand(count, generator=generator, device=device) < (0.5 if augment.horizontal_flip else 0),
+        "flip_vertical": torch.rand(count, generator=generator, device=device) < (0.5 if augment.vertical_flip else 0),
+        "brightness": uniform(*augment.brightness_range) if augment.brightness_range else torch.ones(count, device=device),
+    }
 
-        def shift(spread: float, size: int):
-            pixels = spread * size if spread < 1 else spread  # Keras: below 1 is a fraction of the size
-            return uniform(-pixels, pixels)
 
-        zoom_low, zoom_high = self.zoom_range
-        return {
-            "theta": uniform(-self.rotation_range, self.rotation_range),
-            "shift_x": shift(self.width_shift_range, width),     # sideways, in pixels
-            "shift_y": shift(self.height_shift_range, height),   # up and down, in pixels
-            "shear": uniform(-self.shear_range, self.shear_range),
-            "zx": uniform(zoom_low, zoom_high),
-            "zy": uniform(zoom_low, zoom_high),
-            "flip_horizontal": torch.rand(count, generator=generator, device=device) < (0.5 if self.horizontal_flip else 0),
-            "flip_vertical": torch.rand(count, generator=generator, device=device) < (0.5 if self.vertical_flip else 0),
-            "brightness": uniform(*self.brightness_range) if self.brightness_range else torch.ones(count, device=device),
-        }
+def augment_batch(augment: Augment, images: torch.Tensor, generator: torch.Generator | None = None,
+                  share: tuple[int, int] | None = None) -> torch.Tensor:
+    """Augmented float images [B, C, H, W] (0-255 scale) from uint8 or float images. With `share`
+    (start, whole), `images` are the images start, start + 1, ... of a batch of `whole`, and the random
+    draws are made for the whole batch: each of several processes then transforms its share exactly
+    as one process transforms the batch."""
+    count, _, height, width = images.shape
+    start, whole = share or (0, count)
+    parameters = random_parameters(augment, whole, height, width, generator, images.device)
+    if whole != count:
+        parameters = {name: value[start:start + count] for name, value in parameters.items()}
+    return apply_parameters(augment, images, parameters, augment.moves_pixels)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                 share: tuple[int, int] | None = None) -> torch.Tensor:
-        """Augmented float images [B, C, H, W] (0-255 scale) from uint8 or float images. With `share`
-        (start, whole), `images` are the images start, start + 1, ... of a batch of `whole`, and the random
-        draws are made for the whole batch: each of several processes then transforms its share exactly
-        as one process transforms the batch."""
-        count, _, height, width = images.shape
-        start, whole = share or (0, count)
-        parameters = self.random_parameters(whole, height, width, generator, images.device)
-        if whole != count:
-            parameters = {name: value[start:start + count] for name, value in parameters.items()}
-        return self.apply(images, parameters, self.moves_pixels)
 
-    @property
-    def moves_pixels(self) -> bool:
-        """Whether any geometric transform is asked for: decided from the settings, once, rather than by
-        comparing each batch's maps with the identity (a host sync on every step)."""
-        return bool(self.rotation_range or self.width_shift_range or self.height_shift_range or self.shear_range
-                    or tuple(self.zoom_range) != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip)
-
-    def apply(self, images: torch.Tensor, parameters: dict[str, torch.Tensor],
-              moves: bool | None = None) -> torch.Tensor:
-        """`images` transformed with the given parameters: one resampling pass (skipped when `moves` is
-        False, or, when it is not given, when every map is the identity), then brightness."""
-        pixels = images.float()
-        _, _, height, width = pixels.shape
-        matrices = sampling_matrices(parameters, height, width)
-        if moves is None:
-            moves = not torch.allclose(matrices, torch.eye(3, device=matrices.device).expand_as(matrices))
-        if moves:
-            pixels = resample(pixels, matrices, self.fill_mode, self.cval)
-        if self.brightness_range:
-            # PIL's ImageEnhance.Brightness, as Keras uses it: a blend with black, kept in 0-255
-            pixels = (pixels * parameters["brightness"].view(-1, 1, 1, 1)).clamp_(0, 255)
-        return pixels
+def apply_parameters(augment: Augment, images: torch.Tensor, parameters: dict[str, torch.Tensor],
+                     moves: bool | None = None) -> torch.Tensor:
+    """`images` transformed with the given parameters: one resampling pass (skipped when `moves` is
+    False, or, when it is not given, when every map is the identity), then brightness."""
+    pixels = images.float()
+    _, _, height, width = pixels.shape
+    matrices = sampling_matrices(parameters, height, width)
+    if moves is None:
+        moves = not torch.allclose(matrices, torch.eye(3, device=matrices.device).expand_as(matrices))
+    if moves:
+        pixels = resample(pixels, matrices, augment.fill_mode, augment.cval)
+    if augment.brightness_range:
+        # PIL's ImageEnhance.Brightness, as Keras uses it: a blend with black, kept in 0-255
+        pixels = (pixels * parameters["brightness"].view(-1, 1, 1, 1)).clamp_(0, 255)
+    return pixels
 
 
 def sampling_matrices(p: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:

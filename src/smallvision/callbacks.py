@@ -132,15 +132,15 @@ class EpochLines(Callback):
 
     def on_epoch_end(self, loop) -> None:
         row = loop.state.history.epochs[-1]
-        print(format_epoch(row, loop.recipe.epochs, loop.live.images_per_second), flush=True)
+        print(format_epoch(row, loop.recipe.schedule.epochs, loop.live.images_per_second), flush=True)
         if loop.finish_early:
-            print(f"early stopping: no better {loop.recipe.keep_best} in {loop.recipe.early_stopping_patience} "
+            print(f"early stopping: no better {loop.recipe.run.keep_best} in {loop.recipe.run.early_stopping_patience} "
                   f"validations", flush=True)
 
     def on_train_end(self, loop) -> None:
         kept = loop.state.history.kept
         if kept:
-            metric = loop.recipe.keep_best
+            metric = loop.recipe.run.keep_best
             print(f"kept the weights of epoch {kept['epoch']} ({metric} {kept[metric]:.4f}, the best)", flush=True)
 
 

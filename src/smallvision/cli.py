@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu or cuda")
     overrides.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                           help="any recipe field, VALUE as in TOML (repeatable), e.g. --set rotation_range=40 "
-                                "--set zoom_range=[0.8,1.2] --set horizontal_flip=true")
+                           help="any recipe field, by its place or its flat name, VALUE as in TOML (repeatable), e.g. "
+                                "--set augment.rotation_range=40 --set zoom_range=[0.8,1.2] "
+                                "--set augment.horizontal_flip=true")
 
     evaluate = command(sub, "evaluate", "score a run on a labelled split: accuracy, per-class precision, recall "
                        "and F1, log loss, ROC AUC (two classes), top-5 (over five), the confusion matrix and the most "
@@ -437,14 +438,15 @@ def print_answers(results) -> int:
 
 
 def parse_settings(settings: list[str]) -> dict:
-    """--set FIELD=VALUE pairs as recipe changes; VALUE is read as TOML, else kept as a string."""
+    """--set FIELD=VALUE pairs as recipe changes (FIELD dotted, augment.rotation_range, or flat, rotation_range: as
+    Recipe.replace takes them); VALUE is read as TOML, else kept as a string."""
     import tomllib
 
     changes = {}
     for setting in settings:
         field, equals, value = setting.partition("=")
         if not equals or not field.strip():
-            raise SmallvisionError(f"--set {setting!r}: expected FIELD=VALUE, e.g. --set rotation_range=40")
+            raise SmallvisionError(f"--set {setting!r}: expected FIELD=VALUE, e.g. --set augment.rotation_range=40")
         try:
             changes[field.strip()] = tomllib.loads(f"value = {value.strip()}")["value"]
         except tomllib.TOMLDecodeError:
@@ -475,14 +477,11 @@ def torch_cuda_count() -> int:
 
 
 def run_train(args) -> int | None:
-    from dataclasses import fields
-
     from smallvision import distributed
-    from smallvision.recipe import Recipe
+    from smallvision.recipe import FLAT
     from smallvision.workflow import train
 
-    names = [f.name for f in fields(Recipe)]
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in FLAT and v is not None}  # --epochs and the like
     overrides.update(parse_settings(args.set))
     if args.source is None and args.resume is None:
         raise SmallvisionError("name a source to train on (e.g. `mnist` or a folder of photos), or --resume RUN")
@@ -681,11 +680,11 @@ def run_summary(args) -> None:
         from smallvision.workflow import recipe_image_shape, recipe_model
 
         recipe = recipes[args.name]
-        classes = 2 if recipe.backbone else None  # a backbone's head: the seed's cats and dogs
+        classes = 2 if recipe.network.backbone else None  # a backbone's head: the seed's cats and dogs
         model = recipe_model(recipe, recipe_image_shape(recipe), classes, pretrained=False)
-        if recipe.backbone:
+        if recipe.network.backbone:
             model.freeze_backbone()  # as stage one trains it
-        print(summary(model, fine_tune_blocks=recipe.fine_tune_blocks))
+        print(summary(model, fine_tune_blocks=recipe.fine_tune.blocks))
         print(f"Recipe: {recipe.name}: {recipe.one_line()}")
         print(recipe.to_toml().rstrip())
         return
@@ -718,7 +717,7 @@ def run_data_check(args) -> int:
         writable_directory(new_file(args.samples, args.force, "--samples").parent)
     try:
         report = check_source(args.source, recipe_image_shape(recipe), args.data, args.cache_dir, progress=True,
-                              memory_budget=recipe.memory_budget)
+                              memory_budget=recipe.data.memory_budget)
     except FolderProblem as problem:  # a folder that is there, laid out so that training would fail: the verdict
         print(f"source: {args.source}\n\ncannot train: {problem}")
         return 1

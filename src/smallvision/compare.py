@@ -18,7 +18,8 @@ def compare_runs(paths: list[str | Path]) -> list[dict]:
     for path in paths:
         run = load_run(path, device="cpu")
         metrics, recipe = run.metrics, run.recipe
-        epochs = str(recipe.epochs) + (f"+{recipe.fine_tune_epochs}" if recipe.backbone and recipe.fine_tune_epochs else "")
+        tuned = recipe.network.backbone and recipe.fine_tune.epochs
+        epochs = str(recipe.schedule.epochs) + (f"+{recipe.fine_tune.epochs}" if tuned else "")
         seconds = metrics.get("train_seconds")
         if seconds is not None:
             seconds += metrics.get("features_seconds", 0.0)  # a frozen backbone's features are part of its training

@@ -3,8 +3,6 @@ number format the machine computes natively. Training, `Run`, the ONNX export an
 through here, so none of them depends on the training loop."""
 
 import contextlib
-import functools
-from dataclasses import dataclass
 
 import torch
 
@@ -14,7 +12,7 @@ from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError
 from smallvision.metrics import log_loss
 from smallvision.models.layers import Sequential
-from smallvision.recipe import Recipe
+from smallvision.recipe import Preprocess  # the recipe's group: uint8 pixels -> the model's input
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,38 +28,6 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-
-@dataclass
-class Preprocess:
-    """uint8 pixels -> float model input: x * rescale, then (x - mean) / std when given."""
-
-    rescale: float
-    mean: float | None = None
-    std: float | None = None
-    channels_last: bool = True
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> "Preprocess":
-        return cls(recipe.rescale, recipe.mean, recipe.std, recipe.channels_last)
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float() * self.rescale  # not in place: inspection passes float pixels that need gradients
-        if self.mean is not None:
-            x = x.sub_(per_channel(self.mean, x)).div_(per_channel(self.std, x))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def per_channel(value: float | list[float], x: torch.Tensor) -> float | torch.Tensor:
-    return channel_tensor(tuple(value), x.device) if isinstance(value, list) else value
-
-
-@functools.lru_cache(maxsize=16)
-def channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """Per-channel constants [1, C, 1, 1] on `device`, made once: a new device tensor every step is a
-    host-to-device copy in the hot loop."""
-    return torch.tensor(values, device=device).view(1, -1, 1, 1)
 
 
 CPU_BATCH_PIXELS = 64 * 224 * 224

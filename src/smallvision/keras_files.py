@@ -434,10 +434,10 @@ def import_keras(path: str | Path, out: str | Path | None = None, class_names: l
     directory = prepare_run_dir(out, f"keras-{path.stem}", force)
     channels = keras.input_shape[0]
     layers = [input_layer(keras.input_shape)] + model.keras_layers
-    recipe = Recipe(name=f"keras-{path.stem}", description=f"imported from {path.name} ({keras.written_by})",
-                    layers=layers_source(layers), rescale=rescale, precision="fp32",
-                    image_size=keras.input_shape[1] if keras.input_shape[1] == keras.input_shape[2] else None,
-                    color_mode="grayscale" if channels == 1 else "rgb")
+    recipe = Recipe(name=f"keras-{path.stem}", description=f"imported from {path.name} ({keras.written_by})").replace(
+        layers=layers_source(layers), rescale=rescale, precision="fp32",
+        image_size=keras.input_shape[1] if keras.input_shape[1] == keras.input_shape[2] else None,
+        color_mode="grayscale" if channels == 1 else "rgb")
     meta = RunMeta(
         source=f"keras:{path.name}",
         architecture=Architecture(model=model.model_name, input_shape=keras.input_shape, num_classes=classes,

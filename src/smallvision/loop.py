@@ -19,7 +19,7 @@ from smallvision.callbacks import Best, Callback, KeepBest, NanGuard, ProgressBa
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
-from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
+from smallvision.inference import evaluate_imageset, resolve_device
 from smallvision.models.layers import Sequential
 from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
 from smallvision.precision import inference_precision, training_precision
@@ -36,7 +36,7 @@ class History:
     train_seconds: float = 0.0
     images_seen: int = 0
     features_seconds: float = 0.0  # computing a frozen backbone's features before the head trains on them
-    compile_seconds: float = 0.0  # torch.compile's work before the first step (recipe.compile), not training
+    compile_seconds: float = 0.0  # torch.compile's work before the first step (recipe.run.compile), not training
     kept: dict | None = None  # with keep_best: the epoch whose weights the model holds at the end, and its score
     stopped_early: int | None = None  # the epoch after which early stopping ended training
 
@@ -187,42 +187,42 @@ class Loop:
                  device: torch.device | None = None, callbacks: list[Callback] = (), progress: str | bool = "auto",
                  stage: Stage | None = None, streaming: bool = False):
         self.model, self.train, self.recipe, self.validation = model, train, recipe, validation
-        self.device = device or resolve_device(recipe.device)
-        self.precision = training_precision(recipe.precision, self.device).precision
+        self.device = device or resolve_device(recipe.run.device)
+        self.precision = training_precision(recipe.run.precision, self.device).precision
         self.stage = stage
         self.ranks = distributed.ranks()  # several processes: each takes its share of every batch (distributed.py)
-        if recipe.loss == "binary_crossentropy" and model.output_activation != "sigmoid":
+        if recipe.optimizer.loss == "binary_crossentropy" and model.output_activation != "sigmoid":
             raise SmallvisionError(f"binary_crossentropy needs a network ending in one sigmoid unit (two classes); "
-                                   f"{recipe.backbone or recipe.model} here ends in softmax over {train.num_classes} "
+                                   f"{recipe.network.backbone or recipe.network.model} here ends in softmax over {train.num_classes} "
                                    f"classes: use loss = \"categorical_crossentropy\"")
-        if recipe.batch_size < self.ranks.world:
-            raise SmallvisionError(f"batch_size {recipe.batch_size} is smaller than the {self.ranks.world} processes "
+        if recipe.optimizer.batch_size < self.ranks.world:
+            raise SmallvisionError(f"batch_size {recipe.optimizer.batch_size} is smaller than the {self.ranks.world} processes "
                                    f"sharing each batch; use a batch of at least {self.ranks.world}")
-        if recipe.keep_best and validation is None:
-            raise SmallvisionError(f"keep_best = \"{recipe.keep_best}\" needs a validation split to score epochs on: "
+        if recipe.run.keep_best and validation is None:
+            raise SmallvisionError(f"keep_best = \"{recipe.run.keep_best}\" needs a validation split to score epochs on: "
                                    f"give the source a validation/ folder, or hold some out with --val-split 0.15")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # each batch shape's fastest convolutions, found at its first step
-        torch.manual_seed(recipe.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed)
+        torch.manual_seed(recipe.run.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(recipe.run.seed)
         model.to(self.device)
-        if recipe.channels_last:
+        if recipe.preprocess.channels_last:
             model.to(memory_format=torch.channels_last)
         self.weight_groups = flatten_parameters(model)  # flat buffers: decayed kernels, undecayed biases and scales
         self.optimizer = build_optimizer(self.weight_groups, recipe)
-        self.preprocess = Preprocess.from_recipe(recipe)
+        self.preprocess = recipe.preprocess
         if streaming:  # bigger than the memory budget: batches read from the mapped cache, the next ahead
             self.images, self.reader = None, MappedBatches(train, self.device, self.ranks)
         else:
             self.images, self.reader = train.images.to(self.device), None
         self.labels = train.labels.to(self.device)
-        self.steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
-        self.total_steps = self.steps_per_epoch * recipe.epochs
+        self.steps_per_epoch = recipe.schedule.steps_per_epoch or math.ceil(len(train) / recipe.optimizer.batch_size)
+        self.total_steps = self.steps_per_epoch * recipe.schedule.epochs
         self.state = TrainingState(order=torch.empty(0, dtype=torch.long, device=self.device))
-        self.live = Live(total_steps=self.total_steps, epochs=recipe.epochs, steps_per_epoch=self.steps_per_epoch)
+        self.live = Live(total_steps=self.total_steps, epochs=recipe.schedule.epochs, steps_per_epoch=self.steps_per_epoch)
         display = progress_callback(progress if self.ranks.main else False)
-        self.callbacks = [NanGuard(), *([KeepBest(recipe.keep_best, recipe.early_stopping_patience)]
-                                        if recipe.keep_best else []), *callbacks, *([display] if display else [])]
+        self.callbacks = [NanGuard(), *([KeepBest(recipe.run.keep_best, recipe.run.early_stopping_patience)]
+                                        if recipe.run.keep_best else []), *callbacks, *([display] if display else [])]
         self.step: Step | None = None  # built once a checkpoint is back (it gives the optimiser its rate tensor)
         self.stop_requested: str | None = None  # why training should stop after this batch (request_stop)
         self.finish_early = False  # set by early stopping: training ends after this epoch, as if it were the last
@@ -243,12 +243,12 @@ class Loop:
         self.emit("on_train_begin")  # a checkpoint is put back here (checkpoint.Resume)
         step = self.step = Step(self.model, self.optimizer, self.weight_groups, recipe, self.preprocess,
                                 self.model.output_activation == "sigmoid", self.precision, self.device, ranks)
-        if recipe.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
-            last = len(train) % recipe.batch_size or recipe.batch_size
-            sizes = {(stop - start, size) for size in (recipe.batch_size, last) for start, stop in [ranks.share(size)]}
-            state.history.compile_seconds += step.compile(recipe.compile, sizes, tuple(train.shape[1:]))
+        if recipe.run.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
+            last = len(train) % recipe.optimizer.batch_size or recipe.optimizer.batch_size
+            sizes = {(stop - start, size) for size in (recipe.optimizer.batch_size, last) for start, stop in [ranks.share(size)]}
+            state.history.compile_seconds += step.compile(recipe.run.compile, sizes, tuple(train.shape[1:]))
         shown = any(isinstance(callback, ProgressBar) for callback in self.callbacks)  # refreshed twice a second
-        for epoch in range(state.epoch + 1, recipe.epochs + 1):
+        for epoch in range(state.epoch + 1, recipe.schedule.epochs + 1):
             if self.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
                 break
             self.model.train()
@@ -264,15 +264,15 @@ class Loop:
                 if state.cursor >= len(state.order):
                     state.order = torch.randperm(len(train), device=self.device, generator=self.generator)
                     state.cursor = 0
-                batch = state.order[state.cursor:state.cursor + recipe.batch_size]
-                state.cursor += recipe.batch_size
+                batch = state.order[state.cursor:state.cursor + recipe.optimizer.batch_size]
+                state.cursor += recipe.optimizer.batch_size
                 share = ranks.share(len(batch))
                 mine = batch[share[0]:share[1]] if ranks.world > 1 else batch
                 if self.reader is not None:  # the batch after this one, in the same order, is read while this one trains
-                    pixels = self.reader.read(state.order, state.cursor - recipe.batch_size, recipe.batch_size)
+                    pixels = self.reader.read(state.order, state.cursor - recipe.optimizer.batch_size, recipe.optimizer.batch_size)
                 else:
                     pixels = self.images.index_select(0, mine)  # whole rows copied; `images[mine]` went pixel by pixel, 6x slower
-                rate = recipe.learning_rate * learning_rate_factor(recipe, state.step, self.total_steps)
+                rate = recipe.optimizer.learning_rate * learning_rate_factor(recipe, state.step, self.total_steps)
                 step(pixels, self.labels[mine], share, len(batch), rate, state.step + 1, self.generator)
                 state.step += 1
                 seen += len(batch)
@@ -297,7 +297,7 @@ class Loop:
                 break
             if ranks.world == 1:
                 stopping = self.stop_requested
-            if stopping and epoch < recipe.epochs:
+            if stopping and epoch < recipe.schedule.epochs:
                 self.stop()
         self.emit("on_train_end")
         return state.history
@@ -319,11 +319,11 @@ class Loop:
         history.images_seen += seen
         row = dict(epoch=epoch, loss=state.loss_sum / seen, accuracy=state.correct / seen,
                    seconds=seconds, learning_rate=self.step.rate)
-        if self.validation is not None and (epoch % recipe.validation_freq == 0 or epoch == recipe.epochs):
+        if self.validation is not None and (epoch % recipe.schedule.validation_freq == 0 or epoch == recipe.schedule.epochs):
             val_start = time.perf_counter()
             val_loss, val_accuracy = evaluate_imageset(self.model, self.validation, self.preprocess,
                                                        inference_precision(self.precision, self.device), self.device,
-                                                       recipe.test_time_flip)
+                                                       recipe.run.test_time_flip)
             row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)
         self.live.images_per_second = seen / seconds if seconds else 0.0

@@ -98,27 +98,28 @@ def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     weight_decay (0 for biases and scales) overrides the recipe's. PyTorch's own are fused (one kernel for
     the whole update, on the CPU as on a GPU: Adam over a few million weights is 20x faster than the
     default's sequence of elementwise passes), and take the learning rate as a device tensor."""
-    lr = recipe.learning_rate
-    if recipe.optimizer == "rmsprop":
-        return KerasRMSprop(params, lr=lr, rho=recipe.rho, epsilon=recipe.epsilon, momentum=recipe.momentum)
+    settings = recipe.optimizer
+    lr = settings.learning_rate
+    if settings.name == "rmsprop":
+        return KerasRMSprop(params, lr=lr, rho=settings.rho, epsilon=settings.epsilon, momentum=settings.momentum)
     first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
     fused = first.device.type in ("cpu", "cuda") and first.dtype in (torch.float32, torch.float64, torch.bfloat16)
-    if recipe.optimizer in ("adam", "adamw"):
-        kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
-        return kind(params, lr=lr, betas=(recipe.beta_1, recipe.beta_2), eps=recipe.epsilon,
-                    weight_decay=recipe.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
-                           weight_decay=recipe.weight_decay, fused=fused)
+    if settings.name in ("adam", "adamw"):
+        kind = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
+        return kind(params, lr=lr, betas=(settings.beta_1, settings.beta_2), eps=settings.epsilon,
+                    weight_decay=settings.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=lr, momentum=settings.momentum, nesterov=settings.momentum > 0,
+                           weight_decay=settings.weight_decay, fused=fused)
 
 
 def learning_rate_factor(recipe: Recipe, step: int, total_steps: int) -> float:
     """The schedule's multiplier of the base learning rate at `step` of `total_steps`."""
-    progress = step / max(1, total_steps)
-    if recipe.schedule == "constant":
+    progress, schedule = step / max(1, total_steps), recipe.schedule
+    if schedule.name == "constant":
         return 1.0
-    if recipe.schedule == "cosine":
+    if schedule.name == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     # onecycle: linear warm-up from a tenth, then linear decay to zero
-    if progress < recipe.warmup:
-        return 0.1 + 0.9 * progress / recipe.warmup
-    return max(0.0, (1 - progress) / (1 - recipe.warmup))
+    if progress < schedule.warmup:
+        return 0.1 + 0.9 * progress / schedule.warmup
+    return max(0.0, (1 - progress) / (1 - schedule.warmup))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp32")
+from smallvision.recipe import PRECISIONS
 # oneDNN's instruction sets in order (its ONEDNN_MAX_CPU_ISA names, aliases beside them); from
 # AVX512_CORE_BF16 on, oneDNN has native bf16 kernels.
 ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",

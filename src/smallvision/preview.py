@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from smallvision.augment import Augment
+from smallvision.augment import augment_batch
 from smallvision.data.sources import NAMED_SOURCES, load_source
 from smallvision.errors import SmallvisionError
 from smallvision.recipe import Recipe, load_recipe
@@ -22,8 +22,8 @@ def preview_augmentation(source: str | Path, recipe: str | Path | Recipe | None,
         load_source(str(source), data_dir)  # a path that is not there (or a misspelt name) is named first
     default = f" (the one `train {source}` uses without --recipe)" if recipe is None else ""
     recipe = load_recipe(recipe or default_recipe(source))
-    augment = Augment.from_recipe(recipe)
-    if augment is None:
+    augment = recipe.augment
+    if not augment.active:
         raise SmallvisionError(f"recipe {recipe.name!r}{default} has no augmentation to preview: its training sees "
                                f"each image as it is; name one with --recipe (a built-in such as "
                                f"seed-catsdogs-augment, or a .toml file that sets some)")
@@ -34,30 +34,11 @@ def preview_augmentation(source: str | Path, recipe: str | Path | Recipe | None,
         raise SmallvisionError(f"{source}: no training image number {index} (it has {0 if train is None else len(train)})")
     original = train.take(torch.tensor([index]))
     generator = torch.Generator().manual_seed(seed)
-    augmented = augment(original.expand(count, -1, -1, -1), generator)
+    augmented = augment_batch(augment, original.expand(count, -1, -1, -1), generator)
     name = train.paths[index] if train.paths else f"image {index}"
     label = train.class_names[int(train.labels[index])]
     out = Path(out)
     writable_directory(out.parent)
     plot_image_grid(torch.cat([original.float(), augmented]), ["original"] + [f"augmented {i + 1}" for i in range(count)],
-                    out, title=f"{name} ({label})\n{recipe.name}: {describe(augment)}")
+                    out, title=f"{name} ({label})\n{recipe.name}: {augment.describe()}")
     return out
-
-
-def describe(augment: Augment) -> str:
-    parts = []
-    if augment.rotation_range:
-        parts.append(f"rotation {augment.rotation_range:g}°")
-    if augment.width_shift_range or augment.height_shift_range:
-        parts.append(f"shift {augment.width_shift_range:g}/{augment.height_shift_range:g}")
-    if augment.shear_range:
-        parts.append(f"shear {augment.shear_range:g}°")
-    if augment.zoom_range != (1.0, 1.0):
-        parts.append(f"zoom {augment.zoom_range[0]:g}-{augment.zoom_range[1]:g}")
-    if augment.horizontal_flip:
-        parts.append("h-flip")
-    if augment.vertical_flip:
-        parts.append("v-flip")
-    if augment.brightness_range:
-        parts.append(f"brightness {augment.brightness_range[0]:g}-{augment.brightness_range[1]:g}")
-    return ", ".join(parts) + f", fill {augment.fill_mode}"

@@ -201,7 +201,8 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
     except SmallvisionError as err:
         evaluation_seconds = None
         evaluated = mistakes = gradcam = f"<p>⚠ Not evaluated: {html.escape(str(err))}</p>"
-    epochs = str(run.recipe.epochs) + (f" + {run.recipe.fine_tune_epochs} fine-tuning" if run.recipe.fine_tune_epochs else "")
+    tuned = run.recipe.fine_tune.epochs
+    epochs = str(run.recipe.schedule.epochs) + (f" + {tuned} fine-tuning" if tuned else "")
     overview = [("model", run.meta.architecture.model), ("recipe", run.recipe.name),
                 ("test accuracy", f"{metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "—"),
                 ("validation accuracy", f"{metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "—"),

@@ -23,8 +23,8 @@ from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.predictions import answer, predict_files
-from smallvision.recipe import Recipe, load_recipe
-from smallvision.inference import Preprocess, predict_probabilities, resolve_device, split_probabilities
+from smallvision.recipe import Preprocess, Recipe, load_recipe
+from smallvision.inference import predict_probabilities, resolve_device, split_probabilities
 from smallvision.runmeta import RunMeta
 
 try:
@@ -199,7 +199,10 @@ class Run:
         except (KeyError, TypeError, ValueError) as err:  # layer_from_json takes each entry's shape on trust
             raise SmallvisionError(f"{description}: not a run's model description (a layer of the wrong kind: "
                                    f"{type(err).__name__}: {err})") from None
-        self.preprocess = Preprocess(pre.rescale, pre.mean, pre.std, pre.channels_last)
+        try:  # the values' ranges, checked as a recipe's are (RunMeta checked their types)
+            self.preprocess = Preprocess(pre.rescale, pre.mean, pre.std, pre.channels_last)
+        except SmallvisionError as err:
+            raise SmallvisionError(f"{description}: not a run's model description ({err})") from None
         self.test_time_flip = self.meta.test_time_flip
         # Inference follows this machine, not the run: a bf16 run is scored in fp32 where bf16 is emulated.
         self.precision = inference_precision(self.meta.precision, self.device)
@@ -276,8 +279,8 @@ class Run:
         rule = self.recipe if own else Recipe()
         if own and not Path(source).exists():
             source = self.trained_root() or source  # a relative path given from another directory
-        opened = open_source(source, data_dir, rule.val_split, self.recipe.seed, rule.test_split, shape, cache_dir,
-                             progress=progress, for_training=False)
+        opened = open_source(source, data_dir, rule.data.val_split, self.recipe.run.seed, rule.data.test_split, shape,
+                             cache_dir, progress=progress, for_training=False)
         if split == WHOLE:
             parts = list(opened.splits().values())
             data = ImageSet(torch.cat([part.images for part in parts]), torch.cat([part.labels for part in parts]),

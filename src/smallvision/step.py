@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from smallvision import distributed
-from smallvision.augment import Augment
+from smallvision.augment import augment_batch
 from smallvision.errors import SmallvisionError
 from smallvision.inference import autocast
 from smallvision.optim import zero_gradients
@@ -51,13 +51,13 @@ class Step:
     def __init__(self, model, optimizer: torch.optim.Optimizer, weight_groups: list[dict], recipe: Recipe,
                  preprocess, binary: bool, precision: str, device: torch.device, ranks: distributed.Ranks):
         self.model, self.optimizer, self.weight_groups = model, optimizer, weight_groups
-        self.recipe, self.preprocess, self.augment = recipe, preprocess, Augment.from_recipe(recipe)
+        self.recipe, self.preprocess, self.augment = recipe, preprocess, recipe.augment if recipe.augment.active else None
         self.binary, self.precision, self.device, self.ranks = binary, precision, device, ranks
         self.losses, self.compiled = self.forward_and_loss, False  # or its compiled form (compile)
         # The learning rate is a device tensor filled before each step: a Python float would be baked into
         # a compiled step (a recompile per value), and the fused optimisers read a tensor where it lies.
-        self.learning_rate = torch.tensor(float(recipe.learning_rate), device=device)
-        self.rate = float(recipe.learning_rate)  # the same, on the host, for the history
+        self.learning_rate = torch.tensor(float(recipe.optimizer.learning_rate), device=device)
+        self.rate = float(recipe.optimizer.learning_rate)  # the same, on the host, for the history
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate
         self.loss_sum = torch.zeros((), device=device)
@@ -72,10 +72,10 @@ class Step:
         with autocast(self.device, self.precision):
             logits = self.model(x)
         if self.ranks.world == 1:
-            loss = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing)
+            loss = cross_entropy(logits, labels, self.binary, self.recipe.optimizer.label_smoothing)
             total = loss.detach() * batch_size
         else:
-            total = cross_entropy(logits, labels, self.binary, self.recipe.label_smoothing, reduction="sum")
+            total = cross_entropy(logits, labels, self.binary, self.recipe.optimizer.label_smoothing, reduction="sum")
             loss, total = total / batch_size, total.detach()
         return loss, total, (predicted_labels(logits, self.binary) == labels).sum()
 
@@ -126,7 +126,7 @@ class Step:
             self.learning_rate.fill_(rate)
             self.rate = rate
         if self.augment is not None:
-            pixels = self.augment(pixels, generator, (share[0], batch_size))
+            pixels = augment_batch(self.augment, pixels, generator, (share[0], batch_size))
         zero_gradients(self.weight_groups)
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
@@ -160,8 +160,8 @@ class Step:
         if bad >= 0:
             raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (epoch {epoch}, batch "
                                 f"{bad - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}): training stopped",
-                                f"try a lower learning rate than {recipe.learning_rate:g}, e.g. --lr "
-                                f"{recipe.learning_rate / 10:g}")
+                                f"try a lower learning rate than {recipe.optimizer.learning_rate:g}, e.g. --lr "
+                                f"{recipe.optimizer.learning_rate / 10:g}")
 
 
 class Refresh:

@@ -6,7 +6,6 @@ with augmentation the frozen backbone runs on every augmented batch (slower, bet
 when the recipe asks for it, lets the backbone's last blocks train too, at a lower learning rate.
 """
 
-import dataclasses
 import hashlib
 import time
 
@@ -22,8 +21,8 @@ from smallvision.files import write_atomically
 from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
-from smallvision.recipe import Recipe
-from smallvision.inference import Preprocess, autocast, evaluate_imageset, inference_batch
+from smallvision.inference import autocast, evaluate_imageset, inference_batch
+from smallvision.recipe import Preprocess, Recipe
 from smallvision.checkpoint import Resume
 from smallvision.loop import History, Loop, Stage
 
@@ -83,7 +82,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
     model.freeze_backbone()
     if resumed is None or resumed.number == 1:
         first = [resume, *callbacks] if resume is not None else list(callbacks)
-        if recipe.augments:
+        if recipe.augment.active:
             history = Loop(model, dataset.train, recipe, dataset.validation, device=device, callbacks=first,
                            progress=progress, stage=Stage(1), streaming=streaming).fit()
             test = {}
@@ -93,10 +92,10 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
         resume = None  # stage two starts afresh from stage one's weights
     else:
         history, test = resumed.earlier, {}
-    if recipe.fine_tune_blocks:
-        model.unfreeze_last_blocks(recipe.fine_tune_blocks)
-        tuning = recipe.replace(learning_rate=recipe.fine_tune_learning_rate, epochs=recipe.fine_tune_epochs,
-                                seed=recipe.seed + 1)
+    if recipe.fine_tune.blocks:
+        model.unfreeze_last_blocks(recipe.fine_tune.blocks)
+        tuning = recipe.replace(learning_rate=recipe.fine_tune.learning_rate, epochs=recipe.fine_tune.epochs,
+                                seed=recipe.run.seed + 1)
         second = Loop(model, dataset.train, tuning, dataset.validation, device=device,
                       callbacks=[resume, *callbacks] if resume is not None else list(callbacks), progress=progress,
                       stage=Stage(2, earlier=history), streaming=streaming).fit()
@@ -109,27 +108,27 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
                     progress: str | bool = "auto", cache_dir=None, callbacks=()) -> tuple[History, dict]:
     """Train `model.head` on the frozen backbone's features of each split; (history, test metrics)."""
     model.to(device)
-    if recipe.channels_last:
+    if recipe.preprocess.channels_last:
         model.to(memory_format=torch.channels_last)
-    preprocess = Preprocess.from_recipe(recipe)
+    preprocess = recipe.preprocess
     features = {}
     started = time.perf_counter()
     fingerprints = split_fingerprints(dataset)
     with distributed.main_first():  # rank 0 computes and caches the features; the others read them
         for split, images in dataset.splits().items():
-            values = cached_features(model, images, fingerprints[split], preprocess, recipe.precision, device,
-                                     cache_dir, progress, f"{recipe.backbone} features of {split}")
+            values = cached_features(model, images, fingerprints[split], preprocess, recipe.run.precision, device,
+                                     cache_dir, progress, f"{recipe.network.backbone} features of {split}")
             features[split] = Features(values, images.labels, images.class_names)
     # The head sees features as they are: no rescaling, normalisation or augmentation.
-    head_recipe = dataclasses.replace(recipe, rescale=1.0, mean=None, std=None, test_time_flip=False,
-                                      channels_last=False)
+    head_recipe = recipe.replace(preprocess=Preprocess(rescale=1.0, mean=None, std=None, channels_last=False),
+                                 test_time_flip=False)
     features_seconds = time.perf_counter() - started
     history = Loop(model.head, features["train"], head_recipe, features.get("validation"), device=device,
                    callbacks=callbacks, progress=progress, stage=Stage(1)).fit()
     history.features_seconds = features_seconds
     test = {}
     if "test" in features:
-        loss, accuracy = evaluate_imageset(model.head, features["test"], Preprocess.from_recipe(head_recipe),
-                                           inference_precision(recipe.precision, device), device)
+        loss, accuracy = evaluate_imageset(model.head, features["test"], head_recipe.preprocess,
+                                           inference_precision(recipe.run.precision, device), device)
         test = {"test_accuracy": accuracy, "test_loss": loss}
     return history, test

@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import dataclasses
 import json
 import math
 import platform
@@ -28,11 +27,11 @@ from smallvision.models.layer_text import layer_source, layers_source, layers_to
 from smallvision.models.layers import Input, Sequential, declared_input_shape
 from smallvision.precision import inference_precision, training_precision
 from smallvision.step import NonFiniteLoss
-from smallvision.recipe import Recipe, builtin_recipes, load_recipe
+from smallvision.recipe import Recipe, builtin_recipes, flat_names, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.runmeta import Architecture, Preprocessing, RunMeta
-from smallvision.inference import Preprocess, evaluate_imageset, resolve_device
+from smallvision.inference import evaluate_imageset, resolve_device
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
@@ -60,7 +59,7 @@ def held_out_splits(source: str | Path, recipe_named: str | Path | Recipe, recip
         return {}
     present = {split for split, files in scan_folder(Path(source)).files.items() if files}
     return {field: HELD_OUT_FRACTION for field, split in SPLIT_FIELDS.items()
-            if split not in present and field not in overrides and getattr(recipe, field) == 0}
+            if split not in present and field not in overrides and recipe.get(field) == 0}
 
 
 def train(source: str | Path | None = None, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
@@ -71,6 +70,7 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
     Without a recipe: `default_recipe(source)`. With `resume`, continue that unfinished run instead."""
     if resume is not None:
         return resume_run(resume, data, progress, cache_dir, source, recipe, overrides, callbacks)
+    overrides = flat_names(overrides)
     network = overrides.get("model")
     if isinstance(network, (Sequential, list)):  # sv.train(..., model=sv.Sequential([...])): its layers count
         layers = network.keras_layers if isinstance(network, Sequential) else network
@@ -121,7 +121,7 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
                 raise nan_stopped(failure, directory, removed) from None
             raise
     distributed.barrier()  # the run's files are written before any process reads them
-    return Run(directory, recipe.device)
+    return Run(directory, recipe.run.device)
 
 
 def resume(run: str | Path, progress: bool | str = "auto", data: str | Path | None = None, cache_dir=None,
@@ -162,7 +162,7 @@ def resume_run(path: str | Path, data=None, progress: bool | str = "auto", cache
         except NonFiniteLoss as failure:
             raise nan_stopped(failure, directory, removed=False) from None
     distributed.barrier()
-    return Run(directory, recipe.device)
+    return Run(directory, recipe.run.device)
 
 
 def nan_stopped(failure: NonFiniteLoss, directory: Path, removed: bool) -> NonFiniteLoss:
@@ -178,50 +178,50 @@ def nan_stopped(failure: NonFiniteLoss, directory: Path, removed: bool) -> NonFi
 
 def start_processes(recipe: Recipe) -> tuple[distributed.Ranks, torch.device]:
     """This process's place among the others (one alone, unless torchrun started several) and its device."""
-    device = resolve_device(recipe.device)
+    device = resolve_device(recipe.run.device)
     return distributed.start(device), distributed.process_device(device)
 
 
 def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int] | None:
     """(channels, height, width) that image folders are decoded to for this recipe; None when a layer list
     says nothing of it (no Input, no image_size): an IDX source's images have their own shape."""
-    if recipe.backbone:
-        channels, height, width = backbone_preprocessing(recipe.backbone)["input_size"]
-    elif recipe.layers:
-        declared = declared_input_shape(parse_layers(recipe.layers))
+    if recipe.network.backbone:
+        channels, height, width = backbone_preprocessing(recipe.network.backbone)["input_size"]
+    elif recipe.network.layers:
+        declared = declared_input_shape(parse_layers(recipe.network.layers))
         if declared:
             return declared  # the network says what it takes; image_size and color_mode give way
-        if recipe.image_size is None:
+        if recipe.data.image_size is None:
             return None
-        channels, height, width = 3, recipe.image_size, recipe.image_size
+        channels, height, width = 3, recipe.data.image_size, recipe.data.image_size
     else:
-        channels, height, width = default_input_shape(recipe.model)
-    if recipe.image_size:
-        height = width = recipe.image_size
-    if recipe.color_mode:
-        channels = 3 if recipe.color_mode == "rgb" else 1
+        channels, height, width = default_input_shape(recipe.network.model)
+    if recipe.data.image_size:
+        height = width = recipe.data.image_size
+    if recipe.data.color_mode:
+        channels = 3 if recipe.data.color_mode == "rgb" else 1
     return channels, height, width
 
 
 def recipe_model(recipe: Recipe, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = True):
     """The network a recipe trains, built for the data: its layers, a named network's layers, or a
     pretrained backbone with a new head."""
-    if recipe.backbone:
-        return create_model(recipe.model, input_shape, num_classes, recipe.dropout, recipe.backbone, pretrained)
-    if recipe.layers:
-        return build_network(parse_layers(recipe.layers), input_shape, num_classes)
-    return build_network(named_layers(recipe.model, num_classes, recipe.dropout), input_shape, num_classes,
-                         name=recipe.model)
+    if recipe.network.backbone:
+        return create_model(recipe.network.model, input_shape, num_classes, recipe.network.dropout, recipe.network.backbone, pretrained)
+    if recipe.network.layers:
+        return build_network(parse_layers(recipe.network.layers), input_shape, num_classes)
+    return build_network(named_layers(recipe.network.model, num_classes, recipe.network.dropout), input_shape, num_classes,
+                         name=recipe.network.model)
 
 
 def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
     """The recipe with the backbone's own input size, mean and std where it leaves them unset."""
-    if not recipe.backbone:
+    if not recipe.network.backbone:
         return recipe
-    config = backbone_preprocessing(recipe.backbone)
-    return dataclasses.replace(recipe, image_size=recipe.image_size or config["input_size"][1],
-                               mean=config["mean"] if recipe.mean is None else recipe.mean,
-                               std=config["std"] if recipe.std is None else recipe.std)
+    config = backbone_preprocessing(recipe.network.backbone)
+    return recipe.replace(image_size=recipe.data.image_size or config["input_size"][1],
+                          mean=config["mean"] if recipe.preprocess.mean is None else recipe.preprocess.mean,
+                          std=config["std"] if recipe.preprocess.std is None else recipe.preprocess.std)
 
 
 def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool | str,
@@ -232,7 +232,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     ranks = distributed.ranks()
     load_start = time.perf_counter()
     with distributed.main_first():  # rank 0 decodes; the others read its cache
-        dataset = open_source(source, data, recipe.val_split, recipe.seed, recipe.test_split,
+        dataset = open_source(source, data, recipe.data.val_split, recipe.run.seed, recipe.data.test_split,
                               recipe_image_shape(recipe), cache_dir, shows(progress))
     load_seconds = time.perf_counter() - load_start
     for warning in dataset.warnings if ranks.main else ():
@@ -241,13 +241,13 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print(f"warning: every skipped file is listed with its reason in {directory / 'skipped.csv'}",
               file=sys.stderr, flush=True)
     pixels = sum(split.pixel_count for split in dataset.splits().values())
-    one_batch = recipe.batch_size * math.prod(dataset.train.shape[1:])
-    if recipe.memory_budget != "auto" and parse_size(recipe.memory_budget) < one_batch:
-        raise SmallvisionError(f"--memory-budget {recipe.memory_budget} is smaller than one batch ({recipe.batch_size} "
+    one_batch = recipe.optimizer.batch_size * math.prod(dataset.train.shape[1:])
+    if recipe.data.memory_budget != "auto" and parse_size(recipe.data.memory_budget) < one_batch:
+        raise SmallvisionError(f"--memory-budget {recipe.data.memory_budget} is smaller than one batch ({recipe.optimizer.batch_size} "
                                f"images of {'x'.join(map(str, dataset.train.shape[1:]))}: {size(one_batch)}); "
                                f"give at least that, or a smaller --batch-size")
     copies = distributed.local_processes() if device.type == "cpu" else 1  # on GPUs, each its own memory
-    streaming, why = data_path(pixels, recipe.memory_budget, device, copies) if dataset.mapped else (False, "")
+    streaming, why = data_path(pixels, recipe.data.memory_budget, device, copies) if dataset.mapped else (False, "")
     if dataset.mapped and not streaming:  # within the budget: in memory, as every split was before the map
         for name, split in dataset.splits().items():
             setattr(dataset, name, split.in_memory())
@@ -255,32 +255,32 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         print(f"{source}: {why}", file=sys.stderr, flush=True)
     train_split = dataset.train
     input_shape = tuple(train_split.shape[1:])
-    if dataset.root is None and recipe.image_size and not recipe.backbone \
-            and (recipe.image_size, recipe.image_size) != input_shape[1:]:
+    if dataset.root is None and recipe.data.image_size and not recipe.network.backbone \
+            and (recipe.data.image_size, recipe.data.image_size) != input_shape[1:]:
         # IDX files are trained on at their own size: a recipe saying otherwise would record what did not happen
-        raise SmallvisionError(f"image_size {recipe.image_size}: {source} holds {input_shape[1]}x{input_shape[2]} "
+        raise SmallvisionError(f"image_size {recipe.data.image_size}: {source} holds {input_shape[1]}x{input_shape[2]} "
                                f"images from IDX files, which are trained on at their own size, not resized; "
                                f"leave --image-size out")
     expected = recipe_image_shape(recipe)
     if expected and input_shape[0] != expected[0]:
-        network = recipe.backbone or ("the network's Input" if recipe.layers else recipe.model)
+        network = recipe.network.backbone or ("the network's Input" if recipe.network.layers else recipe.network.model)
         raise SmallvisionError(f"{network} takes {expected[0]}-channel images; "
                                f"{source} has {input_shape[0]} channels")
-    torch.manual_seed(recipe.seed)  # the initial weights are part of what the seed fixes
+    torch.manual_seed(recipe.run.seed)  # the initial weights are part of what the seed fixes
     model = recipe_model(recipe, input_shape, len(dataset.class_names))
     model_name = model.model_name
-    if getattr(model, "has_rescaling", False) and recipe.rescale != 1.0:
+    if getattr(model, "has_rescaling", False) and recipe.preprocess.rescale != 1.0:
         recipe = recipe.replace(rescale=1.0)  # Keras' way: the network scales the raw pixels itself
         print("the layers include Rescaling, so the pixels go in as 0-255 (rescale = 1 in this run's recipe)",
               file=sys.stderr, flush=True)
-    choice = training_precision(recipe.precision, device)
+    choice = training_precision(recipe.run.precision, device)
     if choice.warning() and ranks.main:
         print(f"warning: {choice.warning()}", file=sys.stderr, flush=True)
     if shows(progress):
         print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device} "
               f"in {choice.precision} ({choice.reason})", flush=True)
     # recipe.toml keeps what was asked ("auto" stays portable); the training and the run record the choice.
-    chosen = dataclasses.replace(recipe, precision=choice.precision)
+    chosen = recipe.replace(precision=choice.precision)
     if resuming and (directory / "data.json").is_file():
         check_same_data(directory, dataset)
     elif ranks.main:
@@ -291,9 +291,9 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         where = resume.where() if resume else "its start (it stopped before its first checkpoint)"
         print(f"resuming {directory} from {where}", flush=True)
     with stop_on_signals() as stopper:
-        callbacks = [stopper, *([Checkpointer(directory, recipe.checkpoint_minutes)] if ranks.main else []),
+        callbacks = [stopper, *([Checkpointer(directory, recipe.run.checkpoint_minutes)] if ranks.main else []),
                      *callbacks]
-        if recipe.backbone:  # two stages of their own; the checkpoint says which one it was written in
+        if recipe.network.backbone:  # two stages of their own; the checkpoint says which one it was written in
             history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir,
                                                             callbacks, resume, streaming)
         else:
@@ -301,7 +301,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                            callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
                            streaming=streaming).fit()
             test_metrics = {}
-    metrics = {"epochs": recipe.epochs, "train_seconds": round(history.train_seconds, 3),
+    metrics = {"epochs": recipe.schedule.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
     if streaming:
@@ -313,7 +313,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if history.features_seconds:
         metrics["features_seconds"] = round(history.features_seconds, 3)  # from the cache: near 0
     if history.kept:  # keep_best: the weights are this epoch's, so are the validation figures
-        metrics.update(kept_epoch=history.kept["epoch"], kept_by=recipe.keep_best)
+        metrics.update(kept_epoch=history.kept["epoch"], kept_by=recipe.run.keep_best)
         row = next(row for row in history.epochs if row["epoch"] == history.kept["epoch"])
         metrics.update(val_accuracy=row["val_accuracy"], val_loss=row["val_loss"])
     elif history.epochs and "val_accuracy" in history.epochs[-1]:
@@ -322,30 +322,30 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if test_metrics:
         metrics.update(test_metrics)
     elif dataset.test is not None:
-        test_loss, test_accuracy = evaluate_imageset(model, dataset.test, Preprocess.from_recipe(recipe),
+        test_loss, test_accuracy = evaluate_imageset(model, dataset.test, recipe.preprocess,
                                                      inference_precision(choice.precision, device), device,
-                                                     recipe.test_time_flip)
+                                                     recipe.run.test_time_flip)
         metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
     if ranks.world > 1:
         metrics["processes"] = ranks.world  # one run, trained by this many processes
     if not ranks.main:
         return  # rank 0 writes the run
-    metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.seed, device=str(device),
+    metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.run.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     # A layer list is the network itself, so the run reloads without knowing any name of ours.
-    layers = None if recipe.backbone else layers_to_json(model.keras_layers)
+    layers = None if recipe.network.backbone else layers_to_json(model.keras_layers)
     meta = RunMeta(
         source=str(source),
-        architecture=Architecture(model=model_name, backbone=recipe.backbone, input_shape=input_shape,
-                                  num_classes=len(dataset.class_names), dropout=recipe.dropout, layers=layers),
+        architecture=Architecture(model=model_name, backbone=recipe.network.backbone, input_shape=input_shape,
+                                  num_classes=len(dataset.class_names), dropout=recipe.network.dropout, layers=layers),
         class_names=dataset.class_names,
         output_activation=model.output_activation,
         precision=choice.precision,  # what the weights were trained in; inference follows the machine
         precision_reason=choice.reason,
-        test_time_flip=recipe.test_time_flip,
+        test_time_flip=recipe.run.test_time_flip,
         preprocessing=Preprocessing(
-            rescale=recipe.rescale, mean=recipe.mean, std=recipe.std, channels_last=recipe.channels_last,
+            rescale=recipe.preprocess.rescale, mean=recipe.preprocess.mean, std=recipe.preprocess.std, channels_last=recipe.preprocess.channels_last,
             resize="area when shrinking, bilinear when growing" if dataset.root else "none",
             color_mode="L" if input_shape[0] == 1 else "RGB",
             invert_light_background=has_dark_background(train_split.take(torch.arange(min(len(train_split), 1000))))),
@@ -365,8 +365,8 @@ def write_data_files(directory: Path, dataset: DataSource, recipe: Recipe) -> No
     split's file list (splits/SPLIT.txt)."""
     counts = {split: dict(zip(dataset.class_names, images.class_counts())) for split, images in dataset.splits().items()}
     root = str(Path(dataset.root).resolve()) if dataset.root else None  # found again from anywhere
-    summary = {"source": dataset.name, "root": root, "layout": dataset.layout, "seed": recipe.seed,
-               "val_split": recipe.val_split, "test_split": recipe.test_split, "class_names": dataset.class_names,
+    summary = {"source": dataset.name, "root": root, "layout": dataset.layout, "seed": recipe.run.seed,
+               "val_split": recipe.data.val_split, "test_split": recipe.data.test_split, "class_names": dataset.class_names,
                "counts": counts, "skipped": len(dataset.skipped), "warnings": dataset.warnings,
                "fingerprints": split_fingerprints(dataset), "fingerprint_kind": FINGERPRINT_KIND}
     if dataset.root is not None:

@@ -61,7 +61,7 @@ def model_card(run, name: str) -> dict:
     training = read_json(run.path / "training.json")
     architecture = run.meta.architecture
     recipe = run.recipe
-    epochs = metrics.get("epochs") if isinstance(metrics.get("epochs"), int) else recipe.epochs
+    epochs = metrics.get("epochs") if isinstance(metrics.get("epochs"), int) else recipe.schedule.epochs
     return {
         "name": name,
         "classes": list(run.class_names),
@@ -72,7 +72,7 @@ def model_card(run, name: str) -> dict:
         "test_accuracy": number(metrics.get("test_accuracy")),
         "val_accuracy": number(metrics.get("val_accuracy")),
         "epochs": epochs,
-        "fine_tune_epochs": recipe.fine_tune_epochs or None,
+        "fine_tune_epochs": recipe.fine_tune.epochs or None,
         "recipe": {"name": recipe.name, "description": recipe.description or None, "summary": recipe.one_line()},
         "training_data": {
             "source": source_name(data.get("source") or training.get("source") or run.meta.source),
