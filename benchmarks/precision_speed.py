@@ -58,7 +58,7 @@ def in_process(recipes: list[str], precisions: list[str], rounds: int, scale: fl
     from smallvision.data.sources import open_source
     from smallvision.models import create_model
     from smallvision.loop import fit
-    from smallvision.workflow import recipe_image_shape
+    from smallvision.models import recipe_image_shape
 
     speeds: dict[tuple, list[float]] = {}
     for recipe_name in recipes:

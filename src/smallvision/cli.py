@@ -677,7 +677,7 @@ def run_summary(args) -> None:
         return
     recipes = builtin_recipes()
     if args.name in recipes:
-        from smallvision.workflow import recipe_image_shape, recipe_model
+        from smallvision.models import recipe_image_shape, recipe_model
 
         recipe = recipes[args.name]
         classes = 2 if recipe.network.backbone else None  # a backbone's head: the seed's cats and dogs
@@ -710,7 +710,7 @@ def run_data_check(args) -> int:
     from smallvision.datacheck import check_source, format_report, plot_class_samples
     from smallvision.recipe import load_recipe
     from smallvision.run import writable_directory
-    from smallvision.workflow import recipe_image_shape
+    from smallvision.models import recipe_image_shape
 
     recipe = load_recipe(args.recipe).replace(image_size=args.image_size, memory_budget=args.memory_budget)
     if args.samples:  # before the decoding, not after it

@@ -9,7 +9,8 @@ from smallvision.data.sources import NAMED_SOURCES, load_source
 from smallvision.errors import SmallvisionError
 from smallvision.recipe import Recipe, load_recipe
 from smallvision.run import writable_directory
-from smallvision.workflow import default_recipe, recipe_image_shape
+from smallvision.models import recipe_image_shape
+from smallvision.workflow import default_recipe
 
 
 def preview_augmentation(source: str | Path, recipe: str | Path | Recipe | None, out: str | Path, index: int = 0,

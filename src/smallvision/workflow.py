@@ -21,10 +21,9 @@ from smallvision.data.imageset import DataSource
 from smallvision.data.sources import FINGERPRINT_KIND, is_photo_folder, open_source, source_spec, split_fingerprints
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.images import has_dark_background
-from smallvision.models import build_network, create_model, default_input_shape, named_layers
-from smallvision.models.backbones import backbone_preprocessing
-from smallvision.models.layer_text import layer_source, layers_source, layers_to_json, parse_layers
-from smallvision.models.layers import Input, Sequential, declared_input_shape
+from smallvision.models import recipe_image_shape, recipe_model, with_backbone_preprocessing
+from smallvision.models.layer_text import layer_source, layers_source, layers_to_json
+from smallvision.models.layers import Input, Sequential
 from smallvision.precision import inference_precision, training_precision
 from smallvision.step import NonFiniteLoss
 from smallvision.recipe import Recipe, builtin_recipes, flat_names, load_recipe
@@ -180,48 +179,6 @@ def start_processes(recipe: Recipe) -> tuple[distributed.Ranks, torch.device]:
     """This process's place among the others (one alone, unless torchrun started several) and its device."""
     device = resolve_device(recipe.run.device)
     return distributed.start(device), distributed.process_device(device)
-
-
-def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int] | None:
-    """(channels, height, width) that image folders are decoded to for this recipe; None when a layer list
-    says nothing of it (no Input, no image_size): an IDX source's images have their own shape."""
-    if recipe.network.backbone:
-        channels, height, width = backbone_preprocessing(recipe.network.backbone)["input_size"]
-    elif recipe.network.layers:
-        declared = declared_input_shape(parse_layers(recipe.network.layers))
-        if declared:
-            return declared  # the network says what it takes; image_size and color_mode give way
-        if recipe.data.image_size is None:
-            return None
-        channels, height, width = 3, recipe.data.image_size, recipe.data.image_size
-    else:
-        channels, height, width = default_input_shape(recipe.network.model)
-    if recipe.data.image_size:
-        height = width = recipe.data.image_size
-    if recipe.data.color_mode:
-        channels = 3 if recipe.data.color_mode == "rgb" else 1
-    return channels, height, width
-
-
-def recipe_model(recipe: Recipe, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = True):
-    """The network a recipe trains, built for the data: its layers, a named network's layers, or a
-    pretrained backbone with a new head."""
-    if recipe.network.backbone:
-        return create_model(recipe.network.model, input_shape, num_classes, recipe.network.dropout, recipe.network.backbone, pretrained)
-    if recipe.network.layers:
-        return build_network(parse_layers(recipe.network.layers), input_shape, num_classes)
-    return build_network(named_layers(recipe.network.model, num_classes, recipe.network.dropout), input_shape, num_classes,
-                         name=recipe.network.model)
-
-
-def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
-    """The recipe with the backbone's own input size, mean and std where it leaves them unset."""
-    if not recipe.network.backbone:
-        return recipe
-    config = backbone_preprocessing(recipe.network.backbone)
-    return recipe.replace(image_size=recipe.data.image_size or config["input_size"][1],
-                          mean=config["mean"] if recipe.preprocess.mean is None else recipe.preprocess.mean,
-                          std=config["std"] if recipe.preprocess.std is None else recipe.preprocess.std)
 
 
 def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool | str,

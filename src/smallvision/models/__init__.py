@@ -1,10 +1,13 @@
-"""Networks by name or as layer lists: `create_model("mnist_convnet", input_shape, num_classes)`,
-`build_network(layers, input_shape, num_classes)`."""
+"""The registry: networks by name or as layer lists (`create_model("mnist_convnet", input_shape, num_classes)`,
+`build_network(layers, input_shape, num_classes)`), and a recipe's network (`recipe_image_shape`,
+`recipe_model`, `with_backbone_preprocessing`), the one place a recipe becomes a network."""
 
 from smallvision.errors import SmallvisionError, unknown_name
-from smallvision.models.layers import Layer, Sequential
+from smallvision.models.layer_text import parse_layers
+from smallvision.models.layers import Layer, Sequential, declared_input_shape
 from smallvision.models.presets import catsdogs_convnet, mnist_convnet, small_convnet, small_resnet
 from smallvision.models.summary import count_parameters, summary
+from smallvision.recipe import Recipe
 
 # name -> (the function giving its layers for (num_classes, dropout), its default input (C, H, W), default classes)
 MODELS = {
@@ -59,6 +62,56 @@ def create_model(name: str, input_shape=None, num_classes: int | None = None, dr
     layers = named_layers(name, num_classes, dropout)
     return build_network(layers, tuple(input_shape or default_input_shape(name)), name=name)
 
+# --- a recipe's network: what it takes, what it is, and the data config that travels with a pretrained one
+
+
+def recipe_image_shape(recipe: Recipe) -> tuple[int, int, int] | None:
+    """(channels, height, width) that image folders are decoded to for this recipe; None when a layer list
+    says nothing of it (no Input, no image_size): an IDX source's images have their own shape."""
+    if recipe.network.backbone:
+        from smallvision.models.backbones import backbone_preprocessing  # timm is slow to import
+
+        channels, height, width = backbone_preprocessing(recipe.network.backbone)["input_size"]
+    elif recipe.network.layers:
+        declared = declared_input_shape(parse_layers(recipe.network.layers))
+        if declared:
+            return declared  # the network says what it takes; image_size and color_mode give way
+        if recipe.data.image_size is None:
+            return None
+        channels, height, width = 3, recipe.data.image_size, recipe.data.image_size
+    else:
+        channels, height, width = default_input_shape(recipe.network.model)
+    if recipe.data.image_size:
+        height = width = recipe.data.image_size
+    if recipe.data.color_mode:
+        channels = 3 if recipe.data.color_mode == "rgb" else 1
+    return channels, height, width
+
+
+def recipe_model(recipe: Recipe, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = True):
+    """The network a recipe trains, built for the data: its layers, a named network's layers, or a
+    pretrained backbone with a new head."""
+    if recipe.network.backbone:
+        return create_model(recipe.network.model, input_shape, num_classes, recipe.network.dropout,
+                            recipe.network.backbone, pretrained)
+    if recipe.network.layers:
+        return build_network(parse_layers(recipe.network.layers), input_shape, num_classes)
+    return build_network(named_layers(recipe.network.model, num_classes, recipe.network.dropout), input_shape,
+                         num_classes, name=recipe.network.model)
+
+
+def with_backbone_preprocessing(recipe: Recipe) -> Recipe:
+    """The recipe with the backbone's own input size, mean and std where it leaves them unset."""
+    if not recipe.network.backbone:
+        return recipe
+    from smallvision.models.backbones import backbone_preprocessing
+
+    config = backbone_preprocessing(recipe.network.backbone)
+    return recipe.replace(image_size=recipe.data.image_size or config["input_size"][1],
+                          mean=config["mean"] if recipe.preprocess.mean is None else recipe.preprocess.mean,
+                          std=config["std"] if recipe.preprocess.std is None else recipe.preprocess.std)
+
 
 __all__ = ["CUSTOM", "MODELS", "Sequential", "build_network", "count_parameters", "create_model",
-           "default_input_shape", "model_names", "named_layers", "summary"]
+           "default_input_shape", "model_names", "named_layers", "recipe_image_shape", "recipe_model", "summary",
+           "with_backbone_preprocessing"]
