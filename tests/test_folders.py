@@ -280,8 +280,8 @@ def test_a_disk_too_small_for_the_cache_stops_before_decoding(tmp_path, monkeypa
 
 def test_a_folder_over_the_memory_budget_trains_from_the_map_to_the_same_weights(tmp_path, capsys):
     root = make_image_folder(tmp_path / "pets", per_class=20)
-    options = dict(image_size=48, epochs=2, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
-                   precision="fp32", rotation_range=10.0)
+    options = dict(image_size=48, epochs=2, steps_per_epoch=6, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
+                   precision="fp32", rotation_range=10.0)  # 40 training images, 5 batches: each epoch begins another pass
     held = sv.train(root, "seed-catsdogs", out=tmp_path / "held", **options)
     with pytest.raises(SmallvisionError, match=r"--memory-budget 10kB is smaller than one batch \(8 images of "
                                                r"3x48x48: 55.3 kB\); give at least that, or a smaller --batch-size"):
@@ -305,8 +305,8 @@ def test_held_out_splits_of_a_mapped_folder_are_views_by_row_and_train_as_in_mem
     test = source.test
     assert torch.equal(test.take(torch.tensor([1, 0])), whole[test.rows[[1, 0]]])
     assert torch.equal(torch.cat([chunk for _, chunk in test.chunks(3)]), test.images)
-    options = dict(image_size=48, epochs=2, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
-                   precision="fp32", val_split=0.2, test_split=0.2)
+    options = dict(image_size=48, epochs=2, steps_per_epoch=4, batch_size=8, progress=False, cache_dir=tmp_path / "cache",
+                   precision="fp32", val_split=0.2, test_split=0.2)  # 24 training images, 3 batches: a pass and more
     held = sv.train(root, "seed-catsdogs", out=tmp_path / "held", **options)
     streamed = sv.train(root, "seed-catsdogs", out=tmp_path / "streamed", memory_budget="100kB", **options)
     assert streamed.metrics["streamed_from_cache"] is True
