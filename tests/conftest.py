@@ -10,6 +10,34 @@ from smallvision.data.idx import read_idx, write_idx
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SMALLVISION_PROGRESS", "0")
 
+# bin/test runs the suite in one worker process per core (pytest-xdist). Each worker, and every process a test
+# starts, gets its share of the cores: two workers of two threads each on two cores would spend their time
+# waiting for each other's threads (OpenMP spins), not computing.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+
+# Tests that share an expensive trained fixture run in one worker, which trains it once; a module's own
+# module-scoped fixture keeps that module's tests together in the same way.
+# (the shapes run takes 50 s on a 2-core AVX2 CPU, the runs of every kind 15 s: in two workers, not one after
+# the other in the same one)
+SHARED_TRAINING = ("shapes_run", "runs_of_every_kind")
+
+
+def pytest_itemcollected(item):  # as each test is collected, before xdist reads the groups
+    shared = [name for name in SHARED_TRAINING if name in item.fixturenames]
+    if shared:
+        item.add_marker(pytest.mark.xdist_group(shared[0]))
+    elif any(definitions[-1].scope == "module" for definitions in item._fixtureinfo.name2fixturedefs.values()):
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_configure(config):
+    if WORKERS > 1:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def shared_datasets() -> Path:
     return Path(os.environ.get("SMALLVISION_DATA") or REPO.parent / "shared" / "datasets")
@@ -144,7 +172,7 @@ def shapes_run(shapes_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def runs_of_every_kind(mnist_slice, shapes_run, tmp_path_factory) -> dict:
+def runs_of_every_kind(mnist_slice, tmp_path_factory) -> dict:
     """One small run of each kind the earlier issues produce: the seed's MNIST network, the seed's
     cats-vs-dogs network (one sigmoid unit) on a folder, small_convnet, a frozen pretrained backbone,
     and a fine-tuned one."""
@@ -157,7 +185,8 @@ def runs_of_every_kind(mnist_slice, shapes_run, tmp_path_factory) -> dict:
         "mnist": sv.train(mnist_slice, "seed-mnist", out=base / "mnist", epochs=1, **options),
         "sigmoid": sv.train(pets, "seed-catsdogs", out=base / "sigmoid", image_size=48, epochs=2, steps_per_epoch=2,
                             **options),  # not the recipe's 100 batches an epoch
-        "small_convnet": shapes_run,
+        "small_convnet": sv.train(pets, "fast-mnist", out=base / "small_convnet", model="small_convnet", image_size=64,
+                                  epochs=1, **options),  # not the shapes run, which takes longer to train
         "features": sv.train(pets, "catsdogs-features", out=base / "features", image_size=64, epochs=2, **options),
         "finetune": sv.train(pets, "catsdogs-finetune", out=base / "finetune", image_size=64, epochs=1,
                              fine_tune_epochs=1, **options),

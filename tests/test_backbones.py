@@ -18,7 +18,8 @@ from smallvision.models.backbones import (
 from smallvision.models.summary import count_parameters
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", *(pytest.param(name, marks=pytest.mark.slow)  # 8 s each
+                                                         for name in ("efficientnet_lite1", "efficientnet_lite2"))])
 def test_the_offline_weights_fit_timm_and_know_cats_from_dogs(shared_catsdogs, tmp_path, name):
     import timm
 

@@ -35,6 +35,7 @@ def shared_slice(shared_catsdogs, root, train_per_class, test_per_class):
     return root
 
 
+@pytest.mark.slow  # 8 epochs on 600 photos: 20 s on a 2-core AVX2 CPU
 def test_a_short_training_on_the_shared_photos_learns(shared_catsdogs, tmp_path):
     root = shared_slice(shared_catsdogs, tmp_path / "slice", 300, 100)
     run = sv.train(root, "catsdogs", out=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache",

@@ -30,6 +30,19 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "smallvision", "train", *args, "--quiet"]
 
 
+def train_one_process(*args: str) -> None:
+    """`smallvision train ARGS` as one process on one thread (each process of a run of several has one, as
+    ENVIRONMENT says), here rather than in a new Python that would import PyTorch again."""
+    from smallvision.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *args, "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def largest_difference(one: Path, other: Path) -> float:
     a, b = load_file(str(one / "model.safetensors")), load_file(str(other / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -47,7 +60,7 @@ def test_two_processes_train_the_run_one_process_trains(mnist_slice, tmp_path, n
         # and two processes land as close (the statistics of each half alone would be 1e-3 away).
         options += ["--layers", BN_LAYERS, "--optimizer", "sgd", "--lr", "0.05", "--steps-per-epoch", "2"]
         bound = 1e-4
-    subprocess.run(cli(str(mnist_slice), *options, "--out", str(tmp_path / "one")), env=ENVIRONMENT, check=True)
+    train_one_process(str(mnist_slice), *options, "--out", str(tmp_path / "one"))
     scratch = tmp_path / "tmp"  # the launcher's temporary directory, not the machine's /tmp
     scratch.mkdir()
     subprocess.run(cli(str(mnist_slice), *options, "--out", str(tmp_path / "two"), "--processes", "2"),
@@ -70,7 +83,7 @@ def free_port() -> int:
 
 def test_two_machines_simulated_on_loopback_train_the_one_process_run(mnist_slice, tmp_path):
     options = ["--epochs", "1", "--steps-per-epoch", "6", "--precision", "fp32"]
-    subprocess.run(cli(str(mnist_slice), *options, "--out", str(tmp_path / "one")), env=ENVIRONMENT, check=True)
+    train_one_process(str(mnist_slice), *options, "--out", str(tmp_path / "one"))
     port = free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
@@ -178,7 +191,7 @@ def torchrun_report(*failures: int) -> bytes:
 @pytest.mark.parametrize("failures, status", [((2,), 2), ((-15, 2), 2), ((2, -15), 2), ((-15, -15), 143),
                                               ((-2,), 130)])
 def test_the_launcher_answers_with_a_process_own_status_not_torchruns_sigterm(capsys, failures, status):
-    from smallvision.distributed import LauncherReport
+    from smallvision.launcher import LauncherReport
     report = LauncherReport()
     report.feed(b"smallvision: error: something\n" + torchrun_report(*failures), final=True)
     assert report.exit_code == status
@@ -186,7 +199,9 @@ def test_the_launcher_answers_with_a_process_own_status_not_torchruns_sigterm(ca
 
 
 def test_a_run_of_two_processes_stopped_by_ctrl_c_resumes_to_the_same_weights(mnist_slice, tmp_path):
-    options = ["--epochs", "100", "--steps-per-epoch", "5", "--batch-size", "32", "--precision", "fp32",
+    # stopped as soon as its first epoch's checkpoint appears: the other 39 epochs (4 s, more on a busier
+    # machine) are far longer than the test takes to see the file and press Ctrl-C
+    options = ["--epochs", "40", "--steps-per-epoch", "5", "--batch-size", "32", "--precision", "fp32",
                "--processes", "2"]
     subprocess.run(cli(str(mnist_slice), *options, "--out", str(tmp_path / "whole")), env=ENVIRONMENT, check=True)
     out = tmp_path / "stopped"

@@ -59,7 +59,10 @@ def exported(kinds, tmp_path_factory):
     return export
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# the frozen backbone's export is the fine-tuned one's network again, and 15 s of torch.export on a 2-core AVX2
+# CPU: with the long trainings (bin/test -m slow)
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=pytest.mark.slow) if kind == "features" else kind
+                                  for kind in KINDS])
 def test_the_file_answers_as_the_run_at_any_batch_size(kind, kinds, exported):
     import onnx
     import torch

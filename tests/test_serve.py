@@ -406,12 +406,12 @@ def test_every_kind_of_run_answers_predictions_and_gradcam(runs_of_every_kind, t
 
 
 @pytest.fixture(scope="module")
-def exports(runs_of_every_kind, tmp_path_factory) -> dict[str, Path]:
+def exports(shapes_run, runs_of_every_kind, tmp_path_factory) -> dict[str, Path]:
     """The shapes run (small_convnet) and the seed's MNIST run exported as .onnx files, by `export`."""
     base, done = tmp_path_factory.mktemp("exports"), {}
-    for kind in ("small_convnet", "mnist"):
+    for kind, run in (("small_convnet", shapes_run), ("mnist", runs_of_every_kind["mnist"])):
         done[kind] = base / f"{kind}-export.onnx"
-        assert main(["export", str(runs_of_every_kind[kind].path), "--format", "onnx", "-o", str(done[kind])]) == 0
+        assert main(["export", str(run.path), "--format", "onnx", "-o", str(done[kind])]) == 0
     return done
 
 

@@ -271,6 +271,7 @@ def test_compiling_before_the_clock_leaves_the_weights_statistics_and_random_sta
 
 
 @NEEDS_COMPILER
+@pytest.mark.slow  # two whole runs in new processes, the first compiling: 37 s on a 2-core AVX2 CPU
 def test_a_compiled_step_trains_the_eager_weights_and_a_second_run_pays_less_to_compile(mnist_slice, tmp_path):
     """recipe.run.compile: the step compiled before the clock starts (at the full and the short last batch), so the
     run trains as the eager one does; compile_seconds in metrics.json, apart from train_seconds; a second run

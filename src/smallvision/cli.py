@@ -477,9 +477,8 @@ def torch_cuda_count() -> int:
 
 
 def run_train(args) -> int | None:
-    from smallvision import distributed
+    from smallvision import launcher
     from smallvision.recipe import FLAT
-    from smallvision.workflow import train
 
     overrides = {k: v for k, v in vars(args).items() if k in FLAT and v is not None}  # --epochs and the like
     overrides.update(parse_settings(args.set))
@@ -499,11 +498,14 @@ def run_train(args) -> int | None:
     if args.nodes > 1 and not args.rendezvous:
         raise SmallvisionError(f"--nodes {args.nodes} needs --rendezvous HOST:PORT, where node 0 listens (the same on "
                                f"every machine)")
-    if (wanted > 1 or args.nodes > 1) and not distributed.launched():  # start the processes, each without the flags
+    if (wanted > 1 or args.nodes > 1) and not launcher.launched():  # start the processes, each without the flags
         argv = without_launch_flags(args.argv) + (["--device", "cuda"] if args.gpus else [])
-        machines = distributed.Machines(args.nodes, args.node_rank, args.rendezvous, args.rendezvous_timeout) \
+        machines = launcher.Machines(args.nodes, args.node_rank, args.rendezvous, args.rendezvous_timeout) \
             if args.nodes > 1 else None
-        return distributed.launch(wanted, argv, machines)
+        return launcher.launch(wanted, argv, machines)
+    from smallvision import distributed
+    from smallvision.workflow import train
+
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
                 progress="off" if args.quiet else "bar" if args.verbose else "auto", cache_dir=args.cache_dir, resume=args.resume, **overrides)
     if not distributed.ranks().main:
