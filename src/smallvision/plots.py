@@ -65,7 +65,7 @@ def plot_curves(history: list[dict], path, title: str = "", kept_epoch: int | No
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
-    finish(figure, path, title)
+    finish(figure, path, title, two_panel_margins(title))
 
 
 def plot_comparison(histories: list[tuple[str, list[dict], float]], path, title: str = "") -> None:
@@ -129,15 +129,24 @@ def plot_image_grid(images, titles: list[str], path, title: str = "", columns: i
     plt.close(figure)
 
 
-def finish(figure, path, title: str = "") -> None:
-    """Title, tight layout, save as PNG at 100 dpi, and free the figure."""
+def finish(figure, path, title: str = "", margins: dict | None = None) -> None:
+    """Title, layout (`margins` for subplots_adjust, else tight_layout), save as PNG at 100 dpi, and free
+    the figure."""
     if title:
         figure.suptitle(title)
     with quiet_glyphs():
-        if figure.get_layout_engine() is None:
+        if margins:
+            figure.subplots_adjust(**margins)
+        elif figure.get_layout_engine() is None:
             figure.tight_layout()
         figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def two_panel_margins(title: str) -> dict:
+    """Fixed margins for the two 11x4.2-inch panels of the curves: what tight_layout finds for them, without
+    the 0.15 s it spends measuring every label again (every training draws its curves)."""
+    return dict(left=0.06, right=0.985, bottom=0.12, top=0.86 if title else 0.93, wspace=0.18)
 
 
 def image_pixels(image):
