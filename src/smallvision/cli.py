@@ -11,6 +11,14 @@ from smallvision.errors import SmallvisionError, TrainingStopped, unknown_name
 PROG = "smallvision"
 
 
+def say(line: str) -> None:
+    """One line on stderr in one write, its newline included. print() writes the text and the newline
+    separately, and the processes of one run share the launcher's pipe: two processes saying the same error
+    at once came out joined on one line, which the launcher then could not fold into one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command's own process (a caller's process is theirs): freed batches kept for the next
         heap.keep_freed_memory()
@@ -23,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except SmallvisionError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        say(f"{PROG}: error: {err}")
         return 2
     except TrainingStopped as stop:
         from smallvision import distributed  # loaded already: training stopped
@@ -41,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written for the unfinished run", file=sys.stderr)
+        say(f"{PROG}: interrupted; nothing was written for the unfinished run")
         return 130
     finally:
         if "smallvision.distributed" in sys.modules:  # leave the process group before exiting, as torch asks
