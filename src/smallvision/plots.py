@@ -124,9 +124,7 @@ def plot_image_grid(images, titles: list[str], path, title: str = "", columns: i
                     caption, ha="center", va="bottom", fontsize=fontsize)
     if title:
         figure.suptitle(title, y=1 - 0.06 / height, va="top")
-    with quiet_glyphs():
-        figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save(figure, path)
 
 
 def finish(figure, path, title: str = "", margins: dict | None = None) -> None:
@@ -134,11 +132,17 @@ def finish(figure, path, title: str = "", margins: dict | None = None) -> None:
     the figure."""
     if title:
         figure.suptitle(title)
-    with quiet_glyphs():
-        if margins:
-            figure.subplots_adjust(**margins)
-        elif figure.get_layout_engine() is None:
+    if margins:
+        figure.subplots_adjust(**margins)
+    elif figure.get_layout_engine() is None:
+        with quiet_glyphs():  # tight_layout measures the text too
             figure.tight_layout()
+    save(figure, path)
+
+
+def save(figure, path) -> None:
+    """Save as PNG at 100 dpi, and free the figure."""
+    with quiet_glyphs():
         figure.savefig(path, dpi=100)
     plt.close(figure)
 
@@ -206,9 +210,7 @@ def plot_channel_grid(maps, path, title: str, columns: int = 16) -> None:
     axis.imshow(canvas, cmap="viridis", vmin=0, vmax=255, interpolation="nearest", aspect="equal")
     axis.axis("off")
     figure.suptitle(title, fontsize=10)
-    with quiet_glyphs():
-        figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save(figure, path)
 
 
 def plot_confusion(confusion, class_names: list[str], path, title: str = "") -> None:
