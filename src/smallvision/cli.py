@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  smallvision train --resume runs/mnist-1        # after a Ctrl-C, a kill or a crash\n"
                     "  smallvision train mnist --processes 2          # two processes, one run (--gpus 4: four GPUs)\n"
                     "  smallvision train photos/ --gpus 4 --nodes 2 --node-rank 0 --rendezvous 10.0.0.1:29500  # and on the other: 1\n"
+                    "  smallvision train my_photos/ --budget 10m        # the best pretrained recipe that fits 10 minutes here\n"
                     "  smallvision train my_photos/ --recipe catsdogs-finetune --val-split 0.15 --test-split 0.15",
                     run_train)
     train.add_argument("--resume", metavar="RUN", help="continue an unfinished run (stopped, killed or crashed) from "
@@ -154,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("source", nargs="?", help="`mnist`, an image folder (ROOT/CLASS/*.jpg or ROOT/train/CLASS/*.jpg, "
                                       "with validation/ and test/ beside train/), or a directory of MNIST-format IDX files")
     train.add_argument("--recipe", help="a built-in recipe (see `smallvision recipes`) or a .toml file (default: "
-                                        "seed-mnist for MNIST-format digits, catsdogs-finetune for a folder of photos)")
+                                        "seed-mnist for MNIST-format digits; for a folder of photos, the pretrained "
+                                        "recipe that fits --budget here)")
+    train.add_argument("--budget", metavar="TIME",
+                       help="for a folder of photos and no --recipe: the most time training may take here, e.g. 5m, "
+                            "90s or 1h (default 3m). The best of catsdogs-finetune, catsdogs-features-augment and "
+                            "catsdogs-features that fits, from a few seconds' measurement (then cached); none: "
+                            "always catsdogs-finetune")
     train.add_argument("--out", help="the run directory to write (default: a new one under runs/)")
     train.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     train.add_argument("--data", help="where to look for the source's files first")
@@ -515,7 +522,8 @@ def run_train(args) -> int | None:
     from smallvision.workflow import train
 
     run = train(args.source, args.recipe, out=args.out, data=args.data, force=args.force,
-                progress="off" if args.quiet else "bar" if args.verbose else "auto", cache_dir=args.cache_dir, resume=args.resume, **overrides)
+                progress="off" if args.quiet else "bar" if args.verbose else "auto", cache_dir=args.cache_dir, resume=args.resume,
+                budget=args.budget, **overrides)
     if not distributed.ranks().main:
         return None  # rank 0 reports the run
     metrics = run.metrics

@@ -34,6 +34,7 @@ from smallvision.inference import evaluate_imageset, resolve_device
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
+from smallvision.budget import DEFAULT_BUDGET, Choice, choose, counts_of, parse_budget, rates_here
 
 # With no recipe named: the seed's training for digits; for photos the most accurate recipe here
 # (a pretrained network fine-tuned), since the seed's 28x28 greyscale network would waste them.
@@ -64,9 +65,14 @@ def held_out_splits(source: str | Path, recipe_named: str | Path | Recipe, recip
 def train(source: str | Path | None = None, recipe: str | Path | Recipe | None = None, out: str | Path | None = None,
           data: str | Path | None = None, force: bool = False, progress: bool | str = "auto",
           cache_dir: str | Path | None = None, resume: str | Path | None = None, callbacks: list[Callback] = (),
-          **overrides) -> Run:
+          budget: str | float | None = None, **overrides) -> Run:
     """Train on `source` as `recipe` says (fields overridden by keyword), write a run directory, return it.
-    Without a recipe: `default_recipe(source)`. With `resume`, continue that unfinished run instead."""
+    Without a recipe: `default_recipe(source)`, which for a folder of photos is the pretrained recipe with
+    the best expected result that fits `budget` here (budget.py: '5m', seconds, or 'none'; default 3m).
+    With `resume`, continue that unfinished run instead."""
+    if budget is not None:
+        refuse_budget(source, recipe, resume, overrides)
+    budget_seconds = parse_budget(DEFAULT_BUDGET if budget is None else budget)
     if resume is not None:
         return resume_run(resume, data, progress, cache_dir, source, recipe, overrides, callbacks)
     overrides = flat_names(overrides)
@@ -83,10 +89,18 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
         # without the named network's Dropout rate (its own Dropout layers say that)
         recipe = recipe or (DEFAULT_LAYERS_PHOTO_RECIPE if is_photo_folder(source) else None)
         overrides.setdefault("dropout", 0.0)
+    chooses = recipe is None and is_photo_folder(source)  # the pretrained default, chosen within the budget
     recipe_named = recipe or default_recipe(source)
     recipe = load_recipe(recipe_named).replace(**overrides)
     ranks, device = start_processes(recipe)
     progress = progress if ranks.main else "off"
+    chosen = None
+    if chooses:
+        chosen = choose_default(source, recipe, overrides, device, budget_seconds, cache_dir) if ranks.main else None
+        recipe_named = distributed.from_main(chosen.recipe if chosen else None)
+        recipe = load_recipe(recipe_named).replace(**overrides)
+        if chosen and shows(progress):
+            print(chosen.line, file=sys.stderr, flush=True)
     held_out = held_out_splits(source, recipe_named, recipe, overrides)
     if held_out:
         recipe = recipe.replace(**held_out)
@@ -105,10 +119,13 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
                 prepare_run_dir(directory, "", force)
                 (directory / CHECKPOINT_NAME).unlink(missing_ok=True)  # --force over an unfinished run: afresh
                 # What --resume needs, first: a run stopped at any moment after this line can be continued.
-                write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(
-                    {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}, indent=2)))
+                started = {"source": source_spec(source), "data": str(Path(data).resolve()) if data else None}
+                if chosen:
+                    started["recipe_choice"] = chosen.to_json()  # why this recipe: the estimates and the budget
+                write_atomically(directory / "training.json", lambda p: p.write_text(json.dumps(started, indent=2)))
                 write_atomically(directory / "recipe.toml", lambda p: p.write_text(recipe.to_toml()))
-            train_into(directory, source, recipe, device, data, progress, cache_dir, callbacks=callbacks)
+            train_into(directory, source, recipe, device, data, progress, cache_dir, callbacks=callbacks,
+                       recipe_choice=chosen.to_json() if chosen else None)
         except TrainingStopped as stop:
             stop.directory = directory
             raise
@@ -121,6 +138,34 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
             raise
     distributed.barrier()  # the run's files are written before any process reads them
     return Run(directory, recipe.run.device)
+
+
+def refuse_budget(source, recipe, resume, overrides: dict) -> None:
+    """--budget chooses among the pretrained recipes for a folder of photos, and nowhere else: one line."""
+    if resume is not None:
+        raise SmallvisionError("--budget: a resumed run keeps the recipe it chose; leave --budget out")
+    if recipe is not None:
+        raise SmallvisionError(f"--budget chooses a recipe when none is named; --recipe {recipe} names one, which "
+                               f"is used as it is: give one or the other")
+    if overrides.get("layers") is not None or isinstance(overrides.get("model"), (Sequential, list, str)):
+        raise SmallvisionError("--budget chooses among the pretrained recipes; a network of your own is trained by "
+                               f"{DEFAULT_LAYERS_PHOTO_RECIPE}: leave --budget out")
+    if source is not None and not is_photo_folder(source):
+        raise SmallvisionError(f"--budget chooses among the pretrained recipes for a folder of photos; {source} is not "
+                               f"one ({DEFAULT_RECIPE} trains it): leave --budget out")
+
+
+def choose_default(source, recipe: Recipe, overrides: dict, device: torch.device, budget_seconds: float | None,
+                   cache_dir=None) -> Choice:
+    """The pretrained recipe for this folder on this machine (budget.py): the splits counted as the run
+    will have them, this machine's rates (measured once, then cached), the best that fits."""
+    files = {split: len(paths) for split, paths in scan_folder(Path(source)).files.items()}
+    fractions = held_out_splits(source, recipe.name, recipe, overrides)
+    counts = counts_of(files, fractions.get("test_split", recipe.data.test_split),
+                       fractions.get("val_split", recipe.data.val_split))
+    probe = with_backbone_preprocessing(recipe)
+    rates, _ = rates_here(probe, device, training_precision(probe.run.precision, device).precision, cache_dir)
+    return choose(counts, rates, budget_seconds, overrides)
 
 
 def resume(run: str | Path, progress: bool | str = "auto", data: str | Path | None = None, cache_dir=None,
@@ -154,7 +199,8 @@ def resume_run(path: str | Path, data=None, progress: bool | str = "auto", cache
     progress = progress if ranks.main else "off"
     with training_lock(directory) if ranks.main else contextlib.nullcontext():
         try:
-            train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True, callbacks=callbacks)
+            train_into(directory, spec, recipe, device, data, progress, cache_dir, resuming=True, callbacks=callbacks,
+                       recipe_choice=started.get("recipe_choice"))
         except TrainingStopped as stop:
             stop.directory = directory
             raise
@@ -182,9 +228,11 @@ def start_processes(recipe: Recipe) -> tuple[distributed.Ranks, torch.device]:
 
 
 def train_into(directory: Path, source, recipe: Recipe, device: torch.device, data, progress: bool | str,
-               cache_dir=None, resuming: bool = False, callbacks: list[Callback] = ()) -> None:
+               cache_dir=None, resuming: bool = False, callbacks: list[Callback] = (),
+               recipe_choice: dict | None = None) -> None:
     """Load the source, fit, score on test, and write every file of the run into `directory`. The recipe
-    and the data files are written before training starts, so a run stopped at any moment resumes."""
+    and the data files are written before training starts, so a run stopped at any moment resumes.
+    `recipe_choice`: why the default chose this recipe (budget.Choice), kept in metrics.json."""
     recipe = with_backbone_preprocessing(recipe)
     ranks = distributed.ranks()
     load_start = time.perf_counter()
@@ -290,6 +338,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.run.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if recipe_choice:
+        metrics["recipe_choice"] = recipe_choice
     # A layer list is the network itself, so the run reloads without knowing any name of ours.
     layers = None if recipe.network.backbone else layers_to_json(model.keras_layers)
     meta = RunMeta(

@@ -1,0 +1,295 @@
+"""The default for a folder of photos, chosen to fit the machine: what each pretrained recipe would cost
+here, and the one with the best expected result that fits a time budget (`train --budget 3m`).
+
+The cost of a recipe is counted in images through the network: the frozen backbone's forward pass
+(features, validation, test, and every augmented batch of a frozen stage) and a fine-tuning step
+(forward, backward through the last blocks, the update). Both rates are measured here once, in a few
+seconds with a network of random weights (the same arithmetic as the pretrained one), and kept per
+machine in the cache directory (`throughput.json`), keyed by what decides them: the CPU or GPU, the
+threads, PyTorch's version, the backbone, its input size, the number format and the memory layout.
+
+    choice = choose(counts, overrides, rates, budget_seconds=180)
+    choice.recipe, choice.line   # "catsdogs-finetune would take about 11 min here; ... using catsdogs-features"
+
+No PyTorch at import: parsing a budget and choosing among made-up rates is plain arithmetic (the tests
+do that); only `measure_rates` runs a network.
+"""
+
+import json
+import math
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from smallvision.errors import SmallvisionError
+from smallvision.files import write_atomically
+from smallvision.recipe import Recipe, load_recipe
+
+# Best expected result first. On the shared cats-vs-dogs photos the three score within noise of each
+# other (test 0.980-0.984); fine-tuning adapts the backbone itself, which matters most where photos are
+# unlike ImageNet's, and augmentation without it still sees each photo differently every epoch.
+CANDIDATES = ("catsdogs-finetune", "catsdogs-features-augment", "catsdogs-features")
+WHAT = {"catsdogs-finetune": "fine-tuning", "catsdogs-features-augment": "features with augmentation",
+        "catsdogs-features": "frozen features with a head"}
+DEFAULT_BUDGET = "3m"  # a first result on a laptop in the time of a coffee; `--budget none`: always fine-tune
+HEAD_SECONDS = 3.0  # training a Dense head on features already computed: seconds, whatever the machine
+PROBE_BATCH = 16  # images per timed batch: enough for the per-image cost to show, a few seconds in all
+RATES_FORMAT = "smallvision-throughput/1"
+UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_budget(text: str | float | None) -> float | None:
+    """'5m', '90s', '1h', '1.5h', '300' (seconds) -> seconds; 'none' or None -> None (no limit)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "none"):
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*", str(text).lower())
+        if not match:
+            raise SmallvisionError(f"--budget {text!r}: expected a time such as 5m, 90s or 1h (or none for no limit)")
+        seconds = float(match.group(1)) * UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SmallvisionError(f"--budget {text!r}: must be more than no time at all (e.g. 5m), or none")
+    return seconds
+
+
+def say_time(seconds: float) -> str:
+    """About how long, as a person would say it: '40 s', '3 min', '1.2 h'."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Images per second on this machine: through the frozen backbone (no gradient), through an
+    augmented frozen training step (augmentation included), and through a fine-tuning step."""
+    forward: float
+    frozen_step: float
+    tuning_step: float
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Images per split, as the run will have them (held-out splits carved already)."""
+    train: int
+    validation: int
+    test: int
+
+
+def estimate_seconds(recipe: Recipe, counts: Counts, rates: Rates) -> float:
+    """Seconds of training and scoring: every image the recipe sends through the network, at its rate."""
+    flips = 2 if recipe.run.test_time_flip else 1
+    schedule = recipe.schedule
+
+    def per_epoch(batch: int) -> int:
+        return recipe.schedule.steps_per_epoch * batch if recipe.schedule.steps_per_epoch else counts.train
+
+    def validations(epochs: int) -> int:
+        return len({e for e in range(1, epochs + 1) if e % schedule.validation_freq == 0 or e == epochs}) \
+            if counts.validation else 0
+
+    batch = recipe.optimizer.batch_size
+    if recipe.augment.active:  # stage one: the frozen backbone on every augmented batch
+        seconds = schedule.epochs * per_epoch(batch) / rates.frozen_step
+        seconds += validations(schedule.epochs) * counts.validation * flips / rates.forward
+    else:  # stage one: every split's features once, then the head alone
+        seconds = (counts.train + counts.validation + counts.test) / rates.forward + HEAD_SECONDS
+    if recipe.fine_tune.blocks:
+        epochs = recipe.fine_tune.epochs
+        seconds += epochs * per_epoch(batch) / rates.tuning_step
+        seconds += validations(epochs) * counts.validation * flips / rates.forward
+    if recipe.augment.active or recipe.fine_tune.blocks:  # the test split scored by the whole network
+        seconds += counts.test * flips / rates.forward
+    return seconds
+
+
+@dataclass(frozen=True)
+class Choice:
+    recipe: str
+    estimates: dict  # candidate -> seconds, best expected result first
+    budget: float | None
+    line: str  # what training's first line says
+
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe, "budget_seconds": self.budget,
+                "estimated_seconds": {name: round(s, 1) for name, s in self.estimates.items()}, "said": self.line}
+
+
+def candidate_recipes(overrides: dict) -> dict[str, Recipe]:
+    """The candidates with the user's overrides (`--epochs 3`, `--set fine_tune.epochs=2`) applied; one an
+    override does not fit (a fine-tuning field on a recipe without fine-tuning) is left out."""
+    recipes = {}
+    for name in CANDIDATES:
+        try:
+            recipes[name] = load_recipe(name).replace(**overrides)
+        except SmallvisionError:
+            continue
+    return recipes
+
+
+def choose(counts: Counts, rates: Rates, budget_seconds: float | None, overrides: dict | None = None) -> Choice:
+    """The first candidate (best expected result) whose estimate fits the budget; with no budget, the
+    first. None fits: one line saying what the cheapest would take."""
+    recipes = candidate_recipes(overrides or {})
+    if not recipes:
+        raise SmallvisionError("no pretrained recipe takes these overrides; name a recipe with --recipe")
+    estimates = {name: estimate_seconds(recipe, counts, rates) for name, recipe in recipes.items()}
+    best = next(iter(recipes))
+    if budget_seconds is None:
+        return Choice(best, estimates, None, f"{best}: about {say_time(estimates[best])} of training here "
+                                             f"(--budget none: no limit)")
+    fitting = [name for name in recipes if estimates[name] <= budget_seconds]
+    if not fitting:
+        cheapest = min(estimates, key=estimates.get)
+        raise SmallvisionError(f"--budget {say_time(budget_seconds)}: too little for any recipe here; the cheapest, "
+                               f"{cheapest} ({WHAT[cheapest]}), would take about {say_time(estimates[cheapest])}: "
+                               f"give --budget {say_time(estimates[cheapest] * 1.3).replace(' ', '')} or more")
+    chosen = fitting[0]
+    if chosen == best:
+        line = (f"{chosen} ({WHAT[chosen]}) would take about {say_time(estimates[chosen])} here, within "
+                f"--budget {say_time(budget_seconds)}: using it")
+    else:
+        names = list(recipes)
+        over = [f"{name} ({WHAT[name]}) would take about {say_time(estimates[name])} here"
+                for name in names[:names.index(chosen)]]
+        line = (f"{'; '.join(over)}; {chosen} ({WHAT[chosen]}) about {say_time(estimates[chosen])}: using it, "
+                f"within --budget {say_time(budget_seconds)} (--recipe {best} to fine-tune anyway, or a larger --budget)")
+    return Choice(chosen, estimates, budget_seconds, line)
+
+
+def counts_of(split_files: dict[str, int], test_fraction: float, val_fraction: float) -> Counts:
+    """What each split will hold: a folder's own splits, and the fractions carved from train where it has none."""
+    train = split_files.get("train", 0)
+    test = split_files.get("test", 0)
+    validation = split_files.get("validation", 0)
+    if not test and test_fraction:
+        test = round(train * test_fraction)
+        train -= test
+    if not validation and val_fraction:
+        validation = round(train * val_fraction)
+        train -= validation
+    return Counts(train, validation, test)
+
+
+def machine_key(recipe: Recipe, device, precision: str, threads: int) -> str:
+    import torch
+
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = cpu_name()
+    isa = f"{os.environ.get('ONEDNN_MAX_CPU_ISA', '')}/{os.environ.get('ATEN_CPU_CAPABILITY', '')}"
+    return "|".join(map(str, (hardware, isa, threads, torch.__version__, recipe.network.backbone, recipe.data.image_size,
+                              recipe.fine_tune.blocks, recipe.optimizer.batch_size, precision,
+                              recipe.preprocess.channels_last, device.type)))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> tuple[Rates, bool]:
+    """This machine's rates for the recipe's backbone: (rates, whether they were measured just now)."""
+    import torch
+
+    from smallvision.data.cache import user_cache_dir
+
+    key = machine_key(recipe, device, precision, torch.get_num_threads())
+    path = user_cache_dir(cache_dir) / "throughput.json"
+    try:
+        known = json.loads(path.read_text())
+        if known.get("format") != RATES_FORMAT:
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict):
+        try:
+            return Rates(**known[key]), False
+        except TypeError:
+            pass  # written by another shape of Rates: measure again
+    rates = measure_rates(recipe, device, precision)
+    known = {**{k: v for k, v in known.items() if isinstance(v, dict)}, "format": RATES_FORMAT, key: asdict(rates)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda p: p.write_text(json.dumps(known, indent=1)))
+    except OSError:
+        pass  # a cache that cannot be written only costs the next run these seconds again
+    return rates, True
+
+
+def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH, repeats: int = 3) -> Rates:
+    """Time the three passes on random images with a random-weight copy of the recipe's network (the same
+    arithmetic as the pretrained weights), after one untimed pass each (oneDNN builds its kernels then)."""
+    import torch
+
+    from smallvision.augment import augment_batch
+    from smallvision.inference import autocast
+    from smallvision.models import recipe_model
+    from smallvision.optim import build_optimizer
+
+    size = recipe.data.image_size
+    model = recipe_model(recipe, (3, size, size), 2, pretrained=False).to(device)
+    if recipe.preprocess.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device, generator=generator)
+    labels = torch.randint(0, 2, (batch,), device=device, generator=generator)
+    preprocess = recipe.preprocess
+
+    def timed(work) -> float:
+        """The fastest of `repeats` timed passes: on a machine doing something else too, the least disturbed
+        one is the closest to what a long training averages (measured: the mean of two moved by 25%)."""
+        work()
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        return batch / best
+
+    model.freeze_backbone()
+    model.eval()
+
+    @torch.no_grad()
+    def forward():
+        with autocast(device, precision):
+            model(preprocess(images))
+
+    def frozen_step():
+        augmented = augment_batch(recipe.augment, images, generator) if recipe.augment.active else images
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(preprocess(augmented)).float(), labels)
+        loss.backward()  # the head's gradient alone
+
+    forward_rate = timed(forward)
+    frozen_rate = timed(frozen_step)
+    tuning_rate = frozen_rate
+    if recipe.fine_tune.blocks:
+        model.unfreeze_last_blocks(recipe.fine_tune.blocks)
+        model.train()
+        optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+
+        def tuning_step():
+            optimizer.zero_grad(set_to_none=True)
+            frozen_step()
+            optimizer.step()
+
+        tuning_rate = timed(tuning_step)
+    return Rates(forward_rate, frozen_rate, tuning_rate)

@@ -1,0 +1,54 @@
+"""How much arithmetic a training step is, and how much this machine can do: FLOPs counted by PyTorch's
+own counter (`torch.utils.flop_counter`: matrix products and convolutions, forward and backward, a
+multiply-add counted as two), and the peak measured as the best of a few large matrix products. Their
+ratio is how close training runs to the hardware (`benchmarks/utilization.py`)."""
+
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def training_flops(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> float:
+    """FLOPs per image of one training step's forward and backward (the update's elementwise work is not
+    counted: it is memory-bound, and tiny beside the convolutions). Weights that do not train (a frozen
+    backbone's) get no gradient and are not counted in the backward pass; the input never needs one."""
+    images = torch.zeros(batch, *input_shape)
+    was_training = model.training
+    model.train()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            logits = model(images)
+            if logits.requires_grad:
+                logits.float().sum().backward()
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def forward_flops(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> float:
+    """FLOPs per image of one forward pass (inference)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(batch, *input_shape))
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0,
+                device: torch.device | str = "cpu") -> float:
+    """GFLOP/s of the best of several size x size matrix products in `dtype` on every thread: about what
+    the machine's vector units and memory can give a convolution at best."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    torch.mm(a, b)  # the first call builds the kernel
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        torch.mm(a, b)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
