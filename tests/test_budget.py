@@ -167,3 +167,19 @@ def test_the_matmul_peak_is_a_positive_rate():
     from smallvision.flops import matmul_peak
 
     assert matmul_peak(size=256, seconds=0.05) > 0.1  # GFLOP/s: any CPU of this century
+
+
+def test_a_depthwise_convolutions_gradients_cost_what_its_forward_pass_did():
+    """PyTorch's counter leaves `groups` out of the backward pass; ours does not."""
+    import torch
+
+    from smallvision.flops import training_flops
+
+    depthwise = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+    forward = 2 * 9 * 64 * 32 * 32  # each output value: 9 multiply-adds over its own channel
+    # the image needs no gradient: the weights' gradient alone, one forward pass's worth
+    assert training_flops(depthwise, (64, 32, 32)) == forward + forward
+    stacked = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 1, bias=False), depthwise)
+    pointwise = 2 * 64 * 64 * 32 * 32
+    # the depthwise layer's input gradient now counts too (the pointwise layer before it trains)
+    assert training_flops(stacked, (64, 32, 32)) == 3 * forward + 2 * pointwise
