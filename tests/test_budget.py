@@ -93,7 +93,7 @@ def test_the_rates_are_measured_as_positive_images_per_second():
     import torch
 
     recipe = load_recipe("catsdogs-finetune").replace(image_size=64)
-    rates = measure_rates(recipe, torch.device("cpu"), "fp32", batch=4, repeats=1)
+    rates = measure_rates(recipe, torch.device("cpu"), "fp32", batch=8, repeats=3)  # the fastest of 3: noise-proof
     assert rates.forward > 0 and rates.frozen_step > 0 and rates.tuning_step > 0
     assert rates.forward > rates.tuning_step  # a forward pass is cheaper than a fine-tuning step
 

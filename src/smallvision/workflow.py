@@ -36,8 +36,9 @@ from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
 from smallvision.budget import DEFAULT_BUDGET, Choice, choose, counts_of, parse_budget, rates_here
 
-# With no recipe named: the seed's training for digits; for photos the most accurate recipe here
-# (a pretrained network fine-tuned), since the seed's 28x28 greyscale network would waste them.
+# With no recipe named: the seed's training for digits; for photos a pretrained network (the seed's
+# 28x28 greyscale network would waste them): fine-tuned where it fits the budget here (budget.py
+# chooses; `--budget none` always), which is the recipe every caller that asks for "the default" gets.
 DEFAULT_RECIPE = "seed-mnist"
 DEFAULT_PHOTO_RECIPE = "catsdogs-finetune"
 DEFAULT_LAYERS_PHOTO_RECIPE = "catsdogs"  # a network of the user's own on photos: our from-scratch training
