@@ -143,8 +143,8 @@ def choose(counts: Counts, rates: Rates, budget_seconds: float | None, overrides
     estimates = {name: estimate_seconds(recipe, counts, rates) for name, recipe in recipes.items()}
     best = next(iter(recipes))
     if budget_seconds is None:
-        return Choice(best, estimates, None, f"{best}: about {say_time(estimates[best])} of training here "
-                                             f"(--budget none: no limit)")
+        return Choice(best, estimates, None, f"{best} ({WHAT[best]}): about {say_time(estimates[best])} here, "
+                                             f"training and scoring (--budget none: no limit)")
     fitting = [name for name in recipes if estimates[name] <= budget_seconds]
     if not fitting:
         cheapest = min(estimates, key=estimates.get)
@@ -160,7 +160,7 @@ def choose(counts: Counts, rates: Rates, budget_seconds: float | None, overrides
         over = [f"{name} ({WHAT[name]}) would take about {say_time(estimates[name])} here"
                 for name in names[:names.index(chosen)]]
         line = (f"{'; '.join(over)}; {chosen} ({WHAT[chosen]}) about {say_time(estimates[chosen])}: using it, "
-                f"within --budget {say_time(budget_seconds)} (--recipe {best} to fine-tune anyway, or a larger --budget)")
+                f"within --budget {say_time(budget_seconds)} (--recipe {best} for {WHAT[best]} anyway, or a larger --budget)")
     return Choice(chosen, estimates, budget_seconds, line)
 
 
