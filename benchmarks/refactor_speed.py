@@ -25,20 +25,26 @@ DATA = Path(os.environ.get("SMALLVISION_DATA", ROOT.parent / "shared" / "dataset
 MNIST = ["mnist", "--data", str(DATA / "mnist")]
 PHOTOS = [str(DATA / "cats_and_dogs_small")]
 SOURCES = {"seed-mnist": MNIST, "fast-mnist": MNIST, "catsdogs": PHOTOS, "catsdogs-finetune": PHOTOS,
-           "catsdogs-features": PHOTOS, "seed-catsdogs": PHOTOS}
+           "catsdogs-features": PHOTOS, "seed-catsdogs": PHOTOS, "seed-catsdogs-augment": PHOTOS}
 STEPS = {"seed-mnist": 300, "fast-mnist": 300, "catsdogs": 30, "catsdogs-finetune": 6, "catsdogs-features": 30,
-         "seed-catsdogs": 30}
+         "seed-catsdogs": 30, "seed-catsdogs-augment": 30}
 EXTRA = {"catsdogs-finetune": ["--set", "fine_tune_epochs=1"]}  # stage one's head, then one epoch of fine-tuning
 
 
-def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float) -> float:
+def train_once(checkout: Path, recipe: str, steps: int, scratch: Path, cache: Path, *flags: str) -> Path:
+    """One real `smallvision train` of one epoch of `steps` steps, in its own process with `checkout`'s src/
+    imported; its run directory. `cache` is shared, so decoding (and a backbone's features) happen once."""
     out = scratch / f"{recipe}-{time.monotonic_ns()}"
     command = [sys.executable, "-c", "import sys; from smallvision.cli import main; sys.exit(main())", "train",
-               *SOURCES[recipe], "--recipe", recipe, "--precision", "fp32", "--epochs", "1",
-               "--steps-per-epoch", str(max(1, round(STEPS[recipe] * scale))), "--out", str(out), "--quiet",
-               "--cache-dir", str(cache), *EXTRA.get(recipe, [])]
+               *SOURCES[recipe], "--recipe", recipe, "--epochs", "1", "--steps-per-epoch", str(steps),
+               "--out", str(out), "--quiet", "--cache-dir", str(cache), *EXTRA.get(recipe, []), *flags]
     environment = {**os.environ, "PYTHONPATH": str(checkout / "src"), "SMALLVISION_PROGRESS": "0"}
     subprocess.run(command, env=environment, check=True, stdout=subprocess.DEVNULL, cwd=scratch)
+    return out
+
+
+def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float) -> float:
+    out = train_once(checkout, recipe, max(1, round(STEPS[recipe] * scale)), scratch, cache, "--precision", "fp32")
     return json.loads((out / "metrics.json").read_text())["images_per_second"]
 
 

@@ -14,26 +14,19 @@ before a change) in the same run, alternating, and each side's figures are print
 
 import argparse
 import csv
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-DATA = Path(os.environ.get("SMALLVISION_DATA", ROOT.parent / "shared" / "datasets"))
-MNIST = ["mnist", "--data", str(DATA / "mnist")]
-PHOTOS = [str(DATA / "cats_and_dogs_small")]
-SOURCES = {"seed-mnist": MNIST, "fast-mnist": MNIST, "catsdogs": PHOTOS, "catsdogs-finetune": PHOTOS,
-           "seed-catsdogs": PHOTOS, "seed-catsdogs-augment": PHOTOS}
+# the recipes' sources and a real training in its own process, as the refactor benchmark runs them
+from refactor_speed import MNIST, SOURCES, train_once  # noqa: E402
+
 STEPS = {"seed-mnist": 400, "fast-mnist": 200, "catsdogs": 40, "catsdogs-finetune": 12, "seed-catsdogs": 30,
-         "seed-catsdogs-augment": 30}
-# a backbone recipe: stage one's head for one short epoch, then the fine-tuning stage measured
-EXTRA = {"catsdogs-finetune": ["--set", "fine_tune_epochs=1"]}
+         "seed-catsdogs-augment": 30}  # a backbone recipe: stage one's head briefly, the fine-tuning stage measured
 
 
 def step_flops(recipe_name: str) -> float:
@@ -53,17 +46,12 @@ def step_flops(recipe_name: str) -> float:
 
 
 def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float) -> float:
-    """A real training's last stage, its steps x batch over its seconds (history.csv), in its own process."""
+    """A real training's last stage (the recipe's own number format), its steps x batch over its seconds
+    (history.csv)."""
     from smallvision.recipe import load_recipe
 
-    out = scratch / f"{recipe}-{time.monotonic_ns()}"
     steps = max(1, round(STEPS[recipe] * scale))
-    command = [sys.executable, "-c", "import sys; from smallvision.cli import main; sys.exit(main())", "train",
-               *SOURCES[recipe], "--recipe", recipe, "--epochs", "1", "--steps-per-epoch", str(steps),
-               "--out", str(out), "--quiet", "--cache-dir", str(cache), *EXTRA.get(recipe, [])]
-    environment = {**os.environ, "PYTHONPATH": str(checkout / "src"), "SMALLVISION_PROGRESS": "0"}
-    subprocess.run(command, env=environment, check=True, stdout=subprocess.DEVNULL, cwd=scratch)
-    with open(out / "history.csv") as rows:
+    with open(train_once(checkout, recipe, steps, scratch, cache) / "history.csv") as rows:
         last = list(csv.DictReader(rows))[-1]
     return steps * load_recipe(recipe).optimizer.batch_size / float(last["seconds"])
 

@@ -183,3 +183,19 @@ def test_a_depthwise_convolutions_gradients_cost_what_its_forward_pass_did():
     pointwise = 2 * 64 * 64 * 32 * 32
     # the depthwise layer's input gradient now counts too (the pointwise layer before it trains)
     assert training_flops(stacked, (64, 32, 32)) == 3 * forward + 2 * pointwise
+
+
+def test_a_damaged_rates_cache_is_measured_again_and_rewritten(tmp_path):
+    import torch
+
+    from smallvision.budget import RATES_FORMAT, rates_here
+
+    (tmp_path / "throughput.json").write_text("[1, 2]")  # not what we write: no crash, measured again
+    recipe = load_recipe("catsdogs-finetune").replace(image_size=64)
+    rates = rates_here(recipe, torch.device("cpu"), "fp32", tmp_path)
+    assert rates.forward > 0
+    kept = json.loads((tmp_path / "throughput.json").read_text())
+    assert kept["format"] == RATES_FORMAT and list(kept.values()).count({"forward": rates.forward,
+                                                                        "frozen_step": rates.frozen_step,
+                                                                        "tuning_step": rates.tuning_step}) == 1
+    assert rates_here(recipe, torch.device("cpu"), "fp32", tmp_path) == rates  # the second time, from the cache

@@ -201,8 +201,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> tuple[Rates, bool]:
-    """This machine's rates for the recipe's backbone: (rates, whether they were measured just now)."""
+def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> Rates:
+    """This machine's rates for the recipe's backbone: from the cache, else measured now and cached."""
     import torch
 
     from smallvision.data.cache import user_cache_dir
@@ -211,13 +211,13 @@ def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> tuple[
     path = user_cache_dir(cache_dir) / "throughput.json"
     try:
         known = json.loads(path.read_text())
-        if known.get("format") != RATES_FORMAT:
-            known = {}
+        if not isinstance(known, dict) or known.get("format") != RATES_FORMAT:
+            known = {}  # another format, or damaged: measured again and rewritten
     except (OSError, ValueError):
         known = {}
     if isinstance(known.get(key), dict):
         try:
-            return Rates(**known[key]), False
+            return Rates(**known[key])
         except TypeError:
             pass  # written by another shape of Rates: measure again
     rates = measure_rates(recipe, device, precision)
@@ -227,7 +227,7 @@ def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> tuple[
         write_atomically(path, lambda p: p.write_text(json.dumps(known, indent=1)))
     except OSError:
         pass  # a cache that cannot be written only costs the next run these seconds again
-    return rates, True
+    return rates
 
 
 def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH, repeats: int = 3) -> Rates:

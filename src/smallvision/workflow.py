@@ -165,7 +165,7 @@ def choose_default(source, recipe: Recipe, overrides: dict, device: torch.device
     counts = counts_of(files, fractions.get("test_split", recipe.data.test_split),
                        fractions.get("val_split", recipe.data.val_split))
     probe = with_backbone_preprocessing(recipe)
-    rates, _ = rates_here(probe, device, training_precision(probe.run.precision, device).precision, cache_dir)
+    rates = rates_here(probe, device, training_precision(probe.run.precision, device).precision, cache_dir)
     return choose(counts, rates, budget_seconds, overrides)
 
 
