@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--image-size", type=int, help="decode image folders to this many pixels square (digits "
                                                           "from IDX files keep their own size: refused there)")
     overrides.add_argument("--dropout", type=float, help="the network's Dropout rate, where it has one")
+    overrides.add_argument("--class-weight", metavar="auto|balanced|none",
+                           help="weigh each training image's loss by its class, as Keras' class_weight: auto (the "
+                                "default) balances the classes when the largest has twice the images of the "
+                                "smallest; a table of your own: --set class_weight={cats=1,dogs=4}")
     overrides.add_argument("--precision", help="auto (the built-in recipes: bf16 where this machine computes it "
                                                             "natively, else fp32), bf16 or fp32")
     overrides.add_argument("--compile", metavar="MODE", help="torch.compile the training step: off (default), "
@@ -527,9 +531,12 @@ def run_train(args) -> int | None:
     if not distributed.ranks().main:
         return None  # rank 0 reports the run
     metrics = run.metrics
-    shown = {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "train_seconds", "images_per_second")
-             if metrics.get(k) is not None}
-    formats = {"test_accuracy": ".4f", "val_accuracy": ".4f", "train_seconds": ".2f", "images_per_second": ",.1f"}
+    shown = {k: metrics[k] for k in ("test_accuracy", "test_balanced_accuracy", "val_accuracy", "train_seconds",
+                                     "images_per_second") if metrics.get(k) is not None}
+    if shown.get("test_balanced_accuracy") == shown.get("test_accuracy"):  # a balanced test split: said once
+        shown.pop("test_balanced_accuracy", None)
+    formats = {"test_accuracy": ".4f", "test_balanced_accuracy": ".4f", "val_accuracy": ".4f", "train_seconds": ".2f",
+               "images_per_second": ",.1f"}
     print("  ".join(f"{k} {v:{formats[k]}}" for k, v in shown.items()))  # one format a figure: 1.0000 beside 0.5000
     print(run.path)
 
@@ -570,7 +577,8 @@ def run_evaluate(args) -> None:
     evaluation = evaluate_run(run, args.source, args.split, args.data, args.cache_dir, progress=True)
     metrics = evaluation.metrics
     scored = f"; scored whole: {metrics['scored']}" if "scored" in metrics else ""
-    print(f"{metrics['source']} {metrics['split']}: accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
+    print(f"{metrics['source']} {metrics['split']}: accuracy {metrics['accuracy']:.4f}  balanced accuracy "
+          f"{metrics['balanced_accuracy']:.4f}  loss {metrics['loss']:.4f}  "
           f"({metrics['images']:,} images{scored})\n")
     print(evaluation.report)
     print(f"\n{evaluation.directory}")

@@ -7,7 +7,8 @@ from pathlib import Path
 from smallvision.models.summary import count_parameters
 from smallvision.run import load_run
 
-COLUMNS = ("run", "recipe", "model", "parameters", "epochs", "training time", "test accuracy")
+COLUMNS = ("run", "recipe", "model", "parameters", "epochs", "training time", "test accuracy",
+           "test balanced accuracy", "test recall")
 # training time: train_seconds, and a frozen backbone's features_seconds (its features are part of its training);
 # compiling (compile_seconds) and loading the data are not. --plot's time axis is the same.
 
@@ -23,11 +24,14 @@ def compare_runs(paths: list[str | Path]) -> list[dict]:
         seconds = metrics.get("train_seconds")
         if seconds is not None:
             seconds += metrics.get("features_seconds", 0.0)  # a frozen backbone's features are part of its training
-        accuracy = metrics.get("test_accuracy")
+        accuracy, balanced = metrics.get("test_accuracy"), metrics.get("test_balanced_accuracy")
+        recall = metrics.get("test_recall")  # per class; runs from before it have neither
         rows.append({"run": run.path.name, "recipe": recipe.name, "model": run.meta.architecture.model,
                      "parameters": f"{count_parameters(run.model):,}", "epochs": epochs,
                      "training time": "—" if seconds is None else f"{seconds:,.1f} s",
-                     "test accuracy": "—" if accuracy is None else f"{accuracy:.4f}"})
+                     "test accuracy": "—" if accuracy is None else f"{accuracy:.4f}",
+                     "test balanced accuracy": "—" if balanced is None else f"{balanced:.4f}",
+                     "test recall": recall_cell(recall)})
     return rows
 
 
@@ -63,8 +67,16 @@ def features_seconds(run: Path) -> float:
         return 0.0
 
 
+def recall_cell(recall: dict[str, float] | None) -> str:
+    """Each class's test recall, or beyond four classes the two lowest (the classes a model neglects)."""
+    if not recall:
+        return "—"
+    shown = recall.items() if len(recall) <= 4 else sorted(recall.items(), key=lambda item: item[1])[:2]
+    return ("" if len(recall) <= 4 else "lowest: ") + ", ".join(f"{name} {value:.3f}" for name, value in shown)
+
+
 def format_table(rows: list[dict], markdown: bool = False) -> str:
-    numeric = {"parameters", "epochs", "training time", "test accuracy"}
+    numeric = {"parameters", "epochs", "training time", "test accuracy", "test balanced accuracy"}
     if markdown:
         lines = ["| " + " | ".join(COLUMNS) + " |",
                  "| " + " | ".join("---:" if column in numeric else "---" for column in COLUMNS) + " |"]

@@ -3,6 +3,7 @@ number format the machine computes natively. Training, `Run`, the ONNX export an
 through here, so none of them depends on the training loop."""
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -10,7 +11,7 @@ from smallvision import distributed
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError
-from smallvision.metrics import log_loss
+from smallvision.metrics import confusion_matrix, log_loss
 from smallvision.models.layers import Sequential
 from smallvision.recipe import Preprocess  # the recipe's group: uint8 pixels -> the model's input
 
@@ -77,20 +78,56 @@ def split_probabilities(model: Sequential, data: ImageSet, preprocess: Preproces
 
 def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
                       device: torch.device, test_time_flip: bool = False) -> tuple[float, float]:
-    """(log loss, accuracy) on a labelled split; several processes score a share each and add up."""
+    """(log loss, accuracy) on a labelled split (each validation)."""
+    scores = split_scores(model, data, preprocess, precision, device, test_time_flip)
+    return scores.loss, scores.accuracy
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A labelled split scored: the mean log loss and the confusion matrix (rows: true classes)."""
+
+    loss: float
+    confusion: torch.Tensor  # int64 [classes, classes]
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.confusion.diag().sum() / self.confusion.sum().clamp_min(1))
+
+    @property
+    def recall(self) -> torch.Tensor:
+        """Per class: the share of its images answered right (0 for a class without any)."""
+        support = self.confusion.sum(1)
+        return self.confusion.diag().double() / support.clamp_min(1)
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall over the classes that have images: accuracy as if every class were as common."""
+        present = self.confusion.sum(1) > 0
+        return float(self.recall[present].mean()) if present.any() else 0.0
+
+    def as_metrics(self, prefix: str, class_names: list[str]) -> dict:
+        """metrics.json's figures for the split: PREFIX_accuracy, _loss, _balanced_accuracy, _recall (per class)."""
+        return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_loss": self.loss,
+                f"{prefix}_balanced_accuracy": self.balanced_accuracy,
+                f"{prefix}_recall": {name: round(float(value), 6) for name, value in zip(class_names, self.recall)}}
+
+
+def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
+                 device: torch.device, test_time_flip: bool = False) -> Scores:
+    """A labelled split's log loss and confusion matrix; several processes score a share each and add up."""
     ranks = distributed.ranks()
-    if ranks.world == 1:
-        probabilities = split_probabilities(model, data, preprocess, precision, device, test_time_flip)
-        labels = data.labels.cpu()
-        return log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).float().mean())
-    start, stop = ranks.share(len(data))
-    probabilities = split_probabilities(model, data.subset(torch.arange(start, stop)), preprocess, precision, device,
-                                        test_time_flip)
-    labels = data.labels[start:stop].cpu()
-    totals = torch.zeros(3, dtype=torch.float64)  # this share's summed log loss, correct answers, images
+    start, stop = ranks.share(len(data)) if ranks.world > 1 else (0, len(data))
+    share = data if ranks.world == 1 else data.subset(torch.arange(start, stop))
+    probabilities = split_probabilities(model, share, preprocess, precision, device, test_time_flip)
+    labels = share.labels.cpu()
+    classes = data.num_classes
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    loss_sum = 0.0
     if len(labels):
-        totals += torch.tensor([log_loss(labels, probabilities) * len(labels),
-                                float((probabilities.argmax(1) == labels).sum()), float(len(labels))],
-                               dtype=torch.float64)
-    totals = distributed.sum_across(totals.to(device)).cpu()
-    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+        confusion = confusion_matrix(labels, probabilities.argmax(1), classes)
+        loss_sum = log_loss(labels, probabilities) * len(labels)
+    if ranks.world == 1:
+        return Scores(loss_sum / max(len(labels), 1), confusion)
+    totals = distributed.sum_across(torch.cat([torch.tensor([loss_sum]), confusion.flatten().double()]).to(device)).cpu()
+    return Scores(float(totals[0]) / max(len(data), 1), totals[1:].round().long().view(classes, classes))

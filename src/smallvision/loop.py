@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smallvision import distributed
+from smallvision.balance import class_weights
 from smallvision.callbacks import Best, Callback, KeepBest, NanGuard, ProgressBar, progress_callback
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
@@ -216,6 +217,8 @@ class Loop:
         else:
             self.images, self.reader = train.images.to(self.device), None
         self.labels = train.labels.to(self.device)
+        counts = torch.bincount(train.labels.cpu(), minlength=train.num_classes).tolist()
+        self.class_weights = class_weights(recipe.optimizer.class_weight, counts, list(train.class_names))
         self.steps_per_epoch = recipe.schedule.steps_per_epoch or math.ceil(len(train) / recipe.optimizer.batch_size)
         self.total_steps = self.steps_per_epoch * recipe.schedule.epochs
         self.state = TrainingState(order=torch.empty(0, dtype=torch.long, device=self.device))
@@ -242,7 +245,8 @@ class Loop:
         recipe, state, ranks, train = self.recipe, self.state, self.ranks, self.train
         self.emit("on_train_begin")  # a checkpoint is put back here (checkpoint.Resume)
         step = self.step = Step(self.model, self.optimizer, self.weight_groups, recipe, self.preprocess,
-                                self.model.output_activation == "sigmoid", self.precision, self.device, ranks)
+                                self.model.output_activation == "sigmoid", self.precision, self.device, ranks,
+                                self.class_weights.weights)
         if recipe.run.compile != "off":  # compiled before the clock starts, at every batch shape the run will meet
             last = len(train) % recipe.optimizer.batch_size or recipe.optimizer.batch_size
             sizes = {(stop - start, size) for size in (recipe.optimizer.batch_size, last) for start, stop in [ranks.share(size)]}

@@ -56,7 +56,7 @@ def log_loss(labels: torch.Tensor, probabilities: torch.Tensor) -> float:
 
 
 def classification_metrics(labels: torch.Tensor, probabilities: torch.Tensor, class_names: list[str]) -> dict:
-    """Everything `evaluate` reports: accuracy, log loss, per-class precision/recall/F1/support with macro
+    """Everything `evaluate` reports: accuracy, balanced accuracy, log loss, per-class precision/recall/F1/support with macro
     and weighted averages, the confusion matrix, ROC AUC for two classes, top-5 accuracy beyond five."""
     labels = labels.long().cpu()
     probabilities = probabilities.float().cpu()
@@ -69,6 +69,8 @@ def classification_metrics(labels: torch.Tensor, probabilities: torch.Tensor, cl
     result = {
         "images": len(labels),
         "accuracy": float((predicted == labels).double().mean()) if len(labels) else 0.0,
+        # the mean recall over the classes present: accuracy as if every class were as common (imbalance shows)
+        "balanced_accuracy": float(scores["recall"][support > 0].mean()) if bool((support > 0).any()) else 0.0,
         "loss": log_loss(labels, probabilities),
         "per_class": {name: {key: float(values[i]) if key != "support" else int(values[i])
                              for key, values in scores.items()} for i, name in enumerate(class_names)},
@@ -105,7 +107,10 @@ def format_classification_report(metrics: dict) -> str:
         row = metrics[key]
         lines.append(f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  {metrics['images']:7d}")
     lines.append("")
-    summary = [f"accuracy {metrics['accuracy']:.4f}", f"log loss {metrics['loss']:.4f}"]
+    summary = [f"accuracy {metrics['accuracy']:.4f}"]
+    if "balanced_accuracy" in metrics:  # an evaluation written before it had none
+        summary.append(f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
+    summary.append(f"log loss {metrics['loss']:.4f}")
     if metrics.get("roc_auc") is not None:
         summary.append(f"ROC AUC {metrics['roc_auc']:.4f}")
     if "top5_accuracy" in metrics:

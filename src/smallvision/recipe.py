@@ -46,6 +46,7 @@ CHOICES = {  # by the name the error message gives the field
     "compile": ("off", "default", "reduce-overhead", "max-autotune"),
     "color_mode": ("rgb", "grayscale"),
     "keep_best": ("val_accuracy", "val_loss"),
+    "class_weight": ("auto", "balanced", "none"),
 }
 
 
@@ -273,8 +274,23 @@ class Optimizer(Group):
     loss: str = "categorical_crossentropy"
     label_smoothing: float = 0.0
     batch_size: int = 64
+    # Keras' class_weight: each training image's loss times its class's weight (the batch's mean of those,
+    # as Keras reduces). "balanced": images / (classes x the class's images), so every class weighs the same
+    # in total; a table {class name: weight}; "none"; "auto" (the default): balanced when the largest training
+    # class has at least twice the images of the smallest (balance.py), none otherwise. Validation and test
+    # losses are never weighted, as in Keras
+    class_weight: str | dict[str, float] = "auto"
 
     def validate(self) -> None:
+        if isinstance(self.class_weight, dict):
+            for name, weight in self.class_weight.items():
+                if not 0 <= weight < math.inf:
+                    raise SmallvisionError(f"optimizer.class_weight: the weight of {name!r} must be a number, 0 or "
+                                           f"more, got {weight}")
+            if not any(self.class_weight.values()):
+                raise SmallvisionError("optimizer.class_weight: give at least one class a weight above 0")
+        else:
+            self.check_choice("class_weight", "class_weight")
         self.check_choice("name", "optimizer")
         self.check_choice("loss", "loss")
         self.check_positive(("learning_rate", "epsilon"))
@@ -388,6 +404,7 @@ FLAT = {
     "momentum": "optimizer.momentum", "beta_1": "optimizer.beta_1", "beta_2": "optimizer.beta_2",
     "epsilon": "optimizer.epsilon", "weight_decay": "optimizer.weight_decay", "loss": "optimizer.loss",
     "label_smoothing": "optimizer.label_smoothing", "batch_size": "optimizer.batch_size",
+    "class_weight": "optimizer.class_weight",
     "schedule": "schedule.name", "warmup": "schedule.warmup", "epochs": "schedule.epochs",
     "steps_per_epoch": "schedule.steps_per_epoch", "validation_freq": "schedule.validation_freq",
     "fine_tune_blocks": "fine_tune.blocks", "fine_tune_epochs": "fine_tune.epochs",
@@ -586,11 +603,15 @@ def coerce(name: str, declared, value):
     problem = SmallvisionError(f"recipe field {name!r} must be {' or '.join(map(type_name, wanted))}, "
                                f"got {short(value)}")
     for target in wanted:
+        if typing.get_origin(target) is dict:  # a table {name: value}: string keys, values as declared
+            if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+                return {key: coerce_scalar(name, typing.get_args(target)[1], item, problem) for key, item in value.items()}
+            continue
         if typing.get_origin(target) is list:
             if isinstance(value, (list, tuple)):
                 return [coerce_scalar(name, typing.get_args(target)[0], item, problem) for item in value]
             continue
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, (list, tuple, dict)):
             return coerce_scalar(name, target, value, problem)
     raise problem
 
@@ -609,7 +630,7 @@ def coerce_scalar(name: str, target: type, value, problem: Exception):
 
 
 def type_name(kind) -> str:
-    return "a list" if typing.get_origin(kind) is list else kind.__name__
+    return {list: "a list", dict: "a table"}.get(typing.get_origin(kind)) or kind.__name__
 
 
 def builtin_recipes() -> dict[str, Recipe]:

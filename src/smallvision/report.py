@@ -116,8 +116,10 @@ def read_skipped(path: Path) -> list[list[str]]:
 
 def evaluation_section(evaluation: Evaluation) -> str:
     metrics = evaluation.metrics
-    overview = [("accuracy", f"{metrics['accuracy']:.4f}"), ("log loss", f"{metrics['loss']:.4f}"),
-                ("images", f"{metrics['images']:,}")]
+    overview = [("accuracy", f"{metrics['accuracy']:.4f}")]
+    if "balanced_accuracy" in metrics:  # the mean per-class recall: what accuracy hides when a class is rare
+        overview.append(("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}"))
+    overview += [("log loss", f"{metrics['loss']:.4f}"), ("images", f"{metrics['images']:,}")]
     if metrics.get("roc_auc") is not None:
         overview.append(("ROC AUC", f"{metrics['roc_auc']:.4f}"))
     if "top5_accuracy" in metrics:
@@ -205,6 +207,8 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
     epochs = str(run.recipe.schedule.epochs) + (f" + {tuned} fine-tuning" if tuned else "")
     overview = [("model", run.meta.architecture.model), ("recipe", run.recipe.name),
                 ("test accuracy", f"{metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "—"),
+                *([("test balanced accuracy", f"{metrics['test_balanced_accuracy']:.4f}")]
+                  if "test_balanced_accuracy" in metrics else []),
                 ("validation accuracy", f"{metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "—"),
                 ("epochs", epochs), ("training time", format_seconds(metrics.get("train_seconds"))),
                 ("parameters", f"{count_parameters(run.model):,}"), ("classes", f"{len(run.class_names):,}")]

@@ -30,12 +30,21 @@ class NonFiniteLoss(SmallvisionError):
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, binary: bool, label_smoothing: float,
-                  reduction: str = "mean") -> torch.Tensor:
-    """Categorical cross-entropy on softmax logits, or binary on one sigmoid unit (the same loss for two classes)."""
+                  reduction: str = "mean", class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Categorical cross-entropy on softmax logits, or binary on one sigmoid unit (the same loss for two classes).
+    With `class_weights` ([classes]), each image's loss times its class's weight, then the mean over the batch as
+    Keras reduces it (not torch's weighted mean, which divides by the weights' sum)."""
     if binary:
         targets = labels.float() * (1 - label_smoothing) + 0.5 * label_smoothing
-        return F.binary_cross_entropy_with_logits(logits.float().view(-1), targets, reduction=reduction)
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
+        losses = F.binary_cross_entropy_with_logits(logits.float().view(-1), targets,
+                                                    reduction=reduction if class_weights is None else "none")
+    else:
+        losses = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
+                                 reduction=reduction if class_weights is None else "none")
+    if class_weights is None:
+        return losses
+    weighted = losses * class_weights[labels]
+    return weighted.mean() if reduction == "mean" else weighted.sum() if reduction == "sum" else weighted
 
 
 def predicted_labels(logits: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -49,8 +58,11 @@ class Step:
     graphs replayed, and only the indexing, augmentation and the fused update launched one by one."""
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, weight_groups: list[dict], recipe: Recipe,
-                 preprocess, binary: bool, precision: str, device: torch.device, ranks: distributed.Ranks):
+                 preprocess, binary: bool, precision: str, device: torch.device, ranks: distributed.Ranks,
+                 class_weights: list[float] | None = None):
         self.model, self.optimizer, self.weight_groups = model, optimizer, weight_groups
+        # on the device once (balance.py chose them): the step indexes them by the batch's labels
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, device=device)
         self.recipe, self.preprocess, self.augment = recipe, preprocess, recipe.augment if recipe.augment.active else None
         self.binary, self.precision, self.device, self.ranks = binary, precision, device, ranks
         self.losses, self.compiled = self.forward_and_loss, False  # or its compiled form (compile)
@@ -71,11 +83,13 @@ class Step:
         x = self.preprocess(pixels)
         with autocast(self.device, self.precision):
             logits = self.model(x)
+        smoothing = self.recipe.optimizer.label_smoothing
         if self.ranks.world == 1:
-            loss = cross_entropy(logits, labels, self.binary, self.recipe.optimizer.label_smoothing)
+            loss = cross_entropy(logits, labels, self.binary, smoothing, class_weights=self.class_weights)
             total = loss.detach() * batch_size
         else:
-            total = cross_entropy(logits, labels, self.binary, self.recipe.optimizer.label_smoothing, reduction="sum")
+            total = cross_entropy(logits, labels, self.binary, smoothing, reduction="sum",
+                                  class_weights=self.class_weights)
             loss, total = total / batch_size, total.detach()
         return loss, total, (predicted_labels(logits, self.binary) == labels).sum()
 

@@ -21,7 +21,7 @@ from smallvision.files import write_atomically
 from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
-from smallvision.inference import autocast, evaluate_imageset, inference_batch
+from smallvision.inference import autocast, inference_batch, split_scores
 from smallvision.recipe import Preprocess, Recipe
 from smallvision.checkpoint import Resume
 from smallvision.loop import History, Loop, Stage
@@ -128,7 +128,6 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
     history.features_seconds = features_seconds
     test = {}
     if "test" in features:
-        loss, accuracy = evaluate_imageset(model.head, features["test"], head_recipe.preprocess,
-                                           inference_precision(recipe.run.precision, device), device)
-        test = {"test_accuracy": accuracy, "test_loss": loss}
+        test = split_scores(model.head, features["test"], head_recipe.preprocess,
+                            inference_precision(recipe.run.precision, device), device).as_metrics("test", dataset.class_names)
     return history, test

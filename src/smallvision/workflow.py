@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from smallvision import distributed
+from smallvision.balance import class_weights
 from smallvision.checkpoint import NAME as CHECKPOINT_NAME
 from smallvision.checkpoint import Checkpointer, Resume, read_checkpoint, stop_on_signals
 from smallvision.data.cache import data_path, parse_size, size
@@ -30,7 +31,7 @@ from smallvision.recipe import Recipe, builtin_recipes, flat_names, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.runmeta import Architecture, Preprocessing, RunMeta
-from smallvision.inference import evaluate_imageset, resolve_device
+from smallvision.inference import resolve_device, split_scores
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
@@ -282,11 +283,14 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     choice = training_precision(recipe.run.precision, device)
     if choice.warning() and ranks.main:
         print(f"warning: {choice.warning()}", file=sys.stderr, flush=True)
+    counts = torch.bincount(train_split.labels.cpu(), minlength=len(dataset.class_names)).tolist()
+    weighting = class_weights(recipe.optimizer.class_weight, counts, dataset.class_names)
     if shows(progress):
+        weighted = f"; {weighting.reason}" if weighting.weights else ""
         print(f"training {model_name} on {source} ({len(train_split):,} images) with recipe {recipe.name} on {device} "
-              f"in {choice.precision} ({choice.reason})", flush=True)
+              f"in {choice.precision} ({choice.reason}){weighted}", flush=True)
     # recipe.toml keeps what was asked ("auto" stays portable); the training and the run record the choice.
-    chosen = recipe.replace(precision=choice.precision)
+    chosen = recipe.replace(precision=choice.precision, class_weight=weighting.table(dataset.class_names))
     if resuming and (directory / "data.json").is_file():
         check_same_data(directory, dataset)
     elif ranks.main:
@@ -328,14 +332,13 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if test_metrics:
         metrics.update(test_metrics)
     elif dataset.test is not None:
-        test_loss, test_accuracy = evaluate_imageset(model, dataset.test, recipe.preprocess,
-                                                     inference_precision(choice.precision, device), device,
-                                                     recipe.run.test_time_flip)
-        metrics.update(test_accuracy=test_accuracy, test_loss=test_loss)
+        metrics.update(split_scores(model, dataset.test, recipe.preprocess, inference_precision(choice.precision, device),
+                                    device, recipe.run.test_time_flip).as_metrics("test", dataset.class_names))
     if ranks.world > 1:
         metrics["processes"] = ranks.world  # one run, trained by this many processes
     if not ranks.main:
         return  # rank 0 writes the run
+    metrics.update(class_weight=weighting.table(dataset.class_names), class_weight_reason=weighting.reason)
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.run.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
