@@ -384,6 +384,39 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", help="where to look for the source's files first")
     add_cache_dir(check)
 
+    audit = command(data_sub, "audit", "find photos in the wrong class folder, near-duplicates and leaks across "
+                    "splits, and outliers, each image scored by models that never saw it; writes label_issues.csv, "
+                    "near_duplicates.csv, outliers.csv, contact sheets and audit.html",
+                    "smallvision data audit ../shared/datasets/cats_and_dogs_small --out audit/\n"
+                    "  smallvision data audit mnist --folds 4", run_data_audit)
+    audit.add_argument("source", help="an image folder, `mnist`, or a directory of IDX files")
+    audit.add_argument("--out", metavar="DIR", help="where to write the findings (default: beside the decode cache, "
+                                                     "printed)")
+    audit.add_argument("--recipe", help="what scores the images: for photos a recipe with a pretrained backbone "
+                                        "(default catsdogs-features: a linear head on its frozen features, seconds "
+                                        "once they are computed), or any recipe trained from scratch k times "
+                                        "(digits: fast-mnist)")
+    audit.add_argument("--folds", type=at_least(2), default=5, help="cross-validation folds over the train split "
+                                                                    "(default 5; fewer when a class has fewer images)")
+    audit.add_argument("--seed", type=int, default=0, help="the folds' seed")
+    audit.add_argument("--data", help="where to look for the source's files first")
+    add_cache_dir(audit)
+    apply = command(data_sub, "apply", "carry out the action column of an audit's table (relabel: into the "
+                    "suggested class's folder; remove: into SOURCE/.smallvision-removed/), every move written to a "
+                    "journal first; files changed since the audit are refused",
+                    "smallvision data apply audit/label_issues.csv\n"
+                    "  smallvision data apply audit/near_duplicates.csv --accept-all --dry-run", run_data_apply)
+    apply.add_argument("table", help="label_issues.csv, near_duplicates.csv or outliers.csv from `data audit` "
+                                     "(its audit.json beside it)")
+    apply.add_argument("--accept-all", action="store_true",
+                       help="rows left empty take the audit's suggestion: relabel in label_issues.csv; in "
+                            "near_duplicates.csv every copy but the first of its group is removed (outliers: left)")
+    apply.add_argument("--dry-run", action="store_true", help="check every row and say what would move; move nothing")
+    undo = command(data_sub, "undo", "put back every file `data apply` moved in a source, byte for byte, from its "
+                   "journal (SOURCE/.smallvision-journal.jsonl)",
+                   "smallvision data undo ../shared/datasets/cats_and_dogs_small", run_data_undo)
+    undo.add_argument("source", help="the image folder the moves were made in")
+
     augment_sub = command_group(sub, "augment", "see what a recipe's augmentation does",
                                 "smallvision augment preview my_photos/ --recipe seed-catsdogs-augment -o grid.png")
     preview = command(augment_sub, "preview", "draw one training image and a grid of its augmented versions",
@@ -751,6 +784,29 @@ def run_data_check(args) -> int:
     if args.samples and report.source.train is not None:
         print(f"samples: {plot_class_samples(report.source, args.samples)}")
     return 0 if report.ok else 1
+
+
+def run_data_audit(args) -> None:
+    from smallvision.audit import audit
+
+    result = audit(args.source, args.out, args.recipe, args.folds, args.data, args.cache_dir, progress=True,
+                   seed=args.seed)
+    print(result.summary())
+
+
+def run_data_apply(args) -> None:
+    from smallvision.journal import apply_actions
+
+    report = apply_actions(args.table, args.accept_all, args.dry_run)
+    print(report.summary())
+    if not args.dry_run and (report.relabelled or report.removed):
+        print(f"smallvision data undo {report.journal.parent} puts every file back")
+
+
+def run_data_undo(args) -> None:
+    from smallvision.journal import undo
+
+    print(undo(args.source).summary())
 
 
 def run_augment_preview(args) -> None:

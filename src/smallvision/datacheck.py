@@ -104,6 +104,8 @@ def format_report(report: DataReport) -> str:
     if report.data_path:
         lines += ["", f"training: {report.data_path}"]
     lines += ["", f"cannot train: {report.problem}" if report.problem else "ready to train"]
+    lines.append(f"photos in the wrong folder, near-duplicates and leaks, outliers: smallvision data audit "
+                 f"{source.root or source.name}")
     return "\n".join(lines)
 
 
