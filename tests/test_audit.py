@@ -154,7 +154,7 @@ def test_applying_the_fixes_is_seen_by_training_and_undone_byte_for_byte(planted
 
 def easy_digits(directory: Path, per_class: int = 60, seed: int = 0) -> tuple[Path, list[int]]:
     """Three kinds of 28x28 image a small network tells apart at once (a horizontal bar, a vertical bar, a
-    blob), with noise; 3 train labels changed. The changed indices."""
+    blob), with noise; 3 train labels changed, and train image 1 brightened as test image 0. The changed indices."""
     rng = np.random.default_rng(seed)
 
     def images(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +172,8 @@ def easy_digits(directory: Path, per_class: int = 60, seed: int = 0) -> tuple[Pa
 
     train, train_labels = images(per_class)
     test, test_labels = images(10)
+    test[0] = np.clip(train[1].astype(int) + 20, 0, 255)  # a leak: a training digit, brighter, in test
+    test_labels[0] = train_labels[1]
     changed = [i for i in (5, 70, 150) if i < len(train_labels)]
     for i in changed:
         train_labels[i] = (train_labels[i] + 1) % 3
@@ -190,6 +192,8 @@ def test_digits_are_audited_by_a_network_trained_once_per_fold(tmp_path):
     names, splits = result.catalogue.names, result.catalogue.splits
     assert {names[i] for i, _, _ in result.finding.label_issues if splits[i] == "train"} == {str(i) for i in changed}
     assert "fast-mnist trained 3 times" in result.how
+    groups = [{(splits[i], names[i]) for i, _ in group} for group in result.finding.duplicate_groups]
+    assert groups == [{("train", "1"), ("test", "0")}]  # the leak, and no two other bars
     rows = (result.directory / "label_issues.csv").read_text().splitlines()
     assert {row.split(",")[0] for row in rows[1:]} == {str(i) for i in changed}  # named by index, as evaluate does
     table = result.directory / "label_issues.csv"

@@ -78,6 +78,18 @@ def world(tmp_path_factory) -> World:
                  missing=base / "nowhere" / "gone.png")
 
 
+def audit_table(world: World, action: str) -> Path:
+    """A label_issues.csv for the world's folder, as an audit writes it, with `action` in its one row."""
+    from smallvision.journal import write_audit_record
+
+    relative = f"{CLASSES[0]}/0.png"
+    write_audit_record(world.cell, world.folder, "folder", CLASSES, [relative])
+    table = world.cell / "label_issues.csv"
+    table.write_text(f"path,split,label,suggested,score,action\n{relative},train,{CLASSES[0]},{CLASSES[1]},0.9,{action}\n",
+                     encoding="utf-8")
+    return table
+
+
 # --- the behaviours a cell can promise
 
 Argv = Callable[[World], list]
@@ -310,6 +322,34 @@ TABLE: dict[str, dict[str, Behaviour | NotApplicable]] = {
         "bad name": fails(lambda w: ["data", "check", w.folder, "--recipe", "seed-catsdog"],
                           "did you mean 'seed-catsdogs'"),
         "damaged image": skipped(lambda w: ["data", "check", w.folder, "--recipe", "seed-mnist", "--image-size", "28"]),
+    },
+    "data audit": {
+        "missing input": fails(lambda w: ["data", "audit", w.missing.parent, "--out", w.cell / "audit"],
+                               "no such directory", unwritten=lambda w: w.cell / "audit"),
+        "existing output": replaced(lambda w, out: ["data", "audit", w.folder, "--out", out]),
+        "new output folder": created(lambda w, out: ["data", "audit", w.folder, "--out", out], "audit"),
+        "bad name": fails(lambda w: ["data", "audit", w.folder, "--recipe", "catsdogs-featurs", "--out",
+                                     w.cell / "audit"], "did you mean 'catsdogs-features'",
+                          unwritten=lambda w: w.cell / "audit"),
+        "damaged image": skipped(lambda w: ["data", "audit", w.folder, "--out", w.cell / "audit"]),
+    },
+    "data apply": {
+        "missing input": fails(lambda w: ["data", "apply", w.missing.parent / "label_issues.csv"], "no such file"),
+        "existing output": NotApplicable("names no output: it moves files inside the audited source, each through "
+                                         "the source's journal, and never over another file (tests/test_journal.py)"),
+        "new output folder": NotApplicable("names no output folder: a relabel makes the class folder it needs inside "
+                                           "the source, and undo removes it"),
+        "bad name": fails(lambda w: ["data", "apply", audit_table(w, "relable")], "did you mean 'relabel'"),
+        "damaged image": NotApplicable("decodes no image: each file is checked against its size, time and SHA-1 "
+                                       "at the audit, and a changed one refused (tests/test_journal.py)"),
+    },
+    "data undo": {
+        "missing input": fails(lambda w: ["data", "undo", w.missing.parent], "no such directory"),
+        "existing output": NotApplicable("names no output: it puts files back where the journal says they were, "
+                                         "never over another file"),
+        "new output folder": NotApplicable("names no output folder"),
+        "bad name": NotApplicable("takes a folder and no name"),
+        "damaged image": NotApplicable("decodes no image: each file is checked against the journal's SHA-1"),
     },
     "augment preview": {
         "missing input": fails(lambda w: ["augment", "preview", w.missing.parent, "-o", w.cell / "p.png"],

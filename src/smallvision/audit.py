@@ -191,12 +191,13 @@ def backbone_features(data: DataSource, recipe, device: torch.device, cache_dir,
             for split, images in data.splits().items()}
 
 
-def pixel_vectors(images: ImageSet, side: int = 16) -> torch.Tensor:
-    """Digits have no pretrained features: each image shrunk to side x side, less its own mean (brightness
-    alone does not make two images alike), as the vector the neighbours are found by."""
+def pixel_vectors(images: ImageSet, side: int | None = 16) -> torch.Tensor:
+    """Digits have no pretrained features: each image shrunk to side x side (None: as it is), less its own mean
+    (brightness alone does not make two images alike), as the vector the neighbours are found by."""
     pieces = []
     for _, batch in images.chunks(4096):
-        small = torch.nn.functional.adaptive_avg_pool2d(batch.float(), (min(side, batch.shape[2]), min(side, batch.shape[3])))
+        small = batch.float() if side is None else torch.nn.functional.adaptive_avg_pool2d(
+            batch.float(), (min(side, batch.shape[2]), min(side, batch.shape[3])))
         flat = small.flatten(1)
         pieces.append(flat - flat.mean(1, keepdim=True))
     return torch.cat(pieces)
@@ -232,9 +233,11 @@ def find(data: DataSource, catalogue: Catalogue, probabilities: dict[str, torch.
         issues.append((image, int(row.argmax()), round(score, 6)))
     issues.sort(key=lambda issue: (-issue[2], issue[0]))  # the least confident in its label first
     found = nearest(vectors, progress=progress)
-    # photos: features and pixels must agree; digits' features are their pixels already
-    looks = Looks.join([Looks.of(images) for images in data.splits().values()]) if data.root else None
-    groups = near_duplicate_groups(found, looks)
+    if data.root:  # photos: close features, and pixels that look alike
+        groups = near_duplicate_groups(found, Looks.join([Looks.of(images) for images in data.splits().values()]))
+    else:  # digits: their small pictures close, and their full-size pixels all but the same
+        full = unit_vectors(torch.cat([pixel_vectors(images, side=None) for images in data.splits().values()]))
+        groups = near_duplicate_groups(found, full_size=full)
     groups.sort(key=lambda group: not crosses_splits(group, catalogue))  # stable: leaks first, each by similarity
     scores = outlier_scores(found)
     far = [(image, round(float(scores[image]), 6)) for image in outliers(scores)]

@@ -76,7 +76,7 @@ def recall_cell(recall: dict[str, float] | None) -> str:
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
-    numeric = {"parameters", "epochs", "training time", "test accuracy", "test balanced accuracy"}
+    numeric = {"parameters", "epochs", "training time", "test accuracy", "test balanced accuracy", "test recall"}
     if markdown:
         lines = ["| " + " | ".join(COLUMNS) + " |",
                  "| " + " | ".join("---:" if column in numeric else "---" for column in COLUMNS) + " |"]
