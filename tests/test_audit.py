@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx_source
 
 from smallvision.errors import SmallvisionError
-
-from conftest import write_idx_source
 
 # 40 cats and 40 dogs of the shared train split, 8 and 8 of its test split, that the audit of the whole set
 # scores at 0.995 or more for their own class (how the list was made: its header): the faults the tests plant
@@ -65,10 +64,10 @@ def planted(shared_catsdogs, tmp_path_factory):
         for path in rng.sample(sorted((root / "train" / name).iterdir()), 2):
             os.rename(path, root / "train" / other / path.name)
             moved.add(f"train/{other}/{path.name}")
-    test_photo = sorted((root / "test" / "dogs").iterdir())[0]
-    leak = altered_copy(test_photo, root / "train" / "dogs" / "leak.jpg")
-    train_photo = sorted(p for p in (root / "train" / "cats").iterdir() if p.name.startswith("cat."))[-1]
-    copy = altered_copy(train_photo, root / "train" / "cats" / "copy.jpg")
+    test_photo = min((root / "test" / "dogs").iterdir())
+    altered_copy(test_photo, root / "train" / "dogs" / "leak.jpg")
+    train_photo = max(p for p in (root / "train" / "cats").iterdir() if p.name.startswith("cat."))
+    altered_copy(train_photo, root / "train" / "cats" / "copy.jpg")
     (root / "train" / "cats" / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     before = tree_digest(root)
     result = audit(root, root.parent / "audit", folds=4, cache_dir=root.parent / "cache", progress=False)
@@ -183,7 +182,6 @@ def easy_digits(directory: Path, per_class: int = 60, seed: int = 0) -> tuple[Pa
 def test_digits_are_audited_by_a_network_trained_once_per_fold(tmp_path):
     from smallvision.audit import audit
     from smallvision.journal import apply_actions
-
     from smallvision.recipe import load_recipe
 
     source, changed = easy_digits(tmp_path / "digits")
@@ -219,7 +217,14 @@ def test_bad_input(tmp_path, image_folder):
 
 
 def test_near_duplicates_need_close_features_and_pixels_that_look_alike():
-    from smallvision.neighbours import Looks, hash_distance, near_duplicate_groups, nearest, outliers, unit_vectors
+    from smallvision.neighbours import (
+        Looks,
+        hash_distance,
+        near_duplicate_groups,
+        nearest,
+        outliers,
+        unit_vectors,
+    )
 
     generator = torch.Generator().manual_seed(0)
     base = unit_vectors(torch.randn(6, 32, generator=generator))

@@ -7,14 +7,13 @@ import math
 
 import pytest
 import torch
+from conftest import COLOURS, make_image_folder, write_image
 
 from smallvision.balance import class_weights
 from smallvision.errors import SmallvisionError
 from smallvision.metrics import classification_metrics
 from smallvision.recipe import Recipe
 from smallvision.step import cross_entropy
-
-from conftest import make_image_folder, write_image, COLOURS
 
 
 def test_auto_balances_only_past_twice():

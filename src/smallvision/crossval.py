@@ -8,7 +8,7 @@ features exist), or a recipe's own network trained k times (digits, or anything 
 badly).
 """
 
-from dataclasses import dataclass
+import dataclasses
 
 import torch
 
@@ -17,15 +17,6 @@ from smallvision.errors import SmallvisionError
 from smallvision.progress import progress_bar
 
 MIN_FOLDS = 2
-
-
-@dataclass
-class OutOfSample:
-    """Probabilities [N, classes] per split, each from models that never saw the split's images, and how."""
-
-    probabilities: dict[str, torch.Tensor]
-    folds: int
-    how: str  # "linear head on efficientnet_lite0 features", "fast-mnist trained 5 times", ...
 
 
 def fold_count(labels: torch.Tensor, class_names: list[str], wanted: int) -> int:
@@ -128,7 +119,9 @@ def network_probabilities(source: DataSource, recipe, folds: int, device: torch.
         if name != "train":
             out[name] = torch.zeros(len(split), classes)
     precision = training_precision(recipe.run.precision, device).precision
-    chosen = recipe.replace(precision=precision)
+    # each fold trains without validation: keeping the best epoch, or stopping early, has nothing to go by
+    chosen = recipe.replace(precision=precision, run=dataclasses.replace(recipe.run, keep_best=None,
+                                                                          early_stopping_patience=0))
     for k in range(folds):
         held = (fold == k).nonzero().flatten()
         kept = (fold != k).nonzero().flatten()
@@ -146,8 +139,3 @@ def network_probabilities(source: DataSource, recipe, folds: int, device: torch.
                 out[name] += split_probabilities(model, split, chosen.preprocess, scoring, device,
                                                  chosen.run.test_time_flip) / folds
     return out
-
-
-def describe_folds(folds: int, wanted: int) -> str:
-    return f"{folds} folds" + (f" (not {wanted}: a class has only {folds} training images)" if folds < wanted else "")
-
