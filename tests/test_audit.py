@@ -267,3 +267,10 @@ def test_what_pixels_look_like_survives_brightness_and_a_resize():
     assert distances[1] <= 4 and distances[2] <= 8 and distances[3] >= 20
     correlation = (looks.thumbnails[:1] * looks.thumbnails).sum(1).tolist()
     assert correlation[1] > 0.99 and correlation[2] > 0.95 and correlation[3] < 0.5
+
+
+def test_data_check_points_to_the_audit(image_folder, capsys):
+    from smallvision.cli import main
+
+    assert main(["data", "check", str(image_folder), "--recipe", "seed-mnist", "--image-size", "28"]) == 0
+    assert f"near-duplicates and leaks, outliers: smallvision data audit {image_folder}" in capsys.readouterr().out

@@ -57,7 +57,8 @@ def evaluate_run(run, source: str | Path | None = None, split: str | None = None
 
 
 def write_evaluation(directory: Path, evaluation: Evaluation) -> Path:
-    from smallvision.plots import plot_confusion  # matplotlib is slow to import
+    from smallvision.metrics import bin_sums
+    from smallvision.plots import plot_confusion, plot_reliability  # matplotlib is slow to import
 
     directory = writable_directory(directory)
     metrics = evaluation.metrics
@@ -68,6 +69,8 @@ def write_evaluation(directory: Path, evaluation: Evaluation) -> Path:
     title = f"{source_label(metrics['source'])} · {metrics['split']}: accuracy {metrics['accuracy']:.4f} of {metrics['images']:,}"
     write_atomically(directory / "confusion.png",
                      lambda p: plot_confusion(metrics["confusion"], evaluation.class_names, p, title))
+    sums = bin_sums(evaluation.probabilities, evaluation.data.labels.cpu())
+    write_atomically(directory / "calibration.png", lambda p: plot_reliability(sums, p, title))
     gallery = directory / "mistakes.png"
     if mistakes:
         write_atomically(gallery, lambda p: plot_mistakes(evaluation, mistakes, p))

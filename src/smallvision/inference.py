@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from smallvision import distributed
+from smallvision.calibration import calibrate, set_temperature
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError
-from smallvision.metrics import confusion_matrix, log_loss
+from smallvision.metrics import BINS, bin_sums, confusion_matrix, ece_of, log_loss
 from smallvision.models.layers import Sequential
 from smallvision.recipe import Preprocess  # the recipe's group: uint8 pixels -> the model's input
 
@@ -89,6 +90,12 @@ class Scores:
 
     loss: float
     confusion: torch.Tensor  # int64 [classes, classes]
+    bins: torch.Tensor  # calibration.bin_sums: the images, summed top probability and right answers per bin
+
+    @property
+    def ece(self) -> float:
+        """The expected calibration error (15 equal-width bins of top probability)."""
+        return ece_of(self.bins)
 
     @property
     def accuracy(self) -> float:
@@ -109,7 +116,7 @@ class Scores:
     def as_metrics(self, prefix: str, class_names: list[str]) -> dict:
         """metrics.json's figures for the split: PREFIX_accuracy, _loss, _balanced_accuracy, _recall (per class)."""
         return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_loss": self.loss,
-                f"{prefix}_balanced_accuracy": self.balanced_accuracy,
+                f"{prefix}_balanced_accuracy": self.balanced_accuracy, f"{prefix}_ece": round(self.ece, 6),
                 f"{prefix}_recall": {name: round(float(value), 6) for name, value in zip(class_names, self.recall)}}
 
 
@@ -123,11 +130,42 @@ def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, prec
     labels = share.labels.cpu()
     classes = data.num_classes
     confusion = torch.zeros(classes, classes, dtype=torch.long)
+    bins = torch.zeros(3, BINS, dtype=torch.float64)
     loss_sum = 0.0
     if len(labels):
         confusion = confusion_matrix(labels, probabilities.argmax(1), classes)
         loss_sum = log_loss(labels, probabilities) * len(labels)
+        bins = bin_sums(probabilities, labels)
     if ranks.world == 1:
-        return Scores(loss_sum / max(len(labels), 1), confusion)
-    totals = distributed.sum_across(torch.cat([torch.tensor([loss_sum]), confusion.flatten().double()]).to(device)).cpu()
-    return Scores(float(totals[0]) / max(len(data), 1), totals[1:].round().long().view(classes, classes))
+        return Scores(loss_sum / max(len(labels), 1), confusion, bins)
+    totals = distributed.sum_across(torch.cat([torch.tensor([loss_sum]), confusion.flatten().double(),
+                                               bins.flatten()]).to(device)).cpu()
+    cells = classes * classes
+    return Scores(float(totals[0]) / max(len(data), 1), totals[1:1 + cells].round().long().view(classes, classes),
+                  totals[1 + cells:].view(3, BINS))
+
+
+@torch.no_grad()
+def split_logits(model, data: ImageSet, preprocess, precision: str, device: torch.device,
+                 test_time_flip: bool = False) -> torch.Tensor:
+    """The network's logits for a split, float32 [views, N, outputs] on the CPU: one view, or two with
+    `test_time_flip` (the image and its mirror image, whose probabilities the run averages)."""
+    model.eval()
+    views: list[list[torch.Tensor]] = [[] for _ in range(2 if test_time_flip else 1)]
+    for _, images in data.chunks(inference_batch(data.shape, device)):
+        x = preprocess(images.to(device))
+        with autocast(device, precision):
+            views[0].append(model(x).float().cpu())
+            if test_time_flip:
+                views[1].append(model(x.flip(-1)).float().cpu())
+    return torch.stack([torch.cat(view) for view in views])
+
+
+def calibrated(model: Sequential, validation: ImageSet, preprocess: Preprocess, precision: str, device: torch.device,
+               test_time_flip: bool = False):
+    """A temperature fitted on the validation split (calibration.py), kept on the network (`set_temperature`)
+    where it lowers the split's NLL; the Calibration."""
+    logits = split_logits(model, validation, preprocess, precision, device, test_time_flip)
+    calibration = calibrate(model, logits, validation.labels)
+    set_temperature(model, calibration.temperature if calibration.kept else None)
+    return calibration

@@ -523,6 +523,14 @@ def export_keras(run, out: str | Path) -> Path:
     rescaling = None if (scale == 1.0 and offset == 0.0) else {"scale": scale, "offset": offset}
     config = keras_config(model, rescaling)
     weights = keras_weights(model)
+    temperature = getattr(model, "temperature", 1.0)
+    if temperature != 1.0:  # calibration's temperature, folded into the last Dense: (xW + b) / T = x(W/T) + b/T
+        last = list(weights)[-1]
+        if type(model.layers[last]).__name__ != "Dense":
+            raise SmallvisionError(f"{run.path}: the run divides its logits by a temperature ({temperature:g}) and its "
+                                   f"last layer is not a Dense one to fold it into; a Keras file would not give the "
+                                   f"run's probabilities")
+        weights[last] = [value / temperature for value in weights[last]]
     buffer = io.BytesIO()
     kinds = (["Rescaling"] if rescaling else []) + [type(layer).__name__ for layer in model.layers.values()]
     stored = ([[]] if rescaling else []) + list(weights.values())

@@ -55,6 +55,33 @@ def log_loss(labels: torch.Tensor, probabilities: torch.Tensor) -> float:
     return float(-picked.double().log().mean())
 
 
+BINS = 15  # the expected calibration error's equal-width bins of top probability
+
+
+def bin_sums(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+    """float64 [3, bins]: per bin of top probability, the images, their summed top probability, the right
+    answers. Sums, so that several processes' shares add up."""
+    confidence, predicted = probabilities.float().max(1)
+    where = (confidence * bins).long().clamp(0, bins - 1)  # 1.0 in the last bin
+    sums = torch.zeros(3, bins, dtype=torch.float64)
+    sums[0].index_add_(0, where, torch.ones_like(confidence, dtype=torch.float64))
+    sums[1].index_add_(0, where, confidence.double())
+    sums[2].index_add_(0, where, (predicted == labels.long()).double())
+    return sums
+
+
+def ece_of(sums: torch.Tensor) -> float:
+    """The expected calibration error from `bin_sums`."""
+    total = float(sums[0].sum())
+    if not total:
+        return 0.0
+    return float((sums[1] - sums[2]).abs().sum() / total)
+
+
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
+    return ece_of(bin_sums(probabilities, labels, bins))
+
+
 def classification_metrics(labels: torch.Tensor, probabilities: torch.Tensor, class_names: list[str]) -> dict:
     """Everything `evaluate` reports: accuracy, balanced accuracy, log loss, per-class precision/recall/F1/support with macro
     and weighted averages, the confusion matrix, ROC AUC for two classes, top-5 accuracy beyond five."""
@@ -72,6 +99,8 @@ def classification_metrics(labels: torch.Tensor, probabilities: torch.Tensor, cl
         # the mean recall over the classes present: accuracy as if every class were as common (imbalance shows)
         "balanced_accuracy": float(scores["recall"][support > 0].mean()) if bool((support > 0).any()) else 0.0,
         "loss": log_loss(labels, probabilities),
+        # whether a probability of 0.9 is right 90% of the time (0: perfectly; calibration.py mends it)
+        "ece": expected_calibration_error(probabilities, labels) if len(labels) else 0.0,
         "per_class": {name: {key: float(values[i]) if key != "support" else int(values[i])
                              for key, values in scores.items()} for i, name in enumerate(class_names)},
         "macro_avg": {key: float(scores[key].mean()) for key in ("precision", "recall", "f1")},
@@ -111,6 +140,8 @@ def format_classification_report(metrics: dict) -> str:
     if "balanced_accuracy" in metrics:  # an evaluation written before it had none
         summary.append(f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
     summary.append(f"log loss {metrics['loss']:.4f}")
+    if "ece" in metrics:
+        summary.append(f"calibration error (ECE) {metrics['ece']:.4f}")
     if metrics.get("roc_auc") is not None:
         summary.append(f"ROC AUC {metrics['roc_auc']:.4f}")
     if "top5_accuracy" in metrics:

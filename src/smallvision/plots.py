@@ -235,3 +235,35 @@ def plot_confusion(confusion, class_names: list[str], path, title: str = "") -> 
     if title:
         axis.set_title(title)
     finish(figure, path)
+
+
+def plot_reliability(sums, path, title: str = "") -> None:
+    """The reliability diagram: for each bin of top probability (metrics.bin_sums), its accuracy against its
+    mean top probability (on the diagonal: calibrated; below it: over-confident), the bars' widths the bins',
+    and under it how many images each bin holds."""
+    import numpy as np
+
+    counts, confidence, right = (np.asarray(row, dtype=float) for row in sums)
+    bins = len(counts)
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    filled = counts > 0
+    accuracy = np.divide(right, counts, out=np.zeros(bins), where=filled)
+    mean_confidence = np.divide(confidence, counts, out=centres.copy(), where=filled)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.6, 6.4), height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    top.bar(centres[filled], accuracy[filled], width=1 / bins, edgecolor="white", color="#4c72b0", label="accuracy")
+    top.plot(mean_confidence[filled], accuracy[filled], "o", color="#dd8452", markersize=4,
+             label="at the bin's mean probability")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8, frameon=False)
+    gap = np.abs(confidence - right).sum() / max(counts.sum(), 1)
+    top.set_title(f"{title}\nexpected calibration error {gap:.4f}" if title else f"expected calibration error {gap:.4f}",
+                  fontsize=10)
+    bottom.bar(centres, counts, width=1 / bins, color="0.55", edgecolor="white")
+    bottom.set_yscale("symlog")
+    bottom.set_xlabel("top probability")
+    bottom.set_ylabel("images")
+    bottom.set_xlim(0, 1)
+    finish(figure, path)

@@ -120,6 +120,8 @@ def evaluation_section(evaluation: Evaluation) -> str:
     if "balanced_accuracy" in metrics:  # the mean per-class recall: what accuracy hides when a class is rare
         overview.append(("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}"))
     overview += [("log loss", f"{metrics['loss']:.4f}"), ("images", f"{metrics['images']:,}")]
+    if "ece" in metrics:  # an evaluation written before it had none
+        overview.append(("calibration error (ECE)", f"{metrics['ece']:.4f}"))
     if metrics.get("roc_auc") is not None:
         overview.append(("ROC AUC", f"{metrics['roc_auc']:.4f}"))
     if "top5_accuracy" in metrics:
@@ -133,6 +135,11 @@ def evaluation_section(evaluation: Evaluation) -> str:
              cards(overview), table(["class", "precision", "recall", "F1", "support"], rows)]
     confusion = evaluation.directory / "confusion.png"
     parts.append(picture(confusion.read_bytes(), "confusion matrix"))
+    reliability = evaluation.directory / "calibration.png"
+    if reliability.is_file():
+        parts.append("<p>Whether a probability means what it says: each bin of the top probability against how "
+                     "often it was right (on the diagonal: calibrated; below it: over-confident).</p>"
+                     + picture(reliability.read_bytes(), "reliability diagram"))
     return "\n".join(parts)
 
 

@@ -19,6 +19,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
 from smallvision.images import expand_image_paths, load_image
 from smallvision.metrics import classification_metrics
+from smallvision.calibration import set_temperature
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
@@ -218,6 +219,7 @@ class Run:
         self.model.to(self.device).eval()
         if pre.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        set_temperature(self.model, self.meta.temperature)  # calibration's, where the run kept one
 
     @property
     def metrics(self) -> dict:

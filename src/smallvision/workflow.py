@@ -31,7 +31,7 @@ from smallvision.recipe import Recipe, builtin_recipes, flat_names, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.runmeta import Architecture, Preprocessing, RunMeta
-from smallvision.inference import resolve_device, split_scores
+from smallvision.inference import calibrated, resolve_device, split_scores
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
@@ -304,13 +304,18 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         callbacks = [stopper, *([Checkpointer(directory, recipe.run.checkpoint_minutes)] if ranks.main else []),
                      *callbacks]
         if recipe.network.backbone:  # two stages of their own; the checkpoint says which one it was written in
-            history, test_metrics = fit_backbone_classifier(model, dataset, chosen, device, progress, cache_dir,
-                                                            callbacks, resume, streaming)
+            history, test_metrics, calibration = fit_backbone_classifier(model, dataset, chosen, device, progress,
+                                                                         cache_dir, callbacks, resume, streaming)
         else:
             history = Loop(model, train_split, chosen, dataset.validation, device=device,
                            callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
                            streaming=streaming).fit()
-            test_metrics = {}
+            test_metrics, calibration = {}, None
+    if calibration is None and dataset.validation is not None and len(dataset.validation):
+        # a temperature fitted on the validation split, kept where it lowers its NLL (calibration.py); every
+        # probability shown or exported from here on is divided by it, the test's below included
+        calibration = calibrated(model, dataset.validation, recipe.preprocess, inference_precision(choice.precision, device),
+                                 device, recipe.run.test_time_flip)
     metrics = {"epochs": recipe.schedule.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
@@ -339,6 +344,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if not ranks.main:
         return  # rank 0 writes the run
     metrics.update(class_weight=weighting.table(dataset.class_names), class_weight_reason=weighting.reason)
+    if calibration is not None:
+        metrics["calibration"] = calibration.to_json()
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.run.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -355,6 +362,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         precision=choice.precision,  # what the weights were trained in; inference follows the machine
         precision_reason=choice.reason,
         test_time_flip=recipe.run.test_time_flip,
+        temperature=calibration.temperature if calibration is not None and calibration.kept else None,
         preprocessing=Preprocessing(
             rescale=recipe.preprocess.rescale, mean=recipe.preprocess.mean, std=recipe.preprocess.std, channels_last=recipe.preprocess.channels_last,
             resize="area when shrinking, bilinear when growing" if dataset.root else "none",

@@ -637,6 +637,9 @@ class Sequential(nn.Module):
         self.input_shape: tuple[int, int, int] | None = None
         self.output_shape: tuple | None = None
         self.output_activation = "softmax"
+        # calibration's (calibration.py): the logits are divided by it before the output activation; a plain
+        # float, so an exported graph holds it as a constant
+        self.temperature = 1.0
         if input_shape:
             self.build(input_shape)
 
@@ -701,11 +704,13 @@ class Sequential(nn.Module):
         return outputs
 
     def predict_proba(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [N, classes] from the logits; one sigmoid unit means two classes."""
+        """Class probabilities [N, classes] from the logits (divided by the run's temperature, where it has one);
+        one sigmoid unit means two classes."""
+        logits = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
         if self.output_activation == "sigmoid":
-            p = torch.sigmoid(logits.float()).reshape(-1, 1)
+            p = torch.sigmoid(logits).reshape(-1, 1)
             return torch.cat([1 - p, p], dim=1)
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(logits, dim=1)
 
 
 def keras_names(layers: list[Layer]) -> dict[str, Layer]:
