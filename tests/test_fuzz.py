@@ -353,6 +353,11 @@ def has_declared_type(value, declared) -> bool:
         if typing.get_origin(option) is list:
             if isinstance(value, list) and all(has_declared_type(v, typing.get_args(option)[0]) for v in value):
                 return True
+        elif typing.get_origin(option) is dict:
+            key, kind = typing.get_args(option)
+            if isinstance(value, dict) and all(has_declared_type(k, key) and has_declared_type(v, kind)
+                                               for k, v in value.items()):
+                return True
         elif isinstance(option, type) and isinstance(value, option) and (option is bool) == isinstance(value, bool):
             return True
     return False
@@ -384,7 +389,8 @@ def test_recipe_random_keys_and_values(values):
 
 
 def values_of_kind(declared) -> st.SearchStrategy:
-    """Values of a field's declared type (bool, int, float, str, list), in range or far out of it, NaN and inf too."""
+    """Values of a field's declared type (bool, int, float, str, list, dict), in range or far out of it, NaN and inf
+    too."""
     import types
     import typing
 
@@ -395,8 +401,15 @@ def values_of_kind(declared) -> st.SearchStrategy:
              float: st.floats(-3.0, 3.0) | st.floats() | st.integers(-3, 3),
              str: st.sampled_from(words) | st.text(max_size=10)}
     options = typing.get_args(declared) if isinstance(declared, types.UnionType) else (declared,)
-    return st.one_of([st.lists(kinds[typing.get_args(option)[0]], max_size=4) if typing.get_origin(option) is list
-                      else kinds[option] for option in options if option is not type(None)])
+    def of(option):
+        if typing.get_origin(option) is list:
+            return st.lists(kinds[typing.get_args(option)[0]], max_size=4)
+        if typing.get_origin(option) is dict:  # class_weight's table: class -> weight
+            key, value = typing.get_args(option)
+            return st.dictionaries(kinds[key], kinds[value], max_size=3)
+        return kinds[option]
+
+    return st.one_of([of(option) for option in options if option is not type(None)])
 
 
 @FUZZ

@@ -166,7 +166,9 @@ def test_predict_onnx_answers_as_predict_run(kind, kinds, exported, tmp_path, ca
     assert [a["path"] for a in answers] == [e["path"] for e in expected] == list(map(str, files))
     assert answers[-1] == expected[-1] and "error" in answers[-1]
     for answer, wanted in zip(answers[:-1], expected[:-1]):
-        assert set(answer) == set(wanted) == {"path", "label", "probability", "top"}
+        assert set(answer) == set(wanted) == {"path", "label", "probability", "top", "unknown", "unknown_score"}
+        assert answer["unknown"] == wanted["unknown"]  # the scorer and threshold travel inside the file
+        assert abs(answer["unknown_score"] - wanted["unknown_score"]) <= BAR * max(wanted["unknown_score"], 0.01)
         assert answer["label"] == wanted["label"] and len(answer["top"]) == 2
         assert [name for name, _ in answer["top"]] == [name for name, _ in wanted["top"]]
         assert abs(answer["probability"] - wanted["probability"]) <= BAR

@@ -237,6 +237,15 @@ TABLE: dict[str, dict[str, Behaviour | NotApplicable]] = {
         "bad name": fails(lambda w: ["evaluate", w.run, "mnits"], "did you mean 'mnist'"),
         "damaged image": skipped(lambda w: ["evaluate", w.run, w.folder], shown=None),
     },
+    "calibrate": {
+        "missing input": fails(lambda w: ["calibrate", w.missing.parent], "no such run directory"),
+        "existing output": NotApplicable("writes only inside the run (model.json, metrics.json, unknown.safetensors), "
+                                         "each atomically and only once the whole fit succeeded"),
+        "new output folder": NotApplicable("names no output"),
+        "bad name": fails(lambda w: ["calibrate", w.run, "mnits"], "did you mean 'mnist'"),
+        # the world's folder is too small to fit on: the damaged file is left out, then the refusal (exit 2)
+        "damaged image": skipped(lambda w: ["calibrate", w.run, w.folder], status_wanted=2, shown="needs at least"),
+    },
     "predict": {
         "missing input": answered(lambda w: ["predict", w.run, w.good[0], w.missing, w.good[1]], lambda w: w.missing,
                                   "no such file or directory"),

@@ -57,7 +57,7 @@ def test_every_builtin_loads_and_names_itself():
 
 
 def test_every_field_has_one_flat_name_and_one_place():
-    assert sorted(FLAT.values()) == sorted(FIELD_TYPES) and len(FLAT) == len(FIELD_TYPES) == 51
+    assert sorted(FLAT.values()) == sorted(FIELD_TYPES) and len(FLAT) == len(FIELD_TYPES) == 52
     assert set(GROUPS) == {"network", "data", "augment", "preprocess", "optimizer", "schedule", "fine_tune", "run"}
     assert [f.name for f in dataclasses.fields(Recipe)] == ["name", "description", *GROUPS]
     assert (FLAT["rotation_range"], FLAT["optimizer"], FLAT["schedule"], FLAT["fine_tune_learning_rate"]) == \

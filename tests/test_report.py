@@ -22,7 +22,7 @@ def test_evaluate_writes_its_files_under_the_run_not_the_source(shapes_run, shap
     assert sum(map(sum, metrics["confusion"])) == 750 and "top5_accuracy" not in metrics
     assert (directory / "confusion.png").stat().st_size > 5000
     rows = (directory / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "image,true,predicted,probability,p_background_only,p_blue_disk,p_red_square"
+    assert rows[0] == "image,true,predicted,probability,unknown_score,p_background_only,p_blue_disk,p_red_square"
     assert len(rows) == 751
     assert sorted(p.name for p in shapes_folder.iterdir()) == before  # nothing written into the source
 

@@ -230,14 +230,14 @@ def held_worker(app, name: str = "shapes"):
     model = app.state.models[name]
     wait_until(lambda: model.batcher.ready)
     gate, sizes = threading.Event(), []
-    forward = model.run.probabilities
+    forward = model.run.probabilities_and_unknown
 
     def held(images):
         sizes.append(len(images))
         gate.wait(60)
         return forward(images)
 
-    model.run.probabilities = held  # the instance's, read by the worker at each batch
+    model.run.probabilities_and_unknown = held  # the instance's, read by the worker at each batch
     return gate, sizes
 
 

@@ -108,7 +108,7 @@ def test_predict_reads_files_of_any_size_and_mode(slice_run, mnist_slice, tmp_pa
         big = Image.fromarray(255 - digit).resize((112, 112), Image.Resampling.BICUBIC)  # black ink on white
         (big.convert("RGB") if i % 2 else big.convert("RGBA")).save(tmp_path / f"{i:02d}.{'jpg' if i % 2 else 'png'}")
     results = slice_run.predict([tmp_path])
-    assert len(results) == 20 and set(results[0]) == {"path", "label", "probability", "top"}
+    assert len(results) == 20 and set(results[0]) == {"path", "label", "probability", "top", "unknown", "unknown_score"}
     assert len(results[0]["top"]) == 5 and results[0]["top"][0][0] == results[0]["label"]
     hits = sum(r["label"] == str(label) for r, label in zip(results, labels))
     assert hits >= 17

@@ -1,6 +1,7 @@
 """`evaluate`: score a run on a labelled split and write what a person needs to trust it, under the run
 directory (RUN/eval-SOURCE-SPLIT/), never into the source: metrics.json, report.txt, predictions.csv,
-confusion.png and mistakes.png (the most confident mistakes)."""
+confusion.png, calibration.png (the reliability diagram), mistakes.png (the most confident mistakes) and
+unknown.png (the images least like the training images, where the run has an unknown scorer)."""
 
 import csv
 import json
@@ -23,6 +24,7 @@ class Evaluation:
     metrics: dict
     data: ImageSet
     probabilities: torch.Tensor
+    unknown_scores: torch.Tensor | None = None  # float32 [N], where the run has an unknown scorer
     directory: Path | None = None
 
     @property
@@ -35,6 +37,12 @@ class Evaluation:
 
     def mistakes(self, count: int = MISTAKES_SHOWN) -> list[int]:
         return most_confident_mistakes(self.data.labels, self.probabilities, count)
+
+    def most_unknown(self, count: int = MISTAKES_SHOWN) -> list[int]:
+        """The images least like the run's training images, most unlike first ([] without a scorer)."""
+        if self.unknown_scores is None or not len(self.unknown_scores):
+            return []
+        return self.unknown_scores.argsort(descending=True, stable=True)[:count].tolist()
 
 
 def source_label(source: str | Path) -> str:
@@ -76,6 +84,11 @@ def write_evaluation(directory: Path, evaluation: Evaluation) -> Path:
         write_atomically(gallery, lambda p: plot_mistakes(evaluation, mistakes, p))
     elif gallery.exists():
         gallery.unlink()  # an earlier evaluation's mistakes are not this one's
+    strangest, sheet = evaluation.most_unknown(), directory / "unknown.png"
+    if strangest:
+        write_atomically(sheet, lambda p: plot_unknown(evaluation, strangest, p))
+    elif sheet.exists():
+        sheet.unlink()
     return directory
 
 
@@ -98,14 +111,38 @@ def plot_mistakes(evaluation: Evaluation, indices: list[int], path) -> None:
                     f"The {len(indices)} most confident mistakes", columns=4)
 
 
+def unknown_titles(evaluation: Evaluation, indices: list[int]) -> list[str]:
+    """'cats, unknown 0.41 / would be dogs 88%' for each image."""
+    threshold = evaluation.metrics.get("unknown_threshold", float("inf"))
+    titles = []
+    for index in indices:
+        probabilities, score = evaluation.probabilities[index], float(evaluation.unknown_scores[index])
+        predicted = int(probabilities.argmax())
+        verdict = "unknown" if score > threshold else "known"
+        titles.append(f"{evaluation.class_names[int(evaluation.data.labels[index])]}, {verdict} {score:.2f}\n"
+                      f"would be {evaluation.class_names[predicted]} {probabilities[predicted]:.0%}")
+    return titles
+
+
+def plot_unknown(evaluation: Evaluation, indices: list[int], path) -> None:
+    from smallvision.plots import plot_image_grid  # matplotlib is slow to import
+
+    plot_image_grid(evaluation.data.take(torch.tensor(indices, dtype=torch.long)), unknown_titles(evaluation, indices),
+                    path, f"The {len(indices)} images least like the training images (unknown past "
+                          f"{evaluation.metrics['unknown_threshold']:.3f})", columns=4)
+
+
 def write_predictions(path: Path, evaluation: Evaluation) -> None:
     """One row per image: its file (or index), true and predicted class, and every class's probability."""
     data, class_names = evaluation.data, evaluation.class_names
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "true", "predicted", "probability", *(f"p_{name}" for name in class_names)])
+        scored = evaluation.unknown_scores is not None
+        writer.writerow(["image", "true", "predicted", "probability", *(["unknown_score"] if scored else []),
+                         *(f"p_{name}" for name in class_names)])
         for index, (label, probabilities) in enumerate(zip(data.labels.tolist(), evaluation.probabilities)):
             predicted = int(probabilities.argmax())
             image = data.paths[index] if data.paths else str(index)
+            unknown = [f"{float(evaluation.unknown_scores[index]):.6f}"] if scored else []
             writer.writerow([image, class_names[label], class_names[predicted], f"{probabilities[predicted]:.6f}",
-                             *(f"{p:.6f}" for p in probabilities.tolist())])
+                             *unknown, *(f"{p:.6f}" for p in probabilities.tolist())])

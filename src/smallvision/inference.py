@@ -8,13 +8,15 @@ from dataclasses import dataclass
 import torch
 
 from smallvision import distributed
-from smallvision.calibration import calibrate, set_temperature
+from smallvision.calibration import Calibration, calibrate, set_temperature
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError
 from smallvision.metrics import BINS, bin_sums, confusion_matrix, ece_of, log_loss
 from smallvision.models.layers import Sequential
 from smallvision.recipe import Preprocess  # the recipe's group: uint8 pixels -> the model's input
+from smallvision.unknown import (HELD_IMAGES, MIN_HELD, REFERENCE_IMAGES, UnknownScorer, check_rate, fit_unknown,
+                                 reference_order)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,6 +93,7 @@ class Scores:
     loss: float
     confusion: torch.Tensor  # int64 [classes, classes]
     bins: torch.Tensor  # calibration.bin_sums: the images, summed top probability and right answers per bin
+    unknown: int | None = None  # images the run's unknown scorer calls unknown (None: scored without one)
 
     @property
     def ece(self) -> float:
@@ -114,19 +117,34 @@ class Scores:
         return float(self.recall[present].mean()) if present.any() else 0.0
 
     def as_metrics(self, prefix: str, class_names: list[str]) -> dict:
-        """metrics.json's figures for the split: PREFIX_accuracy, _loss, _balanced_accuracy, _recall (per class)."""
+        """metrics.json's figures for the split: PREFIX_accuracy, _loss, _balanced_accuracy, _ece, _recall (per
+        class), and _unknown_rate where an unknown scorer counted."""
         return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_loss": self.loss,
                 f"{prefix}_balanced_accuracy": self.balanced_accuracy, f"{prefix}_ece": round(self.ece, 6),
-                f"{prefix}_recall": {name: round(float(value), 6) for name, value in zip(class_names, self.recall)}}
+                f"{prefix}_recall": {name: round(float(value), 6) for name, value in zip(class_names, self.recall)},
+                **({} if self.unknown is None else {f"{prefix}_unknown_rate": round(self.unknown_rate, 6)})}
+
+    @property
+    def unknown_rate(self) -> float:
+        """The share of the split's images called unknown."""
+        return (self.unknown or 0) / max(int(self.confusion.sum()), 1)
 
 
 def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
-                 device: torch.device, test_time_flip: bool = False) -> Scores:
-    """A labelled split's log loss and confusion matrix; several processes score a share each and add up."""
+                 device: torch.device, test_time_flip: bool = False, unknown: UnknownScorer | None = None) -> Scores:
+    """A labelled split's log loss and confusion matrix (and with an `unknown` scorer, how many of its images it
+    calls unknown); several processes score a share each and add up."""
     ranks = distributed.ranks()
     start, stop = ranks.share(len(data)) if ranks.world > 1 else (0, len(data))
     share = data if ranks.world == 1 else data.subset(torch.arange(start, stop))
-    probabilities = split_probabilities(model, share, preprocess, precision, device, test_time_flip)
+    called_unknown = 0
+    if unknown is None:
+        probabilities = split_probabilities(model, share, preprocess, precision, device, test_time_flip)
+    else:
+        outputs = split_outputs(model, share, preprocess, precision, device, test_time_flip)
+        probabilities = (torch.stack([model.predict_proba(view) for view in outputs.logits]).mean(0)
+                         if len(share) else torch.empty(0, 0))
+        called_unknown = int(unknown.is_unknown(unknown.scores(outputs.features)).sum()) if len(share) else 0
     labels = share.labels.cpu()
     classes = data.num_classes
     confusion = torch.zeros(classes, classes, dtype=torch.long)
@@ -136,36 +154,96 @@ def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, prec
         confusion = confusion_matrix(labels, probabilities.argmax(1), classes)
         loss_sum = log_loss(labels, probabilities) * len(labels)
         bins = bin_sums(probabilities, labels)
+    counted = unknown is not None
     if ranks.world == 1:
-        return Scores(loss_sum / max(len(labels), 1), confusion, bins)
-    totals = distributed.sum_across(torch.cat([torch.tensor([loss_sum]), confusion.flatten().double(),
+        return Scores(loss_sum / max(len(labels), 1), confusion, bins, called_unknown if counted else None)
+    totals = distributed.sum_across(torch.cat([torch.tensor([loss_sum, called_unknown]), confusion.flatten().double(),
                                                bins.flatten()]).to(device)).cpu()
     cells = classes * classes
-    return Scores(float(totals[0]) / max(len(data), 1), totals[1:1 + cells].round().long().view(classes, classes),
-                  totals[1 + cells:].view(3, BINS))
+    return Scores(float(totals[0]) / max(len(data), 1), totals[2:2 + cells].round().long().view(classes, classes),
+                  totals[2 + cells:].view(3, BINS), int(totals[1].round()) if counted else None)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A split through the network: the penultimate features of each image (float32 [N, D]: the unknown
+    scorer's input) and the logits (float32 [views, N, outputs]: one view, or two with test-time flipping,
+    the image and its mirror image, whose probabilities the run averages), both on the CPU."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+
+
+def split_outputs(model, data: ImageSet, preprocess, precision: str, device: torch.device,
+                  test_time_flip: bool = False) -> Outputs:
+    """`Outputs` of a split, a chunk at a time (a split mapped from the decode cache is never whole in memory)."""
+    return batch_outputs(model, (images for _, images in data.chunks(inference_batch(data.shape, device))),
+                         preprocess, precision, device, test_time_flip)
 
 
 @torch.no_grad()
-def split_logits(model, data: ImageSet, preprocess, precision: str, device: torch.device,
-                 test_time_flip: bool = False) -> torch.Tensor:
-    """The network's logits for a split, float32 [views, N, outputs] on the CPU: one view, or two with
-    `test_time_flip` (the image and its mirror image, whose probabilities the run averages)."""
+def batch_outputs(model, batches, preprocess, precision: str, device: torch.device, test_time_flip: bool) -> Outputs:
+    """`Outputs` of uint8 image batches, read back to the CPU a batch at a time."""
     model.eval()
+    features: list[torch.Tensor] = []
     views: list[list[torch.Tensor]] = [[] for _ in range(2 if test_time_flip else 1)]
-    for _, images in data.chunks(inference_batch(data.shape, device)):
+    for images in batches:
         x = preprocess(images.to(device))
         with autocast(device, precision):
-            views[0].append(model(x).float().cpu())
+            penultimate, logits = model.features_and_logits(x)
+            features.append(penultimate.float().cpu())
+            views[0].append(logits.float().cpu())
             if test_time_flip:
                 views[1].append(model(x.flip(-1)).float().cpu())
-    return torch.stack([torch.cat(view) for view in views])
+    if not features:
+        return Outputs(torch.empty(0, 0), torch.empty(len(views), 0, 0))
+    return Outputs(torch.cat(features), torch.stack([torch.cat(view) for view in views]))
 
 
-def calibrated(model: Sequential, validation: ImageSet, preprocess: Preprocess, precision: str, device: torch.device,
-               test_time_flip: bool = False):
-    """A temperature fitted on the validation split (calibration.py), kept on the network (`set_temperature`)
-    where it lowers the split's NLL; the Calibration."""
-    logits = split_logits(model, validation, preprocess, precision, device, test_time_flip)
-    calibration = calibrate(model, logits, validation.labels)
-    set_temperature(model, calibration.temperature if calibration.kept else None)
-    return calibration
+@dataclass(frozen=True)
+class Fitted:
+    """What a run fits after its training: the temperature (None: no validation split to fit it on) and the
+    unknown scorer (None where too few images were held out to place its threshold: `why_no_unknown`)."""
+
+    calibration: Calibration | None
+    unknown: UnknownScorer | None
+    why_no_unknown: str | None = None
+
+
+def fit_after_training(model, train: ImageSet, validation: ImageSet | None, preprocess, precision: str,
+                       device: torch.device, test_time_flip: bool, rate: float, seed: int = 0) -> Fitted:
+    """The temperature (calibration.py: kept on the network where it lowers the validation NLL) and the unknown
+    scorer (unknown.py: the reference from training images, the threshold from validation, or where there is
+    none from training images left out of the reference), from one pass over the validation split and one over
+    at most unknown.REFERENCE_IMAGES (+ HELD_IMAGES) training images."""
+    check_rate(rate)
+    calibration, held = None, None
+    if validation is not None and len(validation):
+        outputs = split_outputs(model, validation, preprocess, precision, device, test_time_flip)
+        calibration = calibrate(model, outputs.logits, validation.labels)
+        set_temperature(model, calibration.temperature if calibration.kept else None)
+        held = outputs.features if len(validation) >= MIN_HELD else None
+    order = reference_order(len(train), seed)
+    where = "validation"
+    if held is None:  # training images the reference leaves out: all past REFERENCE_IMAGES, or a fifth
+        count = min(HELD_IMAGES, max(len(train) - REFERENCE_IMAGES, len(train) // 5))
+        if count < MIN_HELD:
+            have = len(validation) if validation is not None else 0
+            return Fitted(calibration, None, f"no unknown scorer: its threshold needs {MIN_HELD} held-out images, a "
+                                             f"validation split of {MIN_HELD} (this one has {have}) or "
+                                             f"{MIN_HELD * 5} training images (there are {len(train)})")
+        held = split_outputs(model, train.subset(order[len(train) - count:]), preprocess, precision, device).features
+        order, where = order[:len(train) - count], "training images not in the reference"
+    reference = split_outputs(model, train.subset(order[:REFERENCE_IMAGES]), preprocess, precision, device).features
+    return Fitted(calibration, fit_unknown(reference, held, rate, where))
+
+
+def scores_with_unknown(model, images: torch.Tensor, preprocess: Preprocess, precision: str, device: torch.device,
+                        test_time_flip: bool, scorer: UnknownScorer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities [N, classes], unknown scores [N]) for uint8 images, both float32 on the CPU, from one
+    pass (the mirror image's too with `test_time_flip`; its features are not scored)."""
+    size = inference_batch(images.shape, device)
+    outputs = batch_outputs(model, (images[start:start + size] for start in range(0, len(images), size)), preprocess,
+                            precision, device, test_time_flip)
+    probabilities = torch.stack([model.predict_proba(view) for view in outputs.logits]).mean(0)
+    return probabilities, scorer.scores(outputs.features)

@@ -142,6 +142,8 @@ def format_classification_report(metrics: dict) -> str:
     summary.append(f"log loss {metrics['loss']:.4f}")
     if "ece" in metrics:
         summary.append(f"calibration error (ECE) {metrics['ece']:.4f}")
+    if "unknown_rate" in metrics:
+        summary.append(f"called unknown {metrics['unknown_rate']:.1%}")
     if metrics.get("roc_auc") is not None:
         summary.append(f"ROC AUC {metrics['roc_auc']:.4f}")
     if "top5_accuracy" in metrics:

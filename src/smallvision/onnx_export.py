@@ -26,10 +26,10 @@ from torch import nn
 from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
 from smallvision.models.summary import count_parameters
-from smallvision.onnx_model import FORMAT, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME, OnnxModel, one_line
+from smallvision.onnx_model import FORMAT, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME, UNKNOWN_OUTPUTS, OnnxModel, one_line
 from smallvision.run import writable_directory
 from smallvision.runmeta import Preprocessing
-from smallvision.inference import predict_probabilities
+from smallvision.inference import predict_probabilities, scores_with_unknown
 
 PARITY_IMAGES = 64
 PARITY_BAR = 1e-4  # the most an exported file's probability may differ from the run's own (fp32)
@@ -37,11 +37,17 @@ EXAMPLE_BATCH = 2  # the exporter traces with this batch; with 1 it could take t
 
 
 class RunProbabilities(nn.Module):
-    """`Run.probabilities` as one network, for the exporter: uint8 pixels [N, H, W, C] -> probabilities."""
+    """`Run.probabilities` as one network, for the exporter: uint8 pixels [N, H, W, C] -> probabilities, and
+    with an unknown scorer (unknown.py) also each image's unknown score [N] and whether it passes the run's
+    threshold [N] (bool): the reference features are a constant of the graph."""
 
-    def __init__(self, model: nn.Module, preprocessing: Preprocessing, test_time_flip: bool):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, test_time_flip: bool, unknown=None):
         super().__init__()
         self.model = model
+        self.unknown = unknown is not None
+        if self.unknown:
+            self.register_buffer("reference", unknown.reference.float().contiguous(), persistent=False)
+            self.k, self.threshold = min(unknown.k, len(unknown.reference)), float(unknown.threshold)
         self.rescale = float(preprocessing.rescale)
         self.normalise = preprocessing.mean is not None
         if self.normalise:  # one number or one per channel, as Preprocess takes them
@@ -54,12 +60,22 @@ class RunProbabilities(nn.Module):
         x = pixels.permute(0, 3, 1, 2).float() * self.rescale
         if self.normalise:
             x = (x - self.mean) / self.std
-        if not self.test_time_flip:
-            return self.model.predict_proba(self.model(x))
-        # The images and their mirror images as one batch: the network appears once in the graph, not twice
-        both = self.model.predict_proba(self.model(torch.cat([x, x.flip(-1)])))
+        if not self.unknown:
+            if not self.test_time_flip:
+                return self.model.predict_proba(self.model(x))
+            # The images and their mirror images as one batch: the network appears once in the graph, not twice
+            both = self.model.predict_proba(self.model(torch.cat([x, x.flip(-1)])))
+            count = x.shape[0]
+            return (both[:count] + both[count:]) / 2
         count = x.shape[0]
-        return (both[:count] + both[count:]) / 2
+        features, logits = self.model.features_and_logits(torch.cat([x, x.flip(-1)]) if self.test_time_flip else x)
+        probabilities = self.model.predict_proba(logits)
+        if self.test_time_flip:  # the mirror images' probabilities count; their features are not scored
+            probabilities, features = (probabilities[:count] + probabilities[count:]) / 2, features[:count]
+        # UnknownScorer.scores: 1 - the cosine similarity to the K-th nearest reference features
+        similarity = torch.nn.functional.normalize(features.float(), dim=1) @ self.reference.T
+        score = 1 - similarity.topk(self.k, dim=1).values[:, -1]
+        return probabilities, score, score > self.threshold
 
 
 def per_channel(value: float | list[float]) -> torch.Tensor:
@@ -90,7 +106,8 @@ def onnx_model_proto(run):
     channels, height, width = run.meta.architecture.input_shape
     device = next(run.model.parameters()).device
     example = torch.zeros(EXAMPLE_BATCH, height, width, channels, dtype=torch.uint8, device=device)
-    network = RunProbabilities(run.model, run.meta.preprocessing, run.test_time_flip).to(device).eval()
+    network = RunProbabilities(run.model, run.meta.preprocessing, run.test_time_flip, run.unknown).to(device).eval()
+    outputs = [OUTPUT_NAME, *UNKNOWN_OUTPUTS] if run.unknown is not None else [OUTPUT_NAME]
     chatter = io.StringIO()
     try:
         # The exporter reports each of its steps on stdout (verbose=False quiets most) and warns about
@@ -98,14 +115,14 @@ def onnx_model_proto(run):
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(network, (example,), dynamo=True, verbose=False, external_data=False,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        input_names=[INPUT_NAME], output_names=outputs,
                                         dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}})
         proto = program.model_proto
     except Exception as err:  # the exporter fails in many ways (torch.export, the op translations, onnxscript)
         raise SmallvisionError(f"{run.path}: its network could not be exported to ONNX ({type(err).__name__}: "
                                f"{one_line(err)[:300]})") from None
     proto.doc_string = f"smallvision run {run.path.name}: uint8 pixels [N, {height}, {width}, {channels}] in, " \
-                       f"class probabilities out"
+                       f"class probabilities out" + (", and each image's unknown score and verdict" if run.unknown else "")
     existing = {entry.key: entry.value for entry in proto.metadata_props}
     onnx.helper.set_model_props(proto, {**existing, **metadata(run)})
     try:
@@ -143,6 +160,8 @@ def metadata(run) -> dict[str, str]:
         "smallvision_version": __version__,
     }
     assert tuple(values) == METADATA_KEYS  # the reader's list and this one are one list
+    if run.unknown is not None:  # the scorer's parameters; its reference and threshold are inside the graph too
+        values["unknown"] = json.dumps({key: value for key, value in run.unknown.to_json().items() if key != "file"})
     return values
 
 
@@ -150,10 +169,15 @@ def metadata(run) -> dict[str, str]:
 class Parity:
     difference: float  # the largest absolute difference of any probability
     images: str  # what it was measured on
+    # with an unknown scorer: the largest relative difference of an unknown score (relative to the score, or to
+    # 0.01 for a smaller one: a score near 0 is a known image, and fp32 rounding is all that differs there), and
+    # how many unknown decisions differ
+    unknown_difference: float | None = None
+    decisions_differ: int = 0
 
     @property
     def within_bar(self) -> bool:
-        return self.difference <= PARITY_BAR
+        return self.difference <= PARITY_BAR and (self.unknown_difference is None or self.unknown_difference <= PARITY_BAR)
 
 
 def parity(run, path: str | Path, data_dir: str | Path | None = None) -> Parity:
@@ -161,9 +185,17 @@ def parity(run, path: str | Path, data_dir: str | Path | None = None) -> Parity:
     images spread over its test split (its source looked for in `data_dir` first, then where it trained);
     on 64 random images where the run's data is not here."""
     images, what = parity_images(run, data_dir)
-    theirs = OnnxModel(path).probabilities(images.permute(0, 2, 3, 1).numpy())
-    ours = predict_probabilities(run.model, images, run.preprocess, "fp32", run.device, run.test_time_flip)
-    return Parity(float(np.abs(theirs - ours.numpy()).max()), what)
+    exported = OnnxModel(path)
+    theirs, their_scores = exported.probabilities_and_unknown(images.permute(0, 2, 3, 1).numpy())
+    if run.unknown is None:
+        ours = predict_probabilities(run.model, images, run.preprocess, "fp32", run.device, run.test_time_flip)
+        return Parity(float(np.abs(theirs - ours.numpy()).max()), what)
+    ours, our_scores = scores_with_unknown(run.model, images, run.preprocess, "fp32", run.device, run.test_time_flip,
+                                           run.unknown)
+    our_scores = our_scores.numpy()
+    relative = np.abs(their_scores - our_scores) / np.maximum(np.abs(our_scores), 0.01)
+    decisions = int(((their_scores > exported.unknown_threshold) != run.unknown.is_unknown(torch.from_numpy(our_scores)).numpy()).sum())
+    return Parity(float(np.abs(theirs - ours.numpy()).max()), what, float(relative.max()), decisions)
 
 
 def parity_images(run, data_dir: str | Path | None = None) -> tuple[torch.Tensor, str]:

@@ -19,6 +19,7 @@ from smallvision.predictions import answer, predict_files
 
 FORMAT = "smallvision-onnx/1"  # the format tag in every file we write; a file without it is not ours
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+UNKNOWN_OUTPUTS = ("unknown_score", "unknown")  # a run with an unknown scorer: float32 [N] and bool [N]
 # What `export --format onnx` writes into the file's metadata_props, each value a string (JSON where marked).
 METADATA_KEYS = ("format", "class_names", "input_shape", "input_size", "input", "preprocessing", "test_time_flip",
                  "output_activation", "model", "parameters", "precision", "metrics", "source", "recipe",
@@ -64,12 +65,25 @@ class OnnxModel:
         self.class_names: list[str] = json.loads(self.meta["class_names"])
         self.input_shape: list[int] = json.loads(self.meta["input_shape"])  # [C, H, W], as model.json's
         self.preprocessing: dict = json.loads(self.meta["preprocessing"])
+        # "none of these": the run's threshold, where the file carries the scorer (None in files without one)
+        self.unknown_threshold: float | None = (float(json.loads(self.meta["unknown"])["threshold"])
+                                                if len(self.session.get_outputs()) == 3 else None)
 
     def graph_problem(self) -> str | None:
         """What makes the graph's input or output differ from what the metadata promises, or None."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            return f"{len(inputs)} inputs and {len(outputs)} outputs, not one of each"
+        if len(inputs) != 1 or len(outputs) not in (1, 3):
+            return f"{len(inputs)} inputs and {len(outputs)} outputs, not one input and one output (or three, with " \
+                   f"the unknown scorer's)"
+        if len(outputs) == 3:
+            if tuple(output.name for output in outputs[1:]) != UNKNOWN_OUTPUTS:
+                return f"outputs named {[output.name for output in outputs]}, not {[OUTPUT_NAME, *UNKNOWN_OUTPUTS]}"
+            try:
+                threshold = json.loads(self.meta.get("unknown", "null"))["threshold"]
+            except (json.JSONDecodeError, RecursionError, TypeError, KeyError):
+                return "unknown-scorer outputs without an 'unknown' object (with its threshold) in the metadata"
+            if not isinstance(threshold, (int, float)):
+                return "the metadata's unknown threshold is not a number"
         channels, height, width = json.loads(self.meta["input_shape"])
         shape = inputs[0].shape
         if inputs[0].type != "tensor(uint8)" or len(shape) != 4 or list(shape[1:]) != [height, width, channels]:
@@ -96,6 +110,18 @@ class OnnxModel:
         except Exception as err:  # as above: onnxruntime's errors have no common type to name
             raise SmallvisionError(f"{self.path}: onnxruntime could not run it ({one_line(err)})") from None
 
+    def probabilities_and_unknown(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(`probabilities`, the unknown scores [N] float32) in one run of the graph; None for the scores in a
+        file without the scorer."""
+        if self.unknown_threshold is None:
+            return self.probabilities(pixels), None
+        try:
+            probabilities, scores = self.session.run([OUTPUT_NAME, UNKNOWN_OUTPUTS[0]],
+                                                     {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        except Exception as err:
+            raise SmallvisionError(f"{self.path}: onnxruntime could not run it ({one_line(err)})") from None
+        return probabilities, scores
+
     def read_image(self, path: str | Path) -> np.ndarray:
         """One image file as uint8 [H, W, C], read as the run read its images (digits inverted and framed
         when the run's preprocessing says so)."""
@@ -108,12 +134,18 @@ class OnnxModel:
     def predict_each(self, paths: list[str | Path], top: int = 5, progress: bool = False):
         """One dict per image file in file order, as `Run.predict_each` gives them: path, label, probability
         and `top`; for a file that cannot be read, path and error instead. A chunk of files at a time."""
-        yield from predict_files(paths, top, progress, self.read_image,
-                                 lambda images: self.probabilities(np.stack(images)), self.prediction)
+        yield from predict_files(paths, top, progress, self.read_image, self.answer_rows, self.prediction)
 
-    def prediction(self, path: Path, probabilities: np.ndarray, top: int) -> dict:
-        """predict's answer for one file: its `top` classes, most probable first."""
-        return answer(path, self.class_names, probabilities, top)
+    def answer_rows(self, images: list[np.ndarray]) -> list:
+        """predict_files' rows for a chunk of images: (probabilities, unknown score or None) per image."""
+        probabilities, scores = self.probabilities_and_unknown(np.stack(images))
+        return list(zip(probabilities, scores.tolist() if scores is not None else [None] * len(probabilities)))
+
+    def prediction(self, path: Path, row: tuple, top: int) -> dict:
+        """predict's answer for one file, as `Run.prediction`'s."""
+        probabilities, score = row
+        return answer(path, self.class_names, probabilities, top,
+                      None if score is None else (score, self.unknown_threshold))
 
 
 def metadata_problem(meta: dict[str, str]) -> str | None:

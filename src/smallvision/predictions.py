@@ -42,11 +42,18 @@ def predict_files(paths: list[str | Path], top: int, progress: bool, read_image:
     bar.close()
 
 
-def answer(path: str | Path, class_names: list[str], probabilities: np.ndarray, top: int) -> dict:
-    """predict's answer for one file: its `top` classes, most probable first (of equal ones, the first)."""
+def answer(path: str | Path, class_names: list[str], probabilities: np.ndarray, top: int,
+           unknown: tuple[float, float] | None = None) -> dict:
+    """predict's answer for one file: its `top` classes, most probable first (of equal ones, the first); with
+    `unknown` (the image's unknown score, the run's threshold), `unknown` (true past the threshold: "none of
+    these", `label` still the class it would have been) and `unknown_score`."""
     order = np.argsort(-probabilities, kind="stable")[:min(top, len(class_names))]
     ranked = [[class_names[i], round(float(probabilities[i]), 6)] for i in order]
-    return {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
+    result = {"path": str(path), "label": ranked[0][0], "probability": ranked[0][1], "top": ranked}
+    if unknown is not None:
+        score, threshold = unknown
+        result.update(unknown=bool(score > threshold), unknown_score=float(f"{score:.6g}"))  # 6 digits: a score can be tiny
+    return result
 
 
 def class_index(class_names: list[str], name: str) -> int:

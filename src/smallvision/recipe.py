@@ -366,6 +366,9 @@ class RunSettings(Group):
     early_stopping_patience: int = 0
     # score each validation and test image as the mean of it and its mirror image
     test_time_flip: bool = False
+    # the share of validation images the run's "none of these" line calls unknown (unknown.py): the line is
+    # the score that accepts the rest
+    unknown_rate: float = 0.05
 
     def validate(self) -> None:
         for name in ("device", "precision", "compile"):
@@ -377,6 +380,9 @@ class RunSettings(Group):
         if self.early_stopping_patience < 0:
             raise SmallvisionError(f"run.early_stopping_patience must be 0 (never stop early) or more, "
                                    f"got {self.early_stopping_patience}")
+        if not 0 < self.unknown_rate < 1:
+            raise SmallvisionError(f"run.unknown_rate is the share of validation images to call unknown, between 0 "
+                                   f"and 1 (0.05: 5%), got {self.unknown_rate}")
         if self.early_stopping_patience and not self.keep_best:
             # Keras' EarlyStopping watches val_loss unless told otherwise
             object.__setattr__(self, "keep_best", "val_loss")
@@ -412,6 +418,7 @@ FLAT = {
     "seed": "run.seed", "device": "run.device", "precision": "run.precision", "compile": "run.compile",
     "checkpoint_minutes": "run.checkpoint_minutes", "keep_best": "run.keep_best",
     "early_stopping_patience": "run.early_stopping_patience", "test_time_flip": "run.test_time_flip",
+    "unknown_rate": "run.unknown_rate",
 }
 FIELD_TYPES = {f"{table}.{field.name}": field.type for table, group in GROUPS.items() for field in fields(group)}
 FLAT_NAME = {path: flat for flat, path in FLAT.items()}  # and back

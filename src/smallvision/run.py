@@ -20,12 +20,14 @@ from smallvision.files import write_atomically
 from smallvision.images import expand_image_paths, load_image
 from smallvision.metrics import classification_metrics
 from smallvision.calibration import set_temperature
+from smallvision.unknown import UnknownScorer
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
 from smallvision.predictions import answer, predict_files
 from smallvision.recipe import Preprocess, Recipe, load_recipe
-from smallvision.inference import predict_probabilities, resolve_device, split_probabilities
+from smallvision.inference import (predict_probabilities, resolve_device, scores_with_unknown, split_outputs,
+                                   split_probabilities)
 from smallvision.runmeta import RunMeta
 
 try:
@@ -220,6 +222,8 @@ class Run:
         if pre.channels_last:
             self.model.to(memory_format=torch.channels_last)
         set_temperature(self.model, self.meta.temperature)  # calibration's, where the run kept one
+        # "none of these" (unknown.py): absent from runs trained before it and Keras imports until `calibrate`
+        self.unknown = UnknownScorer.load(self.path, self.meta.unknown) if self.meta.unknown is not None else None
 
     @property
     def metrics(self) -> dict:
@@ -230,6 +234,14 @@ class Run:
         """Class probabilities [N, classes] for uint8 images [N, C, H, W] of the run's input shape."""
         return predict_probabilities(self.model, images, self.preprocess, self.precision, self.device,
                                      self.test_time_flip)
+
+    def probabilities_and_unknown(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(`probabilities`, the unknown scores [N]) from one pass; None for the scores in a run without a
+        scorer."""
+        if self.unknown is None:
+            return self.probabilities(images), None
+        return scores_with_unknown(self.model, images, self.preprocess, self.precision, self.device,
+                                   self.test_time_flip, self.unknown)
 
     def split_probabilities(self, data: ImageSet) -> torch.Tensor:
         """`probabilities` for a labelled split, a chunk at a time when it is mapped from the decode cache."""
@@ -252,12 +264,19 @@ class Run:
     def predict_each(self, paths: list[str | Path], top: int = 5, progress: bool = False):
         """`predict`, one dict at a time in file order, a chunk of files at a time: the first answers come
         at once and memory stays bounded however many files there are."""
-        yield from predict_files(paths, top, progress, self.read_image,
-                                 lambda images: self.probabilities(torch.stack(images)), self.prediction)
+        yield from predict_files(paths, top, progress, self.read_image, self.answer_rows, self.prediction)
 
-    def prediction(self, path: Path, probabilities: torch.Tensor, top: int) -> dict:
-        """predict's answer for one file: its `top` classes, most probable first."""
-        return answer(path, self.class_names, probabilities.numpy(), top)
+    def answer_rows(self, images: list[torch.Tensor]) -> list:
+        """predict_files' rows for a chunk of images: (probabilities, unknown score or None) per image."""
+        probabilities, scores = self.probabilities_and_unknown(torch.stack(images))
+        return list(zip(probabilities, scores.tolist() if scores is not None else [None] * len(probabilities)))
+
+    def prediction(self, path: Path, row: tuple, top: int) -> dict:
+        """predict's answer for one file: its `top` classes, most probable first, and where the run has an
+        unknown scorer, `unknown` and `unknown_score`."""
+        probabilities, score = row
+        return answer(path, self.class_names, probabilities.numpy(), top,
+                      None if score is None else (score, self.unknown.threshold))
 
     def split_to_score(self, source: str | Path | None = None, split: str | None = None) -> str:
         """`split`, or when none is named: "test", except for a folder of class folders (ROOT/CLASS/*) that is
@@ -319,19 +338,30 @@ class Run:
                                f"no source to score on; name one: `smallvision evaluate {self.path} SOURCE`")
 
     def score(self, source: str | Path | None = None, split: str | None = None, data_dir: str | Path | None = None,
-              cache_dir: str | Path | None = None, progress: bool = False) -> tuple[dict, ImageSet, torch.Tensor]:
+              cache_dir: str | Path | None = None, progress: bool = False
+              ) -> tuple[dict, ImageSet, torch.Tensor, torch.Tensor | None]:
         """(metrics, the labelled split, its probabilities) on `split` of `source` (default: the source it was
         trained on; with no split named, its test split, or the whole of a folder of class folders:
-        `split_to_score`). `evaluate` gives the metrics; `evaluation.evaluate_run` writes the files from all three."""
+        `split_to_score`), and its unknown scores (None without a scorer). `evaluate` gives the metrics, the share
+        called unknown among them; `evaluation.evaluate_run` writes the files from all four."""
         source = source or self.default_source()
         split = self.split_to_score(source, split)
         data = self.labelled_split(source, split, data_dir, cache_dir, progress)
-        probabilities = self.split_probabilities(data)
+        scores = None
+        if self.unknown is None:
+            probabilities = self.split_probabilities(data)
+        else:
+            outputs = split_outputs(self.model, data, self.preprocess, self.precision, self.device, self.test_time_flip)
+            probabilities = torch.stack([self.model.predict_proba(view) for view in outputs.logits]).mean(0)
+            scores = self.unknown.scores(outputs.features)
         metrics = {"source": str(source), "split": split,
                    **classification_metrics(data.labels, probabilities, self.class_names)}
+        if scores is not None:
+            metrics.update(unknown_rate=round(float(self.unknown.is_unknown(scores).float().mean()), 6),
+                           unknown_threshold=self.unknown.threshold)
         if split == WHOLE:
             metrics["scored"] = "every image: a folder of class folders that is not the run's own source"
-        return metrics, data, probabilities
+        return metrics, data, probabilities, scores
 
 
 def weights_fit(model, weights: Path) -> None:

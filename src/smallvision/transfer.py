@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from smallvision import distributed
-from smallvision.calibration import Calibration, set_temperature
+from smallvision.calibration import set_temperature
 from smallvision.data.cache import user_cache_dir
 from smallvision.data.imageset import DataSource, Features, ImageSet
 from smallvision.data.sources import split_fingerprints
@@ -22,7 +22,7 @@ from smallvision.files import write_atomically
 from smallvision.models.backbones import BackboneClassifier
 from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
-from smallvision.inference import autocast, calibrated, inference_batch, split_scores
+from smallvision.inference import Fitted, autocast, fit_after_training, inference_batch, split_scores
 from smallvision.recipe import Preprocess, Recipe
 from smallvision.checkpoint import Resume
 from smallvision.loop import History, Loop, Stage
@@ -75,11 +75,11 @@ def extract_features(model: BackboneClassifier, images: ImageSet, preprocess: Pr
 
 def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
                             progress: str | bool = "auto", cache_dir=None, callbacks=(), resume: Resume | None = None,
-                            streaming: bool = False) -> tuple[History, dict, Calibration | None]:
+                            streaming: bool = False) -> tuple[History, dict, Fitted | None]:
     """Both stages, as the recipe says, each a Loop with the same `callbacks`; (the history of both, test
-    metrics when stage one already has them). `resume` puts a checkpoint back in the stage it names (stage
-    two's carries stage one's history). The calibration: stage one's on the validation features, when the run
-    ends after it (the workflow calibrates a fine-tuned network itself)."""
+    metrics when stage one already has them, what was fitted after training when stage one fitted it). `resume`
+    puts a checkpoint back in the stage it names (stage two's carries stage one's history). Stage one on
+    features fits the temperature and the unknown scorer on the features; the workflow fits them for the others."""
     resumed = Stage.from_json(resume.header["context"]) if resume is not None else None
     model.freeze_backbone()
     if resumed is None or resumed.number == 1:
@@ -87,13 +87,13 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
         if recipe.augment.active:
             history = Loop(model, dataset.train, recipe, dataset.validation, device=device, callbacks=first,
                            progress=progress, stage=Stage(1), streaming=streaming).fit()
-            test, calibration = {}, None
+            test, fitted = {}, None
         else:
-            history, test, calibration = fit_on_features(model, dataset, recipe, device, progress, cache_dir, first)
+            history, test, fitted = fit_on_features(model, dataset, recipe, device, progress, cache_dir, first)
         history = history.marked(1)
         resume = None  # stage two starts afresh from stage one's weights
     else:
-        history, test, calibration = resumed.earlier, {}, None
+        history, test, fitted = resumed.earlier, {}, None
     if recipe.fine_tune.blocks:
         model.unfreeze_last_blocks(recipe.fine_tune.blocks)
         tuning = recipe.replace(learning_rate=recipe.fine_tune.learning_rate, epochs=recipe.fine_tune.epochs,
@@ -102,15 +102,16 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
                       callbacks=[resume, *callbacks] if resume is not None else list(callbacks), progress=progress,
                       stage=Stage(2, earlier=history), streaming=streaming).fit()
         history = history.then(second, stage=2)
-        test, calibration = {}, None  # the head's test score and temperature no longer describe the tuned network
+        test, fitted = {}, None  # the head's test score, temperature and scorer no longer describe the tuned network
         set_temperature(model, None)
-    return history, test, calibration
+    return history, test, fitted
 
 
 def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
-                    progress: str | bool = "auto", cache_dir=None, callbacks=()) -> tuple[History, dict, Calibration | None]:
-    """Train `model.head` on the frozen backbone's features of each split, and fit its temperature on the
-    validation features (kept where it lowers their NLL); (history, test metrics, the calibration)."""
+                    progress: str | bool = "auto", cache_dir=None, callbacks=()) -> tuple[History, dict, Fitted]:
+    """Train `model.head` on the frozen backbone's features of each split, then fit its temperature and the
+    unknown scorer on them (inference.fit_after_training; the head's penultimate features are the backbone's
+    pooled ones, so the scorer is the whole network's); (history, test metrics, what was fitted)."""
     model.to(device)
     if recipe.preprocess.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -131,11 +132,10 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
                    callbacks=callbacks, progress=progress, stage=Stage(1)).fit()
     history.features_seconds = features_seconds
     scoring = inference_precision(recipe.run.precision, device)
-    calibration = None
-    if "validation" in features:
-        calibration = calibrated(model.head, features["validation"], head_recipe.preprocess, scoring, device)
+    fitted = fit_after_training(model.head, features["train"], features.get("validation"), head_recipe.preprocess,
+                                scoring, device, False, recipe.run.unknown_rate, recipe.run.seed)
     test = {}
     if "test" in features:
-        test = split_scores(model.head, features["test"], head_recipe.preprocess, scoring,
-                            device).as_metrics("test", dataset.class_names)
-    return history, test, calibration
+        test = split_scores(model.head, features["test"], head_recipe.preprocess, scoring, device,
+                            unknown=fitted.unknown).as_metrics("test", dataset.class_names)
+    return history, test, fitted

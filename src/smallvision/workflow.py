@@ -31,7 +31,7 @@ from smallvision.recipe import Recipe, builtin_recipes, flat_names, load_recipe
 from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.runmeta import Architecture, Preprocessing, RunMeta
-from smallvision.inference import calibrated, resolve_device, split_scores
+from smallvision.inference import fit_after_training, resolve_device, split_scores
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
@@ -304,18 +304,25 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         callbacks = [stopper, *([Checkpointer(directory, recipe.run.checkpoint_minutes)] if ranks.main else []),
                      *callbacks]
         if recipe.network.backbone:  # two stages of their own; the checkpoint says which one it was written in
-            history, test_metrics, calibration = fit_backbone_classifier(model, dataset, chosen, device, progress,
+            history, test_metrics, fitted = fit_backbone_classifier(model, dataset, chosen, device, progress,
                                                                          cache_dir, callbacks, resume, streaming)
         else:
             history = Loop(model, train_split, chosen, dataset.validation, device=device,
                            callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
                            streaming=streaming).fit()
-            test_metrics, calibration = {}, None
-    if calibration is None and dataset.validation is not None and len(dataset.validation):
-        # a temperature fitted on the validation split, kept where it lowers its NLL (calibration.py); every
-        # probability shown or exported from here on is divided by it, the test's below included
-        calibration = calibrated(model, dataset.validation, recipe.preprocess, inference_precision(choice.precision, device),
-                                 device, recipe.run.test_time_flip)
+            test_metrics, fitted = {}, None
+    fit_started = time.perf_counter()
+    scoring = inference_precision(choice.precision, device)
+    if fitted is None:
+        # a temperature fitted on the validation split, kept where it lowers its NLL (calibration.py), and the
+        # unknown scorer (unknown.py); every probability shown or exported from here on is divided by the
+        # temperature, the test's below included
+        fitted = fit_after_training(model, train_split, dataset.validation, recipe.preprocess, scoring, device,
+                                    recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed)
+    fit_seconds = time.perf_counter() - fit_started
+    calibration = fitted.calibration
+    if fitted.why_no_unknown and ranks.main:
+        print(f"warning: {fitted.why_no_unknown}; predictions will not say unknown", file=sys.stderr, flush=True)
     metrics = {"epochs": recipe.schedule.epochs, "train_seconds": round(history.train_seconds, 3),
                "load_seconds": round(load_seconds, 3),
                "images_per_second": round(history.images_per_second, 1)}
@@ -337,8 +344,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     if test_metrics:
         metrics.update(test_metrics)
     elif dataset.test is not None:
-        metrics.update(split_scores(model, dataset.test, recipe.preprocess, inference_precision(choice.precision, device),
-                                    device, recipe.run.test_time_flip).as_metrics("test", dataset.class_names))
+        metrics.update(split_scores(model, dataset.test, recipe.preprocess, scoring, device, recipe.run.test_time_flip,
+                                    unknown=fitted.unknown).as_metrics("test", dataset.class_names))
     if ranks.world > 1:
         metrics["processes"] = ranks.world  # one run, trained by this many processes
     if not ranks.main:
@@ -346,6 +353,9 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     metrics.update(class_weight=weighting.table(dataset.class_names), class_weight_reason=weighting.reason)
     if calibration is not None:
         metrics["calibration"] = calibration.to_json()
+    metrics["after_training_seconds"] = round(fit_seconds, 3)  # the temperature and the unknown scorer fitted
+    if fitted.unknown is not None:
+        metrics["unknown"] = fitted.unknown.to_json()
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.run.seed, device=str(device),
                    torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -363,6 +373,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         precision_reason=choice.reason,
         test_time_flip=recipe.run.test_time_flip,
         temperature=calibration.temperature if calibration is not None and calibration.kept else None,
+        unknown=fitted.unknown.to_json() if fitted.unknown is not None else None,
         preprocessing=Preprocessing(
             rescale=recipe.preprocess.rescale, mean=recipe.preprocess.mean, std=recipe.preprocess.std, channels_last=recipe.preprocess.channels_last,
             resize="area when shrinking, bilinear when growing" if dataset.root else "none",
@@ -370,6 +381,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
             invert_light_background=has_dark_background(train_split.take(torch.arange(min(len(train_split), 1000))))),
     )
     try:
+        if fitted.unknown is not None:
+            fitted.unknown.save(directory)  # before model.json, which names it
         save_run(directory, model, recipe, meta, history.epochs, metrics)
     except OSError as err:  # a full disk, a lost permission: the last epoch's checkpoint holds the whole result
         raise SmallvisionError(f"{directory}: the run's files cannot be written ({err.strerror or err}); its last "

@@ -118,6 +118,10 @@ class BackboneClassifier(nn.Module):
     def forward(self, x):
         return self.head(self.features(x))
 
+    def features_and_logits(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the head's penultimate features [N, D]: the pooled features, the logits), as Sequential's."""
+        return self.head.features_and_logits(self.features(x))
+
     def features(self, x) -> torch.Tensor:
         """Pooled backbone features as [N, D, 1, 1], the head's input."""
         return self.backbone(x)[:, :, None, None]

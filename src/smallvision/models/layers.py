@@ -680,7 +680,20 @@ class Sequential(nn.Module):
                                f"end it in {fix}Dense({num_classes}, activation='softmax')")
 
     def forward(self, x):
+        return self.run_layers(self.keras_layers, x)
+
+    def features_and_logits(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the penultimate features [N, D]: what goes into the last Dense layer, the logits): the unknown
+        scorer's features (unknown.py) and the answer from one pass."""
         layers = self.keras_layers
+        last = max((i for i, layer in enumerate(layers) if isinstance(layer, Dense)), default=None)
+        if last is None:
+            raise SmallvisionError(f"{self.model_name} has no Dense layer whose input would be its features")
+        features = self.run_layers(layers[:last], x)
+        return features.flatten(1), self.run_layers(layers[last:], features)
+
+    @staticmethod
+    def run_layers(layers: list, x):
         i = 0
         while i < len(layers):
             layer = layers[i]

@@ -54,6 +54,9 @@ class Prediction(BaseModel):
     label: str
     probability: float
     top: list[tuple[str, float]]  # the most probable classes, most probable first
+    # where the model has an unknown scorer: true for "none of these" (label: the class it would have been)
+    unknown: bool | None = None
+    unknown_score: float | None = None
 
 
 class Predictions(BaseModel):
@@ -137,6 +140,7 @@ def create_app(runs: list, *, device: str = "auto", max_batch: int | None = None
         return served(name).card
 
     @app.post("/predict", tags=["inference"], dependencies=guarded, response_model=Predictions,
+              response_model_exclude_none=True,
               openapi_extra={"requestBody": UPLOAD_BODY},
               summary="classify one or more images: `predict`'s answer for each",
               description="Send image files as multipart/form-data (field `files`, several allowed), or one image "
@@ -182,6 +186,7 @@ def create_app(runs: list, *, device: str = "auto", max_batch: int | None = None
 
         png = await anyio.to_thread.run_sync(gradcam_png, files[0][1], images[0], heatmaps[0], chosen.framed,
                                              limiter=decoders)
+        probabilities = chosen.class_probabilities(probabilities)
         predicted = int(probabilities[0].argmax())
         names = chosen.class_names
         return Response(png, media_type="image/png", headers={

@@ -51,6 +51,9 @@ class ServedModel:
     map_layers: list[str]  # the layers Grad-CAM can explain; none where it cannot look inside
     default_layer: str | None
     no_gradcam: str  # why there is no Grad-CAM, when default_layer is None
+    # "none of these": the run's threshold where it has an unknown scorer; `forward` then gives each image's
+    # unknown score as one more column after the classes' probabilities, so a batch stays one array
+    unknown_threshold: float | None = None
 
     default_max_batch: int  # the most images a pass, unless the server was told (--max-batch)
 
@@ -70,7 +73,8 @@ class ServedModel:
         raise NotImplementedError
 
     def forward(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities [N, classes] for a batch of decoded images. Runs in the worker thread."""
+        """Probabilities [N, classes] for a batch of decoded images (and the unknown score as a last column,
+        where the model has a scorer). Runs in the worker thread."""
         raise NotImplementedError
 
     def run_gradcam(self, images: np.ndarray, classes: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -89,8 +93,15 @@ class ServedModel:
     def decoded_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
 
-    def prediction(self, path: str, probabilities: np.ndarray, top: int) -> dict:
-        return answer(path, self.class_names, probabilities, top)
+    def prediction(self, path: str, row: np.ndarray, top: int) -> dict:
+        """`predict`'s answer for one image from its row of `forward`."""
+        if self.unknown_threshold is None:
+            return answer(path, self.class_names, row, top)
+        return answer(path, self.class_names, row[:-1], top, (float(row[-1]), self.unknown_threshold))
+
+    def class_probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """[N, classes] from `forward`'s rows (the unknown score's column left out)."""
+        return rows if self.unknown_threshold is None else rows[:, :-1]
 
     def run_batch(self, key: tuple, jobs: list[Job], images: np.ndarray) -> list:
         """Runs in the worker thread. Predict: each job's probabilities [n, classes]. Grad-CAM: each job's
@@ -105,7 +116,7 @@ class ServedModel:
         sizes = np.cumsum([len(job.images) for job in jobs])[:-1]
         if key == PREDICT:
             return np.split(probabilities, sizes)
-        classes = probabilities.argmax(1)
+        classes = self.class_probabilities(probabilities).argmax(1)
         start = 0
         for job in jobs:
             if job.extra is not None:  # a class asked for by name

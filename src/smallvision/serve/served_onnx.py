@@ -28,6 +28,7 @@ class ServedOnnx(ServedModel):
         self.map_layers, self.default_layer = [], None
         self.no_gradcam = (f"model {name!r} is an exported ONNX file, whose layers Grad-CAM cannot look inside; "
                            f"serve its run directory for heatmaps")
+        self.unknown_threshold = model.unknown_threshold
         self.card = export_card(model, name)
         self.start_batcher(max_batch, max_wait, max_queue)
 
@@ -40,4 +41,5 @@ class ServedOnnx(ServedModel):
         return pixels_from_bytes(content, self.channels, self.height, self.width, self.invert)
 
     def forward(self, images: np.ndarray) -> np.ndarray:
-        return self.model.probabilities(images)
+        probabilities, scores = self.model.probabilities_and_unknown(images)
+        return probabilities if scores is None else np.concatenate([probabilities, scores[:, None]], axis=1)

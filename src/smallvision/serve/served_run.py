@@ -34,6 +34,7 @@ class ServedRun(ServedModel):
         except SmallvisionError:  # a network of Dense layers alone: served, but nothing for Grad-CAM to show
             self.default_layer = None
         self.no_gradcam = f"model {name!r} has no convolutional layer to explain"
+        self.unknown_threshold = run.unknown.threshold if run.unknown is not None else None
         self.card = model_card(run, name) | {"gradcam_layer": self.default_layer, "gradcam_layers": self.map_layers}
         self.start_batcher(max_batch, max_wait, max_queue)
 
@@ -44,7 +45,10 @@ class ServedRun(ServedModel):
 
     def forward(self, images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.run.probabilities(torch.from_numpy(images)).cpu().numpy()
+            probabilities, scores = self.run.probabilities_and_unknown(torch.from_numpy(images))
+        if scores is None:
+            return probabilities.cpu().numpy()
+        return torch.cat([probabilities.cpu(), scores.cpu()[:, None]], 1).numpy()
 
     def run_gradcam(self, images: np.ndarray, classes: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
         heatmaps, classes, layer = run_heatmaps(self.run, torch.from_numpy(images), torch.from_numpy(classes), layer)

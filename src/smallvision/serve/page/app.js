@@ -198,8 +198,16 @@ async function classify(file) {
   }
   const prediction = (await response.json()).predictions[0];
   const label = element("p", "label");
-  label.append(element("strong", "", prediction.label), document.createTextNode(" " + percent(prediction.probability)));
-  answer.append(label, bars(prediction));
+  if (prediction.unknown) {  // "none of these": unlike every class the run trained on; what it would have said, small
+    label.append(element("strong", "", "None of these"));
+    answer.append(label, element("p", "would-be muted",
+      "unlike the training photos (score " + prediction.unknown_score.toFixed(3) + "); it would have said " +
+      prediction.label + " " + percent(prediction.probability)));
+  } else {
+    label.append(element("strong", "", prediction.label), document.createTextNode(" " + percent(prediction.probability)));
+    answer.append(label);
+  }
+  answer.append(bars(prediction));
 
   if (model.exported_file) return;  // an exported graph has no layers for Grad-CAM to look inside: not asked
   const note = element("p", "heat-note", "Grad-CAM: computing…");
