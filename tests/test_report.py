@@ -68,6 +68,8 @@ def test_reports_build_for_every_kind_of_run(runs_of_every_kind, tmp_path):
         text = build_report(run, tmp_path / f"{kind}.html", cache_dir=tmp_path / "cache").read_text()
         assert "Not evaluated" not in text and text.count("<img ") >= 3, kind
         assert run.recipe.name in text
+        # calibration's diagram and the least known images, where the run has a scorer
+        assert 'alt="reliability diagram"' in text and ('alt="least known"' in text) == (run.unknown is not None), kind
     mnist = runs_of_every_kind["mnist"]
     assert "only 3x3, so the heatmaps are coarse" in (tmp_path / "mnist.html").read_text()  # the seed's last map
     finer = build_report(mnist, tmp_path / "finer.html", layer="conv2d_1").read_text()

@@ -13,12 +13,12 @@
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["audit", "Callback", "DataSource", "Loop", "ImageSet", "Recipe", "Run", "Sequential", "SmallvisionError", "builtin_recipes", "create_model", "layers",
+__all__ = ["audit", "calibrate", "Callback", "DataSource", "Loop", "ImageSet", "Recipe", "Run", "Sequential", "SmallvisionError", "builtin_recipes", "create_model", "layers",
            "load_recipe", "load_run", "open_source", "resume", "summary", "train"]
 
 # Each public name is imported from its module when first asked for (PEP 562), not here: importing any
 # submodule runs this file first, and `predict MODEL.onnx` (onnxruntime alone) must not load PyTorch.
-_HOMES = {"audit": "smallvision.audit", "Callback": "smallvision.callbacks", "Loop": "smallvision.loop", "DataSource": "smallvision.data", "ImageSet": "smallvision.data", "open_source": "smallvision.data",
+_HOMES = {"audit": "smallvision.audit", "calibrate": "smallvision.recalibrate", "Callback": "smallvision.callbacks", "Loop": "smallvision.loop", "DataSource": "smallvision.data", "ImageSet": "smallvision.data", "open_source": "smallvision.data",
           "SmallvisionError": "smallvision.errors", "create_model": "smallvision.models", "layers": "smallvision.models",
           "summary": "smallvision.models", "Sequential": "smallvision.models.layers", "Recipe": "smallvision.recipe",
           "builtin_recipes": "smallvision.recipe", "load_recipe": "smallvision.recipe", "Run": "smallvision.run",

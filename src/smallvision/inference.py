@@ -141,10 +141,10 @@ def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, prec
     if unknown is None:
         probabilities = split_probabilities(model, share, preprocess, precision, device, test_time_flip)
     else:
-        outputs = split_outputs(model, share, preprocess, precision, device, test_time_flip)
+        outputs = split_outputs(model, share, preprocess, precision, device, test_time_flip, unknown)
         probabilities = (torch.stack([model.predict_proba(view) for view in outputs.logits]).mean(0)
                          if len(share) else torch.empty(0, 0))
-        called_unknown = int(unknown.is_unknown(unknown.scores(outputs.features)).sum()) if len(share) else 0
+        called_unknown = int(unknown.is_unknown(outputs.scores).sum()) if len(share) else 0
     labels = share.labels.cpu()
     classes = data.num_classes
     confusion = torch.zeros(classes, classes, dtype=torch.long)
@@ -166,38 +166,47 @@ def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, prec
 
 @dataclass(frozen=True)
 class Outputs:
-    """A split through the network: the penultimate features of each image (float32 [N, D]: the unknown
-    scorer's input) and the logits (float32 [views, N, outputs]: one view, or two with test-time flipping,
-    the image and its mirror image, whose probabilities the run averages), both on the CPU."""
+    """A split through the network, on the CPU: the logits (float32 [views, N, outputs]: one view, or two with
+    test-time flipping, the image and its mirror image, whose probabilities the run averages), and either the
+    penultimate features of each image (float32 [N, D]: the unknown scorer's input) or, given a scorer, each
+    image's unknown score (float32 [N]: a batch's features scored and dropped, so a big split holds no [N, D])."""
 
-    features: torch.Tensor
     logits: torch.Tensor
+    features: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
 
 def split_outputs(model, data: ImageSet, preprocess, precision: str, device: torch.device,
-                  test_time_flip: bool = False) -> Outputs:
+                  test_time_flip: bool = False, unknown: UnknownScorer | None = None) -> Outputs:
     """`Outputs` of a split, a chunk at a time (a split mapped from the decode cache is never whole in memory)."""
-    return batch_outputs(model, (images for _, images in data.chunks(inference_batch(data.shape, device))),
-                         preprocess, precision, device, test_time_flip)
+    outputs = batch_outputs(model, (images for _, images in data.chunks(inference_batch(data.shape, device))),
+                            preprocess, precision, device, test_time_flip, unknown)
+    if data.mapped:
+        release_pages()
+    return outputs
 
 
 @torch.no_grad()
-def batch_outputs(model, batches, preprocess, precision: str, device: torch.device, test_time_flip: bool) -> Outputs:
+def batch_outputs(model, batches, preprocess, precision: str, device: torch.device, test_time_flip: bool,
+                  unknown: UnknownScorer | None = None) -> Outputs:
     """`Outputs` of uint8 image batches, read back to the CPU a batch at a time."""
     model.eval()
-    features: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []  # each batch's features, or with `unknown` its scores
     views: list[list[torch.Tensor]] = [[] for _ in range(2 if test_time_flip else 1)]
     for images in batches:
         x = preprocess(images.to(device))
         with autocast(device, precision):
             penultimate, logits = model.features_and_logits(x)
-            features.append(penultimate.float().cpu())
             views[0].append(logits.float().cpu())
             if test_time_flip:
                 views[1].append(model(x.flip(-1)).float().cpu())
-    if not features:
-        return Outputs(torch.empty(0, 0), torch.empty(len(views), 0, 0))
-    return Outputs(torch.cat(features), torch.stack([torch.cat(view) for view in views]))
+        # scored in fp32, outside autocast: a cosine near 1 in bf16 keeps two digits of the distance
+        kept.append(penultimate.float().cpu() if unknown is None else unknown.scores(penultimate.float()).cpu())
+    if not kept:
+        empty = torch.empty(0) if unknown is not None else torch.empty(0, 0)
+        return Outputs(torch.empty(len(views), 0, 0), **{"scores" if unknown is not None else "features": empty})
+    logits = torch.stack([torch.cat(view) for view in views])
+    return Outputs(logits, scores=torch.cat(kept)) if unknown is not None else Outputs(logits, features=torch.cat(kept))
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,6 @@ def scores_with_unknown(model, images: torch.Tensor, preprocess: Preprocess, pre
     pass (the mirror image's too with `test_time_flip`; its features are not scored)."""
     size = inference_batch(images.shape, device)
     outputs = batch_outputs(model, (images[start:start + size] for start in range(0, len(images), size)), preprocess,
-                            precision, device, test_time_flip)
+                            precision, device, test_time_flip, scorer)
     probabilities = torch.stack([model.predict_proba(view) for view in outputs.logits]).mean(0)
-    return probabilities, scorer.scores(outputs.features)
+    return probabilities, outputs.scores

@@ -57,3 +57,6 @@ def calibrate_run(path: str | Path, source: str | Path | None = None, rate: floa
         metrics = json.loads(metrics_path.read_text())
         write_atomically(metrics_path, lambda p: p.write_text(json.dumps({**metrics, **record}, indent=2)))
     return {**record, "run": str(run.path), "source": str(source)}
+
+
+calibrate = calibrate_run  # sv.calibrate(RUN, SOURCE), as the command

@@ -122,6 +122,8 @@ def evaluation_section(evaluation: Evaluation) -> str:
     overview += [("log loss", f"{metrics['loss']:.4f}"), ("images", f"{metrics['images']:,}")]
     if "ece" in metrics:  # an evaluation written before it had none
         overview.append(("calibration error (ECE)", f"{metrics['ece']:.4f}"))
+    if "unknown_rate" in metrics:  # a run with an unknown scorer
+        overview.append(("called unknown", f"{metrics['unknown_rate']:.1%}"))
     if metrics.get("roc_auc") is not None:
         overview.append(("ROC AUC", f"{metrics['roc_auc']:.4f}"))
     if "top5_accuracy" in metrics:
@@ -141,6 +143,16 @@ def evaluation_section(evaluation: Evaluation) -> str:
                      "often it was right (on the diagonal: calibrated; below it: over-confident).</p>"
                      + picture(reliability.read_bytes(), "reliability diagram"))
     return "\n".join(parts)
+
+
+def unknown_section(evaluation: Evaluation) -> str:
+    sheet = evaluation.directory / "unknown.png"
+    if not sheet.is_file():
+        return ("<p class=muted>This run has no unknown scorer (an import, or a run from before them): "
+                "<code>smallvision calibrate RUN SOURCE</code> fits one.</p>")
+    return (f"<p>The images least like the training images, by their unknown score; past "
+            f"{evaluation.metrics['unknown_threshold']:.3f} the run answers \"none of these\" "
+            f"({evaluation.metrics['unknown_rate']:.1%} of this split).</p>" + picture(sheet.read_bytes(), "least known"))
 
 
 def mistakes_section(evaluation: Evaluation) -> str:
@@ -206,10 +218,11 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
         evaluation_seconds = time.perf_counter() - started
         evaluated = evaluation_section(evaluation)
         mistakes = mistakes_section(evaluation)
+        unknown = unknown_section(evaluation)
         gradcam = gradcam_section(run, evaluation, samples, layer)
     except SmallvisionError as err:
         evaluation_seconds = None
-        evaluated = mistakes = gradcam = f"<p>⚠ Not evaluated: {html.escape(str(err))}</p>"
+        evaluated = mistakes = unknown = gradcam = f"<p>⚠ Not evaluated: {html.escape(str(err))}</p>"
     tuned = run.recipe.fine_tune.epochs
     epochs = str(run.recipe.schedule.epochs) + (f" + {tuned} fine-tuning" if tuned else "")
     overview = [("model", run.meta.architecture.model), ("recipe", run.recipe.name),
@@ -229,6 +242,7 @@ def build_report(run, out: str | Path | None = None, source: str | Path | None =
          else "<p class=muted>No curves.png in this run.</p>"),
         ("Evaluation", evaluated),
         ("Most confident mistakes", mistakes),
+        ("Least known images", unknown),
         ("Grad-CAM", gradcam),
         ("Timings", timings_section(run, evaluation_seconds)),
     ]

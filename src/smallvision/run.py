@@ -351,9 +351,10 @@ class Run:
         if self.unknown is None:
             probabilities = self.split_probabilities(data)
         else:
-            outputs = split_outputs(self.model, data, self.preprocess, self.precision, self.device, self.test_time_flip)
+            outputs = split_outputs(self.model, data, self.preprocess, self.precision, self.device, self.test_time_flip,
+                                    self.unknown)
             probabilities = torch.stack([self.model.predict_proba(view) for view in outputs.logits]).mean(0)
-            scores = self.unknown.scores(outputs.features)
+            scores = outputs.scores
         metrics = {"source": str(source), "split": split,
                    **classification_metrics(data.labels, probabilities, self.class_names)}
         if scores is not None:
