@@ -165,7 +165,7 @@ def rejection(work: Path, photos: str | None, digits: str | None) -> None:
         rejection_of(load_run(path))
 
 
-def calibration(work: Path, recipes: list[str], epochs_cap: int | None) -> None:
+def calibration(work: Path, recipes: list[str], epochs_cap: int | None, reuse: dict[str, str]) -> None:
     from smallvision.calibration import output_layers, set_temperature
     from smallvision.metrics import expected_calibration_error, log_loss
     from smallvision.run import load_run
@@ -179,7 +179,10 @@ def calibration(work: Path, recipes: list[str], epochs_cap: int | None) -> None:
 
             if load_recipe(recipe).schedule.epochs > epochs_cap:
                 extra = ["--epochs", str(epochs_cap)]
-        out, seconds = train(source, recipe, work / f"run-{recipe}", work / "cache", *extra)
+        if recipe in reuse:  # a run this benchmark (or another) trained already: its command's time is not known
+            out, seconds, extra = Path(reuse[recipe]), float("nan"), []
+        else:
+            out, seconds = train(source, recipe, work / f"run-{recipe}", work / "cache", *extra)
         run = load_run(out)
         test = run.labelled_split(split="test")
         labels = test.labels.cpu()
@@ -237,6 +240,8 @@ def main() -> None:
     parser.add_argument("--recipes", default="fast-mnist,seed-mnist,catsdogs-features,catsdogs-finetune,"
                                              "catsdogs-features-augment,seed-catsdogs,seed-catsdogs-augment,catsdogs")
     parser.add_argument("--epochs-cap", type=int, help="calibration: train no recipe longer than this many epochs")
+    parser.add_argument("--reuse", action="append", default=[], metavar="RECIPE=RUN",
+                        help="calibration: use this run of the recipe instead of training one")
     parser.add_argument("--run", help="cost: the run to time")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="unknown-figures-"))
@@ -245,7 +250,7 @@ def main() -> None:
     if args.figure == "rejection":
         rejection(work, args.photos, args.digits)
     elif args.figure == "calibration":
-        calibration(work, args.recipes.split(","), args.epochs_cap)
+        calibration(work, args.recipes.split(","), args.epochs_cap, dict(item.split("=", 1) for item in args.reuse))
     else:
         cost(args.run)
 

@@ -96,7 +96,7 @@ def test_an_old_run_still_predicts_and_calibrate_fits_it_a_scorer(old_run, birds
     answers = load_run(old_run, device="cpu").predict(birds[:2])
     assert all("unknown" not in answer and answer["label"] for answer in answers)
     done = calibrate_run(old_run, device="cpu")
-    assert done["unknown"]["threshold"] > 0 and done["calibration"]["validation_images"] >= MIN_HELD
+    assert done["unknown"]["threshold"] > 0 and done["calibration"]["images"] >= MIN_HELD
     run = load_run(old_run, device="cpu")
     assert run.unknown is not None and all(answer["unknown"] for answer in run.predict(birds))
     assert json.loads((old_run / "metrics.json").read_text())["calibration"]["source"] == str(run.meta.source)
@@ -152,3 +152,12 @@ def test_serve_says_none_of_these_in_its_answer(runs_of_every_kind, birds):
         answer = client.post("/predict", content=buffer.getvalue(), headers={"Content-Type": "image/png"}).json()
         prediction = answer["predictions"][0]
         assert ("unknown" in prediction) == (runs_of_every_kind["mnist"].unknown is not None)
+
+
+def test_an_unknown_rate_outside_zero_to_one_is_the_recipes_own_error():
+    from smallvision.recipe import Recipe
+
+    assert Recipe().replace(unknown_rate=0.1).run.unknown_rate == 0.1
+    for rate in (0, 1, -0.5, 2):
+        with pytest.raises(SmallvisionError, match="run.unknown_rate is the share of validation images"):
+            Recipe().replace(unknown_rate=rate)

@@ -28,6 +28,7 @@ class Calibration:
     ece_before: float
     ece_after: float
     images: int
+    fitted_on: str = "validation"  # or "training images not in the reference" (a source without one)
 
     @property
     def kept(self) -> bool:
@@ -35,7 +36,8 @@ class Calibration:
         return self.nll_after < self.nll_before - 1e-6
 
     def to_json(self) -> dict:
-        return {"temperature": round(self.temperature, 6), "kept": self.kept, "validation_images": self.images,
+        return {"temperature": round(self.temperature, 6), "kept": self.kept, "fitted_on": self.fitted_on,
+                "images": self.images,
                 "val_nll_before": round(self.nll_before, 6), "val_nll_after": round(self.nll_after, 6),
                 "val_ece_before": round(self.ece_before, 6), "val_ece_after": round(self.ece_after, 6)}
 
@@ -73,15 +75,15 @@ def fit_temperature(model, logits: torch.Tensor, labels: torch.Tensor) -> float:
     return math.exp((low + high) / 2)
 
 
-def calibrate(model, logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
-    """Fit a temperature to a validation split's logits (inference.split_logits: [views, N, outputs]) and
-    labels, the network as it is (T = 1) before."""
+def calibrate(model, logits: torch.Tensor, labels: torch.Tensor, fitted_on: str = "validation") -> Calibration:
+    """Fit a temperature to held-out images' logits (inference.split_outputs: [views, N, outputs]) and labels,
+    the network as it is (T = 1) before."""
     labels = labels.cpu()
     temperature = fit_temperature(model, logits, labels)
     before, after = probabilities_at(model, logits, 1.0), probabilities_at(model, logits, temperature)
     return Calibration(temperature, log_loss(labels, before), log_loss(labels, after),
                        expected_calibration_error(before, labels), expected_calibration_error(after, labels),
-                       len(labels))
+                       len(labels), fitted_on)
 
 
 def output_layers(model):

@@ -647,7 +647,7 @@ def run_calibrate(args) -> None:
     print(f"{done['run']}: {kept}: validation NLL {calibration['val_nll_before']:.4f} -> "
           f"{min(calibration['val_nll_after'], calibration['val_nll_before']):.4f}, ECE {calibration['val_ece_before']:.4f}"
           f" -> {calibration['val_ece_after'] if calibration['kept'] else calibration['val_ece_before']:.4f} "
-          f"({calibration['validation_images']:,} images of {done['source']}); unknown past "
+          f"({calibration['images']:,} images of {done['source']}); unknown past "
           f"{unknown['threshold']:.4f} ({unknown['rate']:.0%} of the validation images)")
 
 

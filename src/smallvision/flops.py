@@ -47,8 +47,9 @@ def training_flops(model: torch.nn.Module, input_shape: tuple[int, int, int], ba
 
 def forward_flops(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int = 2) -> float:
     """FLOPs per image of one forward pass (inference)."""
+    device = next(model.parameters()).device
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
-        model(torch.zeros(batch, *input_shape))
+        model(torch.zeros(batch, *input_shape, device=device))
     return counter.get_total_flops() / batch
 
 

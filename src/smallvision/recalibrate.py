@@ -13,7 +13,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.files import write_atomically
 from smallvision.inference import fit_after_training
 from smallvision.run import load_run
-from smallvision.unknown import MIN_HELD, check_rate
+from smallvision.unknown import MIN_HELD, check_rate, reference_size
 
 HOLD_OUT = 0.15  # of a source without a validation split, held out to fit on (stratified, the run's seed)
 
@@ -43,7 +43,7 @@ def calibrate_run(path: str | Path, source: str | Path | None = None, rate: floa
                                f"validation/ split of {MIN_HELD} or more, or {math.ceil(MIN_HELD / HOLD_OUT)} training "
                                f"images, of which {HOLD_OUT:.0%} are held out")
     fitted = fit_after_training(run.model, data.train, validation, run.preprocess, run.precision, run.device,
-                                run.test_time_flip, rate, seed)
+                                run.test_time_flip, rate, seed, reference_size(run.model, tuple(shape)))
     if fitted.unknown is None:
         raise SmallvisionError(f"{source}: {fitted.why_no_unknown}")
     calibration = fitted.calibration

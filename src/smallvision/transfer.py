@@ -26,6 +26,7 @@ from smallvision.inference import Fitted, autocast, fit_after_training, inferenc
 from smallvision.recipe import Preprocess, Recipe
 from smallvision.checkpoint import Resume
 from smallvision.loop import History, Loop, Stage
+from smallvision.unknown import reference_size
 
 FEATURES_FORMAT = "smallvision-features/1"
 
@@ -132,8 +133,10 @@ def fit_on_features(model: BackboneClassifier, dataset: DataSource, recipe: Reci
                    callbacks=callbacks, progress=progress, stage=Stage(1)).fit()
     history.features_seconds = features_seconds
     scoring = inference_precision(recipe.run.precision, device)
+    # the reference is sized for the whole network, which is what answers a photo
+    size = reference_size(model, tuple(dataset.train.shape[1:]), features["train"].shape[1])
     fitted = fit_after_training(model.head, features["train"], features.get("validation"), head_recipe.preprocess,
-                                scoring, device, False, recipe.run.unknown_rate, recipe.run.seed)
+                                scoring, device, False, recipe.run.unknown_rate, recipe.run.seed, size)
     test = {}
     if "test" in features:
         test = split_scores(model.head, features["test"], head_recipe.preprocess, scoring, device,

@@ -24,6 +24,11 @@ FILE = "unknown.safetensors"
 SCORE = "knn-cosine"
 K = 5  # the 5th nearest, not the 1st: one stray training image near an unknown photo does not vouch for it
 REFERENCE_IMAGES = 2048  # training images whose features are kept (a seeded choice): more cost time at every answer
+MIN_REFERENCE = 256
+# The reference is cut to keep the score's product within this share of the network's own forward pass: a
+# digits network of 5.6 MFLOP an image against 2,048 features of 64 took 16% longer to answer (a [N, 64]
+# product runs far below the CPU's peak); EfficientNet-Lite0's 0.8 GFLOP keeps all 2,048
+SCORING_SHARE = 0.005
 HELD_IMAGES = 2048  # at most this many images set the threshold
 MIN_HELD = 20  # fewer than this cannot place a 95% line
 
@@ -95,6 +100,21 @@ def check_rate(rate: float) -> float:
 def threshold_at(scores: torch.Tensor, rate: float) -> float:
     """The score that `rate` of these held-out scores pass (ties counted as accepted)."""
     return float(torch.quantile(scores.double(), 1 - rate))
+
+
+def reference_size(model, input_shape: tuple[int, int, int], features: int | None = None) -> int:
+    """How many training images' features the scorer keeps for this network: as many as keep its product within
+    SCORING_SHARE of a forward pass, between MIN_REFERENCE and REFERENCE_IMAGES. `features`: the penultimate
+    width (found by one forward pass where not given)."""
+    from smallvision.flops import forward_flops
+
+    model.eval()  # no batch-norm statistics moved by the counting pass
+    if features is None:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            features = model.features_and_logits(torch.zeros(1, *input_shape, device=device))[0].shape[1]
+    affordable = SCORING_SHARE * forward_flops(model, input_shape) / (2 * features)
+    return int(min(REFERENCE_IMAGES, max(MIN_REFERENCE, affordable)))
 
 
 def reference_order(images: int, seed: int = 0) -> torch.Tensor:

@@ -35,6 +35,7 @@ from smallvision.inference import fit_after_training, resolve_device, split_scor
 from smallvision.callbacks import Callback, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
+from smallvision.unknown import reference_size
 from smallvision.budget import DEFAULT_BUDGET, Choice, choose, counts_of, parse_budget, rates_here
 
 # With no recipe named: the seed's training for digits; for photos a pretrained network (the seed's
@@ -318,7 +319,8 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         # unknown scorer (unknown.py); every probability shown or exported from here on is divided by the
         # temperature, the test's below included
         fitted = fit_after_training(model, train_split, dataset.validation, recipe.preprocess, scoring, device,
-                                    recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed)
+                                    recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed,
+                                    reference_size(model, input_shape))
     fit_seconds = time.perf_counter() - fit_started
     calibration = fitted.calibration
     if fitted.why_no_unknown and ranks.main:
