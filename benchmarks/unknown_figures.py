@@ -18,7 +18,6 @@ Runs and folders go under --work (default: a temporary directory).
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

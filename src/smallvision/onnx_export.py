@@ -74,7 +74,7 @@ class RunProbabilities(nn.Module):
             probabilities, features = (probabilities[:count] + probabilities[count:]) / 2, features[:count]
         # UnknownScorer.scores: 1 - the cosine similarity to the K-th nearest reference features
         similarity = torch.nn.functional.normalize(features.float(), dim=1) @ self.reference.T
-        score = 1 - similarity.topk(self.k, dim=1).values[:, -1]
+        score = 1 - similarity.topk(self.k, dim=1, sorted=False).values.min(1).values
         return probabilities, score, score > self.threshold
 
 
