@@ -3,6 +3,7 @@ number format the machine computes natively. Training, `Run`, the ONNX export an
 through here, so none of them depends on the training loop."""
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -217,6 +218,7 @@ class Fitted:
     calibration: Calibration | None
     unknown: UnknownScorer | None
     why_no_unknown: str | None = None
+    seconds: float = 0.0  # what fitting them took (metrics.json: after_training_seconds)
 
 
 def fit_after_training(model, train: ImageSet, validation: ImageSet | None, preprocess, precision: str,
@@ -228,6 +230,7 @@ def fit_after_training(model, train: ImageSet, validation: ImageSet | None, prep
     images left out of the reference; from one pass over those and one over at most `reference_images`
     (unknown.reference_size: what the network can afford at every answer) training images."""
     check_rate(rate)
+    started = time.perf_counter()
     order = reference_order(len(train), seed)
     if validation is not None and len(validation) >= MIN_HELD:
         held, where = validation, "validation"
@@ -246,7 +249,8 @@ def fit_after_training(model, train: ImageSet, validation: ImageSet | None, prep
     calibration = calibrate(model, outputs.logits, held.labels, where)
     set_temperature(model, calibration.temperature if calibration.kept else None)
     reference = split_outputs(model, train.subset(order[:reference_images]), preprocess, precision, device).features
-    return Fitted(calibration, fit_unknown(reference, outputs.features, rate, where))
+    return Fitted(calibration, fit_unknown(reference, outputs.features, rate, where),
+                  seconds=time.perf_counter() - started)
 
 
 def scores_with_unknown(model, images: torch.Tensor, preprocess: Preprocess, precision: str, device: torch.device,

@@ -312,7 +312,6 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
                            callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
                            streaming=streaming).fit()
             test_metrics, fitted = {}, None
-    fit_started = time.perf_counter()
     scoring = inference_precision(choice.precision, device)
     if fitted is None:
         # a temperature fitted on the validation split, kept where it lowers its NLL (calibration.py), and the
@@ -321,7 +320,6 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         fitted = fit_after_training(model, train_split, dataset.validation, recipe.preprocess, scoring, device,
                                     recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed,
                                     reference_size(model, input_shape))
-    fit_seconds = time.perf_counter() - fit_started
     calibration = fitted.calibration
     if fitted.why_no_unknown and ranks.main:
         print(f"warning: {fitted.why_no_unknown}; predictions will not say unknown", file=sys.stderr, flush=True)
@@ -355,7 +353,7 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
     metrics.update(class_weight=weighting.table(dataset.class_names), class_weight_reason=weighting.reason)
     if calibration is not None:
         metrics["calibration"] = calibration.to_json()
-    metrics["after_training_seconds"] = round(fit_seconds, 3)  # the temperature and the unknown scorer fitted
+    metrics["after_training_seconds"] = round(fitted.seconds, 3)  # the temperature and the unknown scorer fitted
     if fitted.unknown is not None:
         metrics["unknown"] = fitted.unknown.to_json()
     metrics.update(precision=choice.precision, precision_reason=choice.reason, seed=recipe.run.seed, device=str(device),
