@@ -314,9 +314,9 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
             test_metrics, fitted = {}, None
     scoring = inference_precision(choice.precision, device)
     if fitted is None:
-        # a temperature fitted on the validation split, kept where it lowers its NLL (calibration.py), and the
-        # unknown scorer (unknown.py); every probability shown or exported from here on is divided by the
-        # temperature, the test's below included
+        # a temperature kept where it lowers the held-out images' NLL (calibration.py) and the unknown scorer
+        # (unknown.py), on the validation split or training images held out of the reference; every probability
+        # shown or exported from here on is divided by the temperature, the test's below included
         fitted = fit_after_training(model, train_split, dataset.validation, recipe.preprocess, scoring, device,
                                     recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed,
                                     reference_size(model, input_shape))
