@@ -2,13 +2,13 @@
 
 The score is the cosine distance from an image's penultimate features (the input of the network's last Dense
 layer: a backbone's pooled features, a small convnet's last hidden layer) to its K-th nearest among the
-features of up to REFERENCE_IMAGES training images, each row scaled to length one (deep nearest neighbours,
-Sun et al. 2022): 0 for a picture the run trained on, up to 2. It needs no assumption about the features'
+features of up to REFERENCE_IMAGES training images (as many as the network affords: `reference_size`), each
+row scaled to length one (deep nearest neighbours, Sun et al. 2022): 0 for a picture the run trained on, up to 2. It needs no assumption about the features'
 shape (a class-conditional Gaussian on 1,280 features from 2,000 photos has a covariance it cannot estimate),
 costs one [N, D] x [D, M] product an image (under 1% of EfficientNet-Lite0's forward pass at M = 2,048), and
 is a MatMul and a TopK in an exported graph. The threshold is the score that accepts 1 - rate of the
 validation split (rate 0.05 by default: `run.unknown_rate`); a run without one (IDX digits) takes training
-images left out of the reference instead.
+images left out of the reference instead (inference.fit_after_training).
 
 The reference lives in the run's `unknown.safetensors`; model.json's `unknown` holds the rest (`to_json`).
 """
@@ -24,7 +24,7 @@ FILE = "unknown.safetensors"
 SCORE = "knn-cosine"
 K = 5  # the 5th nearest, not the 1st: one stray training image near an unknown photo does not vouch for it
 REFERENCE_IMAGES = 2048  # training images whose features are kept (a seeded choice): more cost time at every answer
-MIN_REFERENCE = 256
+MIN_REFERENCE = 256  # below this the line moves out: 256 caught 85% of the textures below
 # The reference is cut to keep the score's product within this share of the network's own forward pass (in
 # FLOPs; a [N, 64] product runs far below the CPU's peak, so its time's share is larger): seed-mnist's 5.6 MFLOP
 # an image affords 1,091 of its 64 features. Measured there against seed-mnist's test digits: with 256,
