@@ -43,7 +43,8 @@ class Calibration:
 
 
 def probabilities_at(model, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The run's probabilities from `split_logits` at a temperature: each view's, then their mean."""
+    """The run's probabilities from logits [views, N, outputs] (inference.Outputs.logits) at a temperature:
+    each view's, then their mean."""
     head = output_layers(model)
     saved = head.temperature
     head.temperature = 1.0

@@ -143,8 +143,7 @@ def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, prec
         probabilities = split_probabilities(model, share, preprocess, precision, device, test_time_flip)
     else:
         outputs = split_outputs(model, share, preprocess, precision, device, test_time_flip, unknown)
-        probabilities = (torch.stack([model.predict_proba(view) for view in outputs.logits]).mean(0)
-                         if len(share) else torch.empty(0, 0))
+        probabilities = outputs.probabilities(model) if len(share) else torch.empty(0, 0)
         called_unknown = int(unknown.is_unknown(outputs.scores).sum()) if len(share) else 0
     labels = share.labels.cpu()
     classes = data.num_classes
@@ -175,6 +174,10 @@ class Outputs:
     logits: torch.Tensor
     features: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+
+    def probabilities(self, model) -> torch.Tensor:
+        """The network's probabilities [N, classes] at its temperature: each view's, then their mean."""
+        return torch.stack([model.predict_proba(view) for view in self.logits]).mean(0)
 
 
 def split_outputs(model, data: ImageSet, preprocess, precision: str, device: torch.device,
@@ -260,5 +263,4 @@ def scores_with_unknown(model, images: torch.Tensor, preprocess: Preprocess, pre
     size = inference_batch(images.shape, device)
     outputs = batch_outputs(model, (images[start:start + size] for start in range(0, len(images), size)), preprocess,
                             precision, device, test_time_flip, scorer)
-    probabilities = torch.stack([model.predict_proba(view) for view in outputs.logits]).mean(0)
-    return probabilities, outputs.scores
+    return outputs.probabilities(model), outputs.scores

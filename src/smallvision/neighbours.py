@@ -43,7 +43,7 @@ class Neighbours:
 
 def unit_vectors(features: torch.Tensor) -> torch.Tensor:
     """[N, D, ...] features as float32 rows of length 1 (cosine similarity is then a dot product)."""
-    flat = features.reshape(len(features), -1).float()
+    flat = features.flatten(1).float()  # not reshape(len(...)): an exported graph keeps its batch axis free
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 

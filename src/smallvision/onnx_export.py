@@ -29,6 +29,7 @@ from smallvision.models.summary import count_parameters
 from smallvision.onnx_model import FORMAT, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME, UNKNOWN_OUTPUTS, OnnxModel, one_line
 from smallvision.run import writable_directory
 from smallvision.runmeta import Preprocessing
+from smallvision.unknown import kth_nearest_distance
 from smallvision.inference import predict_probabilities, scores_with_unknown
 
 PARITY_IMAGES = 64
@@ -72,9 +73,7 @@ class RunProbabilities(nn.Module):
         probabilities = self.model.predict_proba(logits)
         if self.test_time_flip:  # the mirror images' probabilities count; their features are not scored
             probabilities, features = (probabilities[:count] + probabilities[count:]) / 2, features[:count]
-        # UnknownScorer.scores: 1 - the cosine similarity to the K-th nearest reference features
-        similarity = torch.nn.functional.normalize(features.float(), dim=1) @ self.reference.T
-        score = 1 - similarity.topk(self.k, dim=1, sorted=False).values.min(1).values
+        score = kth_nearest_distance(features, self.reference, self.k)  # UnknownScorer.scores' own arithmetic
         return probabilities, score, score > self.threshold
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from smallvision.errors import SmallvisionError
 from smallvision.images import read_pixels
-from smallvision.predictions import answer, predict_files
+from smallvision.predictions import answer, predict_files, scored_rows
 
 FORMAT = "smallvision-onnx/1"  # the format tag in every file we write; a file without it is not ours
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
@@ -139,7 +139,7 @@ class OnnxModel:
     def answer_rows(self, images: list[np.ndarray]) -> list:
         """predict_files' rows for a chunk of images: (probabilities, unknown score or None) per image."""
         probabilities, scores = self.probabilities_and_unknown(np.stack(images))
-        return list(zip(probabilities, scores.tolist() if scores is not None else [None] * len(probabilities)))
+        return scored_rows(probabilities, scores)
 
     def prediction(self, path: Path, row: tuple, top: int) -> dict:
         """predict's answer for one file, as `Run.prediction`'s."""

@@ -243,6 +243,8 @@ def plot_reliability(sums, path, title: str = "") -> None:
     and under it how many images each bin holds."""
     import numpy as np
 
+    from smallvision.metrics import ece_of
+
     counts, confidence, right = (np.asarray(row, dtype=float) for row in sums)
     bins = len(counts)
     edges = np.linspace(0, 1, bins + 1)
@@ -258,7 +260,7 @@ def plot_reliability(sums, path, title: str = "") -> None:
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.legend(loc="upper left", fontsize=8, frameon=False)
-    gap = np.abs(confidence - right).sum() / max(counts.sum(), 1)
+    gap = ece_of(sums)
     top.set_title(f"{title}\nexpected calibration error {gap:.4f}" if title else f"expected calibration error {gap:.4f}",
                   fontsize=10)
     bottom.bar(centres, counts, width=1 / bins, color="0.55", edgecolor="white")

@@ -42,6 +42,12 @@ def predict_files(paths: list[str | Path], top: int, progress: bool, read_image:
     bar.close()
 
 
+def scored_rows(probabilities, scores) -> list:
+    """predict_files' rows for a chunk: (probabilities, unknown score or None) per image, where `scores` is None
+    for a model without an unknown scorer (`Run` and `OnnxModel` alike)."""
+    return list(zip(probabilities, scores.tolist() if scores is not None else [None] * len(probabilities)))
+
+
 def answer(path: str | Path, class_names: list[str], probabilities: np.ndarray, top: int,
            unknown: tuple[float, float] | None = None) -> dict:
     """predict's answer for one file: its `top` classes, most probable first (of equal ones, the first); with

@@ -24,7 +24,7 @@ from smallvision.unknown import UnknownScorer
 from smallvision.models import build_network, create_model
 from smallvision.models.layer_text import layers_from_json
 from smallvision.precision import inference_precision
-from smallvision.predictions import answer, predict_files
+from smallvision.predictions import answer, predict_files, scored_rows
 from smallvision.recipe import Preprocess, Recipe, load_recipe
 from smallvision.inference import (predict_probabilities, resolve_device, scores_with_unknown, split_outputs,
                                    split_probabilities)
@@ -269,7 +269,7 @@ class Run:
     def answer_rows(self, images: list[torch.Tensor]) -> list:
         """predict_files' rows for a chunk of images: (probabilities, unknown score or None) per image."""
         probabilities, scores = self.probabilities_and_unknown(torch.stack(images))
-        return list(zip(probabilities, scores.tolist() if scores is not None else [None] * len(probabilities)))
+        return scored_rows(probabilities, scores)
 
     def prediction(self, path: Path, row: tuple, top: int) -> dict:
         """predict's answer for one file: its `top` classes, most probable first, and where the run has an
@@ -353,7 +353,7 @@ class Run:
         else:
             outputs = split_outputs(self.model, data, self.preprocess, self.precision, self.device, self.test_time_flip,
                                     self.unknown)
-            probabilities = torch.stack([self.model.predict_proba(view) for view in outputs.logits]).mean(0)
+            probabilities = outputs.probabilities(self.model)
             scores = outputs.scores
         metrics = {"source": str(source), "split": split,
                    **classification_metrics(data.labels, probabilities, self.class_names)}

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from smallvision.errors import SmallvisionError
+from smallvision.neighbours import unit_vectors
 
 FILE = "unknown.safetensors"
 SCORE = "knn-cosine"
@@ -48,11 +49,7 @@ class UnknownScorer:
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """float32 [N]: 1 - the cosine similarity to the K-th nearest reference features."""
-        features = torch.nn.functional.normalize(features.float().flatten(1), dim=1)
-        reference = self.reference.to(features.device)
-        similarity = features @ reference.T
-        # the K largest unsorted, then their least: a third of a sorted top-K's time here
-        return 1 - similarity.topk(min(self.k, len(reference)), dim=1, sorted=False).values.min(1).values
+        return kth_nearest_distance(features, self.reference.to(features.device), self.k)
 
     def is_unknown(self, scores: torch.Tensor) -> torch.Tensor:
         return scores > self.threshold
@@ -91,6 +88,14 @@ class UnknownScorer:
                                    f"{fields.get('features')} features")
         return cls(reference.float(), int(fields["k"]), float(fields["threshold"]), float(fields["rate"]),
                    fields.get("held_out", "validation"))
+
+
+def kth_nearest_distance(features: torch.Tensor, reference: torch.Tensor, k: int) -> torch.Tensor:
+    """1 - the cosine similarity of each row of `features` [N, D] to its K-th nearest row of `reference` (unit
+    rows [M, D]): the score, in PyTorch and in the exported graph alike."""
+    similarity = unit_vectors(features) @ reference.T
+    # the K largest unsorted, then their least: a third of a sorted top-K's time here
+    return 1 - similarity.topk(min(k, reference.shape[0]), dim=1, sorted=False).values.min(1).values
 
 
 def check_rate(rate: float) -> float:
@@ -132,5 +137,5 @@ def fit_unknown(reference: torch.Tensor, held: torch.Tensor, rate: float, held_o
     check_rate(rate)
     if len(held) < MIN_HELD:
         raise SmallvisionError(f"the unknown threshold needs at least {MIN_HELD} held-out images, got {len(held)}")
-    scorer = UnknownScorer(torch.nn.functional.normalize(reference.float().flatten(1), dim=1), K, 0.0, rate, held_out)
-    return UnknownScorer(scorer.reference, K, threshold_at(scorer.scores(held), rate), rate, held_out)
+    reference = unit_vectors(reference)
+    return UnknownScorer(reference, K, threshold_at(kth_nearest_distance(held, reference, K), rate), rate, held_out)
