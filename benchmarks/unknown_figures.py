@@ -10,9 +10,11 @@
         # and of the set's images caught, for both scores.
     python benchmarks/unknown_figures.py calibration [--recipes a,b] [--epochs-cap N]
         # every built-in recipe trained here; its test ECE and NLL before (T = 1) and after (the run's own
-        # temperature); the seconds the fit after training took against the whole command's
+        # temperature), the ECE a perfectly calibrated model would show on the same images (its floor); the
+        # seconds the fit after training took against the whole command's
     python benchmarks/unknown_figures.py cost --run RUN
-        # predict's time per image with the scorer against without it (alternating rounds, medians)
+        # predict's time per image with the scorer against without it (alternating rounds, medians): on files,
+        # as the command answers, and the network alone on tensors
 
 Runs and folders go under --work (default: a temporary directory).
 """
@@ -192,7 +194,8 @@ def calibration(work: Path, recipes: list[str], epochs_cap: int | None, reuse: d
         metrics = run.metrics
         row = (recipe + (f" ({extra[1]} epochs)" if extra else ""), float((after.argmax(1) == labels).float().mean()),
                temperature, expected_calibration_error(before, labels), expected_calibration_error(after, labels),
-               log_loss(labels, before), log_loss(labels, after), metrics.get("after_training_seconds", 0.0), seconds)
+               ece_floor(after), log_loss(labels, before), log_loss(labels, after),
+               metrics.get("after_training_seconds", 0.0), seconds)
         rows.append(row)
         print_rows(rows[-1:], header=len(rows) == 1)
     print("\nall recipes:")
@@ -201,33 +204,66 @@ def calibration(work: Path, recipes: list[str], epochs_cap: int | None, reuse: d
           "the command")
 
 
+def ece_floor(probabilities, draws: int = 200, seed: int = 0) -> float:
+    """The test ECE a perfectly calibrated model would show with these probabilities on this many images: the
+    median over `draws` label sets drawn from the probabilities themselves. Fifteen bins of a thousand images
+    hold sampling noise of their own; an ECE near this is as good as the test split can tell."""
+    import torch
+
+    from smallvision.metrics import expected_calibration_error
+
+    generator = torch.Generator().manual_seed(seed)
+    drawn = [expected_calibration_error(probabilities, torch.multinomial(probabilities, 1, generator=generator)[:, 0])
+             for _ in range(draws)]
+    return float(np.median(drawn))
+
+
 def print_rows(rows, header: bool) -> None:
     if header:
-        print(f"{'recipe':<34} {'test acc':>8} {'T':>6} {'ECE before':>10} {'after':>7} {'NLL before':>10} "
+        print(f"{'recipe':<34} {'test acc':>8} {'T':>6} {'ECE before':>10} {'after':>7} {'floor':>6} {'NLL before':>10} "
               f"{'after':>7} {'fit s':>6} {'command s':>9} {'share':>6}")
-    for name, accuracy, temperature, ece0, ece1, nll0, nll1, fit, command in rows:
-        print(f"{name:<34} {accuracy:>8.4f} {temperature:>6.3f} {ece0:>10.4f} {ece1:>7.4f} {nll0:>10.4f} {nll1:>7.4f} "
-              f"{fit:>6.1f} {command:>9.0f} {fit / command:>6.1%}", flush=True)
+    for name, accuracy, temperature, ece0, ece1, floor, nll0, nll1, fit, command in rows:
+        print(f"{name:<34} {accuracy:>8.4f} {temperature:>6.3f} {ece0:>10.4f} {ece1:>7.4f} {floor:>6.4f} {nll0:>10.4f} "
+              f"{nll1:>7.4f} {fit:>6.1f} {command:>9.0f} {fit / command:>6.1%}", flush=True)
 
 
-def cost(path: str, rounds: int = 5) -> None:
+def cost(path: str, work: Path, rounds: int = 11) -> None:
+    """predict's time per image with the scorer against without it, two ways: the `predict` path (files read,
+    answered: Run.predict, as the command and serve do it) and the network alone on tensors (the strictest)."""
     import torch
+    from PIL import Image
 
     from smallvision.run import load_run
 
     run = load_run(path)
     images = run.labelled_split(split="test").images[:512]
-    plain, scored = [], []
-    run.probabilities(images[:64]), run.probabilities_and_unknown(images[:64])  # warm
-    for _ in range(rounds):
-        for timings, call in ((plain, run.probabilities), (scored, run.probabilities_and_unknown)):
-            started = time.perf_counter()
-            with torch.no_grad():
-                call(images)
-            timings.append((time.perf_counter() - started) / len(images))
-    a, b = statistics.median(plain), statistics.median(scored)
-    print(f"{run.path.name}: predict per image {a * 1e3:.3f} ms without the scorer, {b * 1e3:.3f} ms with it: "
-          f"{b / a:.3f}x (bar: at most 1.05x), {len(images)} test images, {rounds} alternating rounds, medians")
+    files = []
+    for index, image in enumerate(images):  # the test images as files, as a user would hand them over
+        files.append(work / "cost-images" / f"{index:04d}.png")
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).save(files[-1])
+    scorer = run.unknown
+
+    def with_scorer(on: bool, call):
+        run.unknown = scorer if on else None
+        return call()
+
+    paths = {"predict on files": lambda: run.predict(files),
+             "the network alone": lambda: run.probabilities_and_unknown(images)}
+    for name, call in paths.items():
+        plain, scored = [], []
+        with_scorer(False, call), with_scorer(True, call)  # warm
+        for round_ in range(rounds):
+            pair = ((plain, False), (scored, True))
+            for timings, on in pair if round_ % 2 else pair[::-1]:  # ABBA: neither goes first every time
+                started = time.perf_counter()
+                with torch.no_grad():
+                    with_scorer(on, call)
+                timings.append((time.perf_counter() - started) / len(images))
+        a, b = statistics.median(plain), statistics.median(scored)
+        print(f"{run.path.name}, {name}: {a * 1e3:.3f} ms an image without the scorer, {b * 1e3:.3f} ms with it: "
+              f"{b / a:.3f}x (bar: at most 1.05x), {len(images)} test images, {rounds} alternating rounds, medians")
+    run.unknown = scorer
 
 
 def main() -> None:
@@ -251,7 +287,7 @@ def main() -> None:
     elif args.figure == "calibration":
         calibration(work, args.recipes.split(","), args.epochs_cap, dict(item.split("=", 1) for item in args.reuse))
     else:
-        cost(args.run)
+        cost(args.run, work)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,80 @@ def test_an_unknown_rate_outside_zero_to_one_is_the_recipes_own_error():
     for rate in (0, 1, -0.5, 2):
         with pytest.raises(SmallvisionError, match="run.unknown_rate is the share of validation images"):
             Recipe().replace(unknown_rate=rate)
+
+
+LAYERS = "Conv2D(4, 3, activation='relu') MaxPooling2D(2) Flatten() Dense(8, activation='relu') Dense(3, activation='softmax')"
+
+
+def small_training(epochs: int = 2):
+    """A three-class network on 80 random 12x12 images, and 40 for validation, in fp32 on the CPU."""
+    from smallvision.data.imageset import ImageSet
+    from smallvision.models import recipe_model
+    from smallvision.recipe import load_recipe
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (120, 1, 12, 12), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(120) % 3
+    train, validation = (ImageSet(images[part], labels[part], ["a", "b", "c"]) for part in (slice(0, 80), slice(80, None)))
+    recipe = load_recipe("seed-mnist").replace(layers=LAYERS, batch_size=20, precision="fp32", device="cpu", epochs=epochs)
+    torch.manual_seed(0)
+    return recipe_model(recipe, (1, 12, 12), 3), train, validation, recipe
+
+
+def test_the_fit_after_training_takes_the_loops_last_validation_instead_of_a_second_pass(monkeypatch):
+    from smallvision import inference
+    from smallvision.calibration import set_temperature
+    from smallvision.inference import fit_after_training
+    from smallvision.loop import Loop
+
+    model, train, validation, recipe = small_training()
+    loop = Loop(model, train, recipe, validation, device=torch.device("cpu"), progress="off")
+    loop.fit()
+    assert loop.validated is not None and loop.validated[0] == 2  # the last epoch's, the weights unchanged since
+    images_in, passes = [], inference.split_outputs
+    monkeypatch.setattr(inference, "split_outputs", lambda model, data, *rest: images_in.append(len(data))
+                        or passes(model, data, *rest))
+    fit = (model, train, validation, recipe.preprocess, "fp32", torch.device("cpu"), False, 0.05, 0, 32)
+    reused = fit_after_training(*fit, validated=loop.validated[1])
+    assert sum(images_in) == 32  # the reference's images only
+    images_in.clear()
+    set_temperature(model, None)
+    own = fit_after_training(*fit)
+    assert sum(images_in) == 32 + len(validation)
+    assert reused.calibration.temperature == pytest.approx(own.calibration.temperature, rel=1e-6)
+    assert reused.unknown.threshold == pytest.approx(own.unknown.threshold, rel=1e-6)
+
+
+def test_keeping_an_earlier_epochs_weights_drops_the_last_validation():
+    from types import SimpleNamespace
+
+    from smallvision.callbacks import Best, KeepBest
+
+    model = torch.nn.Linear(2, 2)
+    for best_epoch, kept in ((3, True), (2, False)):
+        loop = SimpleNamespace(model=model, validated=(3, "outputs"), state=SimpleNamespace(
+            best=Best(best_epoch, 0.1, model.state_dict()), history=SimpleNamespace(kept=None)))
+        KeepBest("val_loss").on_train_end(loop)
+        assert (loop.validated is not None) == kept
+
+
+def test_the_reference_tap_keeps_the_last_epochs_features_of_training_images():
+    from smallvision.callbacks import ReferenceTap
+    from smallvision.inference import split_outputs
+    from smallvision.loop import Loop
+
+    model, train, validation, recipe = small_training(epochs=3)
+    last = list(model.layers.values())[-1]  # its input is the penultimate features
+    for layer in list(model.layers.values())[:-1]:
+        layer.requires_grad_(False)  # features that stay still as the last layer trains, as a frozen backbone's
+    tap = ReferenceTap(last, 30)
+    Loop(model, train, recipe, validation, device=torch.device("cpu"), callbacks=[tap], progress="off").fit()
+    taken = tap.features
+    assert taken is not None and taken.shape == (30, 8) and not last._forward_pre_hooks  # the hook is gone
+    features = split_outputs(model, train, recipe.preprocess, "fp32", torch.device("cpu")).features
+    distance, nearest = torch.cdist(taken, features).min(1)
+    apart = torch.cdist(features, features).median()  # how far two training images' features typically are
+    assert distance.max() < 0.01 * apart and len(set(nearest.tolist())) == 30  # 30 training images' own features
+    short = ReferenceTap(last, 81)  # more than an epoch's 80 images: no reference (the fit makes its own pass)
+    Loop(model, train, recipe, validation, device=torch.device("cpu"), callbacks=[short], progress="off").fit()
+    assert short.features is None

@@ -80,13 +80,6 @@ def split_probabilities(model: Sequential, data: ImageSet, preprocess: Preproces
     return torch.cat(pieces) if pieces else torch.empty(0, 0)
 
 
-def evaluate_imageset(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
-                      device: torch.device, test_time_flip: bool = False) -> tuple[float, float]:
-    """(log loss, accuracy) on a labelled split (each validation)."""
-    scores = split_scores(model, data, preprocess, precision, device, test_time_flip)
-    return scores.loss, scores.accuracy
-
-
 @dataclass(frozen=True)
 class Scores:
     """A labelled split scored: the mean log loss and the confusion matrix (rows: true classes)."""
@@ -95,6 +88,7 @@ class Scores:
     confusion: torch.Tensor  # int64 [classes, classes]
     bins: torch.Tensor  # calibration.bin_sums: the images, summed top probability and right answers per bin
     unknown: int | None = None  # images the run's unknown scorer calls unknown (None: scored without one)
+    outputs: "Outputs | None" = None  # with keep_outputs: the logits and features they came from (one process)
 
     @property
     def ece(self) -> float:
@@ -132,14 +126,19 @@ class Scores:
 
 
 def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, precision: str,
-                 device: torch.device, test_time_flip: bool = False, unknown: UnknownScorer | None = None) -> Scores:
+                 device: torch.device, test_time_flip: bool = False, unknown: UnknownScorer | None = None,
+                 keep_outputs: bool = False) -> Scores:
     """A labelled split's log loss and confusion matrix (and with an `unknown` scorer, how many of its images it
-    calls unknown); several processes score a share each and add up."""
+    calls unknown); several processes score a share each and add up. `keep_outputs` (one process, no scorer):
+    the split's `Outputs` come with the scores, for the fit after training (a validation need not run twice)."""
     ranks = distributed.ranks()
     start, stop = ranks.share(len(data)) if ranks.world > 1 else (0, len(data))
     share = data if ranks.world == 1 else data.subset(torch.arange(start, stop))
-    called_unknown = 0
-    if unknown is None:
+    called_unknown, kept = 0, None
+    if keep_outputs and unknown is None and ranks.world == 1 and len(share):
+        kept = split_outputs(model, share, preprocess, precision, device, test_time_flip)
+        probabilities = kept.probabilities(model)
+    elif unknown is None:
         probabilities = split_probabilities(model, share, preprocess, precision, device, test_time_flip)
     else:
         outputs = split_outputs(model, share, preprocess, precision, device, test_time_flip, unknown)
@@ -156,7 +155,7 @@ def split_scores(model: Sequential, data: ImageSet, preprocess: Preprocess, prec
         bins = bin_sums(probabilities, labels)
     counted = unknown is not None
     if ranks.world == 1:
-        return Scores(loss_sum / max(len(labels), 1), confusion, bins, called_unknown if counted else None)
+        return Scores(loss_sum / max(len(labels), 1), confusion, bins, called_unknown if counted else None, kept)
     totals = distributed.sum_across(torch.cat([torch.tensor([loss_sum, called_unknown]), confusion.flatten().double(),
                                                bins.flatten()]).to(device)).cpu()
     cells = classes * classes
@@ -226,12 +225,17 @@ class Fitted:
 
 def fit_after_training(model, train: ImageSet, validation: ImageSet | None, preprocess, precision: str,
                        device: torch.device, test_time_flip: bool, rate: float, seed: int = 0,
-                       reference_images: int = REFERENCE_IMAGES) -> Fitted:
+                       reference_images: int = REFERENCE_IMAGES, validated: "Outputs | None" = None,
+                       reference: torch.Tensor | None = None) -> Fitted:
     """The temperature (calibration.py: kept on the network where it lowers the NLL of the images it is fitted
     on) and the unknown scorer (unknown.py: the reference from training images, the threshold on the same
     held-out images), both fitted on the validation split, or where there is none (IDX digits) on training
     images left out of the reference; from one pass over those and one over at most `reference_images`
-    (unknown.reference_size: what the network can afford at every answer) training images."""
+    (unknown.reference_size: what the network can afford at every answer) training images.
+
+    Either pass is skipped where training already made it with the network as it is now: `validated`, the
+    loop's last validation's `Outputs` (Loop.validated); `reference`, training images' penultimate features
+    (float32 [M, D]: callbacks.ReferenceTap, for a network whose features stay still as it trains)."""
     check_rate(rate)
     started = time.perf_counter()
     order = reference_order(len(train), seed)
@@ -248,11 +252,14 @@ def fit_after_training(model, train: ImageSet, validation: ImageSet | None, prep
         # fast-mnist's (label smoothing) test ECE 0.099 -> 0.002 with the T fitted on them, seed-mnist's 0.004 -> 0.003
         held, where = train.subset(order[len(train) - count:]), "training images not in the reference"
         order = order[:len(train) - count]
-    outputs = split_outputs(model, held, preprocess, precision, device, test_time_flip)
-    calibration = calibrate(model, outputs.logits, held.labels, where)
+    if validated is None or held is not validation or validated.logits.shape[1] != len(held):
+        validated = split_outputs(model, held, preprocess, precision, device, test_time_flip)
+    calibration = calibrate(model, validated.logits, held.labels, where)
     set_temperature(model, calibration.temperature if calibration.kept else None)
-    reference = split_outputs(model, train.subset(order[:reference_images]), preprocess, precision, device).features
-    return Fitted(calibration, fit_unknown(reference, outputs.features, rate, where),
+    if reference is None:
+        reference = split_outputs(model, train.subset(order[:reference_images]), preprocess, precision,
+                                  device).features
+    return Fitted(calibration, fit_unknown(reference, validated.features, rate, where),
                   seconds=time.perf_counter() - started)
 
 

@@ -20,7 +20,7 @@ from smallvision.callbacks import Best, Callback, KeepBest, NanGuard, ProgressBa
 from smallvision.data.cache import release_pages
 from smallvision.data.imageset import ImageSet
 from smallvision.errors import SmallvisionError, TrainingStopped
-from smallvision.inference import evaluate_imageset, resolve_device
+from smallvision.inference import Outputs, resolve_device, split_scores
 from smallvision.models.layers import Sequential
 from smallvision.optim import build_optimizer, flatten_parameters, learning_rate_factor
 from smallvision.precision import inference_precision, training_precision
@@ -230,6 +230,9 @@ class Loop:
         self.stop_requested: str | None = None  # why training should stop after this batch (request_stop)
         self.finish_early = False  # set by early stopping: training ends after this epoch, as if it were the last
         self.at_refresh = False  # whether the batch just done was a refresh (callbacks.Callback.on_batch_end)
+        # The last validation's logits and features (epoch, Outputs) while the weights are still the ones it
+        # scored: the fit after training takes them instead of a pass of its own (inference.fit_after_training)
+        self.validated: tuple[int, Outputs] | None = None
 
     def request_stop(self, reason: str = "a stop was requested") -> None:
         """Finish the current batch, write a checkpoint (the run's Checkpointer, in on_stop) and stop with
@@ -256,6 +259,7 @@ class Loop:
             if self.finish_early:  # a run resumed from the checkpoint of the epoch that stopped it early
                 break
             self.model.train()
+            self.validated = None  # the weights move from here
             start = time.perf_counter() - state.seconds
             step.begin_epoch(state.loss_sum, state.correct)
             seen = state.seen
@@ -325,10 +329,11 @@ class Loop:
                    seconds=seconds, learning_rate=self.step.rate)
         if self.validation is not None and (epoch % recipe.schedule.validation_freq == 0 or epoch == recipe.schedule.epochs):
             val_start = time.perf_counter()
-            val_loss, val_accuracy = evaluate_imageset(self.model, self.validation, self.preprocess,
-                                                       inference_precision(self.precision, self.device), self.device,
-                                                       recipe.run.test_time_flip)
-            row.update(val_loss=val_loss, val_accuracy=val_accuracy, val_seconds=time.perf_counter() - val_start)
+            scores = split_scores(self.model, self.validation, self.preprocess,
+                                  inference_precision(self.precision, self.device), self.device,
+                                  recipe.run.test_time_flip, keep_outputs=True)
+            self.validated = (epoch, scores.outputs) if scores.outputs is not None else None
+            row.update(val_loss=scores.loss, val_accuracy=scores.accuracy, val_seconds=time.perf_counter() - val_start)
         history.epochs.append(row)
         self.live.images_per_second = seen / seconds if seconds else 0.0
         state.epoch, state.loss_sum, state.correct, state.seen, state.seconds = epoch, 0.0, 0, 0, 0.0

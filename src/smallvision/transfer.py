@@ -24,6 +24,7 @@ from smallvision.precision import inference_precision
 from smallvision.progress import progress_bar
 from smallvision.inference import Fitted, autocast, fit_after_training, inference_batch, split_scores
 from smallvision.recipe import Preprocess, Recipe
+from smallvision.callbacks import ReferenceTap
 from smallvision.checkpoint import Resume
 from smallvision.loop import History, Loop, Stage
 from smallvision.unknown import reference_size
@@ -78,33 +79,50 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
                             progress: str | bool = "auto", cache_dir=None, callbacks=(), resume: Resume | None = None,
                             streaming: bool = False) -> tuple[History, dict, Fitted | None]:
     """Both stages, as the recipe says, each a Loop with the same `callbacks`; (the history of both, test
-    metrics when stage one already has them, what was fitted after training when stage one fitted it). `resume`
-    puts a checkpoint back in the stage it names (stage two's carries stage one's history). Stage one on
-    features fits the temperature and the unknown scorer on the features; the workflow fits them for the others."""
+    metrics when stage one already has them, the temperature and unknown scorer fitted after the last stage).
+    `resume` puts a checkpoint back in the stage it names (stage two's carries stage one's history). Stage one
+    on features fits on the features; the others take their last validation's outputs from the loop, and a
+    frozen backbone's reference from its last epoch's batches (callbacks.ReferenceTap)."""
     resumed = Stage.from_json(resume.header["context"]) if resume is not None else None
     model.freeze_backbone()
+    scoring = inference_precision(recipe.run.precision, device)
+    fitted = None
     if resumed is None or resumed.number == 1:
         first = [resume, *callbacks] if resume is not None else list(callbacks)
         if recipe.augment.active:
-            history = Loop(model, dataset.train, recipe, dataset.validation, device=device, callbacks=first,
-                           progress=progress, stage=Stage(1), streaming=streaming).fit()
-            test, fitted = {}, None
+            size = reference_size(model, tuple(dataset.train.shape[1:]))
+            # the frozen backbone's features of the last epoch's augmented photos are the reference, unless
+            # stage two moves them (or torch.compile or several processes would not see the tap)
+            tap = (ReferenceTap(model.head, size) if not recipe.fine_tune.blocks and recipe.run.compile == "off"
+                   and distributed.ranks().world == 1 else None)
+            loop = Loop(model, dataset.train, recipe, dataset.validation, device=device,
+                        callbacks=[*first, *([tap] if tap else [])], progress=progress, stage=Stage(1),
+                        streaming=streaming)
+            history, test = loop.fit(), {}
+            if not recipe.fine_tune.blocks:
+                fitted = fit_after_training(model, dataset.train, dataset.validation, recipe.preprocess, scoring,
+                                            device, recipe.run.test_time_flip, recipe.run.unknown_rate,
+                                            recipe.run.seed, size, loop.validated and loop.validated[1],
+                                            tap.features if tap else None)
         else:
             history, test, fitted = fit_on_features(model, dataset, recipe, device, progress, cache_dir, first)
         history = history.marked(1)
         resume = None  # stage two starts afresh from stage one's weights
     else:
-        history, test, fitted = resumed.earlier, {}, None
+        history, test = resumed.earlier, {}
     if recipe.fine_tune.blocks:
         model.unfreeze_last_blocks(recipe.fine_tune.blocks)
+        set_temperature(model, None)  # the head's test score, temperature and scorer would not describe the tuned network
         tuning = recipe.replace(learning_rate=recipe.fine_tune.learning_rate, epochs=recipe.fine_tune.epochs,
                                 seed=recipe.run.seed + 1)
-        second = Loop(model, dataset.train, tuning, dataset.validation, device=device,
-                      callbacks=[resume, *callbacks] if resume is not None else list(callbacks), progress=progress,
-                      stage=Stage(2, earlier=history), streaming=streaming).fit()
-        history = history.then(second, stage=2)
-        test, fitted = {}, None  # the head's test score, temperature and scorer no longer describe the tuned network
-        set_temperature(model, None)
+        loop = Loop(model, dataset.train, tuning, dataset.validation, device=device,
+                    callbacks=[resume, *callbacks] if resume is not None else list(callbacks), progress=progress,
+                    stage=Stage(2, earlier=history), streaming=streaming)
+        history, test = history.then(loop.fit(), stage=2), {}
+        fitted = fit_after_training(model, dataset.train, dataset.validation, recipe.preprocess, scoring, device,
+                                    recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed,
+                                    reference_size(model, tuple(dataset.train.shape[1:])),
+                                    loop.validated and loop.validated[1])
     return history, test, fitted
 
 

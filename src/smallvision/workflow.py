@@ -308,18 +308,19 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
             history, test_metrics, fitted = fit_backbone_classifier(model, dataset, chosen, device, progress,
                                                                          cache_dir, callbacks, resume, streaming)
         else:
-            history = Loop(model, train_split, chosen, dataset.validation, device=device,
-                           callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
-                           streaming=streaming).fit()
-            test_metrics, fitted = {}, None
+            loop = Loop(model, train_split, chosen, dataset.validation, device=device,
+                        callbacks=[resume, *callbacks] if resume else callbacks, progress=progress,
+                        streaming=streaming)
+            history, test_metrics = loop.fit(), {}
     scoring = inference_precision(choice.precision, device)
-    if fitted is None:
+    if not recipe.network.backbone:  # (a backbone's stages fit their own, above)
         # a temperature kept where it lowers the held-out images' NLL (calibration.py) and the unknown scorer
-        # (unknown.py), on the validation split or training images held out of the reference; every probability
-        # shown or exported from here on is divided by the temperature, the test's below included
+        # (unknown.py), on the validation split (the loop's last pass over it, where the weights are still the
+        # ones it scored) or training images held out of the reference; every probability shown or exported
+        # from here on is divided by the temperature, the test's below included
         fitted = fit_after_training(model, train_split, dataset.validation, recipe.preprocess, scoring, device,
                                     recipe.run.test_time_flip, recipe.run.unknown_rate, recipe.run.seed,
-                                    reference_size(model, input_shape))
+                                    reference_size(model, input_shape), loop.validated and loop.validated[1])
     calibration = fitted.calibration
     if fitted.why_no_unknown and ranks.main:
         print(f"warning: {fitted.why_no_unknown}; predictions will not say unknown", file=sys.stderr, flush=True)
