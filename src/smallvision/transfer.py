@@ -90,7 +90,7 @@ def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, reci
     if resumed is None or resumed.number == 1:
         first = [resume, *callbacks] if resume is not None else list(callbacks)
         if recipe.augment.active:
-            size = reference_size(model, tuple(dataset.train.shape[1:]))
+            size = min(reference_size(model, tuple(dataset.train.shape[1:])), len(dataset.train))
             # the frozen backbone's features of the last epoch's augmented photos are the reference, unless
             # stage two moves them (or torch.compile or several processes would not see the tap)
             tap = (ReferenceTap(model.head, size) if not recipe.fine_tune.blocks and recipe.run.compile == "off"
