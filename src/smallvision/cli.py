@@ -367,6 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="print a line per request")
     serve.add_argument("--device", default="auto")
 
+    studio = command(sub, "studio", "one local page: look at folders of photos (counts, thumbnails a page at a time), "
+                     "train on one with live curves (Stop writes a checkpoint, Resume continues it), and follow every "
+                     "run in the runs folder, a run trained in a terminal too. It reads and writes only under the "
+                     "folders it is given and --runs; each training runs in a process of its own, one at a time",
+                     "smallvision studio ../shared/datasets --runs runs\n"
+                     "  smallvision studio my_photos/ --port 0 --open\n"
+                     "  smallvision studio my_photos/ --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"", run_studio)
+    studio.add_argument("roots", nargs="*", metavar="FOLDER", help="folders of photos (ROOT/CLASS/*.jpg or "
+                        "ROOT/train/CLASS/*.jpg), or folders holding them (default: the current folder)")
+    studio.add_argument("--runs", default="runs", help="the runs folder: where trainings write, and which runs the "
+                        "page shows (default runs/)")
+    studio.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                        "machine only; any other needs --token)")
+    studio.add_argument("--port", type=at_least(0), default=8800, help="the port (default 8800; 0: any free one)")
+    studio.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: "
+                        "$SMALLVISION_TOKEN, if set); needed for any --host but loopback")
+    studio.add_argument("--open", action="store_true", help="open the page in the browser")
+
     summary = command(sub, "summary", "print a network's layers, output shapes and parameters, as Keras does",
                       "smallvision summary mnist_convnet\n"
                       "  smallvision summary --layers \"Input(shape=(28, 28, 1)) Conv2D(32, 3, activation='relu') "
@@ -746,6 +764,15 @@ def run_serve(args) -> None:
     token = args.token or os.environ.get("SMALLVISION_TOKEN") or None
     serve(args.runs, args.host, args.port, token, args.device, args.max_batch, args.max_wait_ms, args.max_queue,
           args.access_log)
+
+
+def run_studio(args) -> None:
+    import os
+
+    from smallvision.studio.app import studio
+
+    token = args.token or os.environ.get("SMALLVISION_TOKEN") or None
+    studio(args.roots or ["."], args.runs, args.host, args.port, token, args.open)
 
 
 def run_summary(args) -> None:

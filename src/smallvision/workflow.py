@@ -32,7 +32,7 @@ from smallvision.files import write_atomically
 from smallvision.run import Run, prepare_run_dir, run_dir_name, save_run, training_lock
 from smallvision.runmeta import Architecture, Preprocessing, RunMeta
 from smallvision.inference import fit_after_training, resolve_device, split_scores
-from smallvision.callbacks import Callback, shows
+from smallvision.callbacks import Callback, LiveLog, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
 from smallvision.unknown import reference_size
@@ -302,8 +302,9 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         where = resume.where() if resume else "its start (it stopped before its first checkpoint)"
         print(f"resuming {directory} from {where}", flush=True)
     with stop_on_signals() as stopper:
-        callbacks = [stopper, *([Checkpointer(directory, recipe.run.checkpoint_minutes)] if ranks.main else []),
-                     *callbacks]
+        # live.jsonl: the epochs as they end, for the studio's charts (a run trained in a terminal shows there too)
+        callbacks = [stopper, *([Checkpointer(directory, recipe.run.checkpoint_minutes), LiveLog(directory, fresh=not resuming)]
+                                if ranks.main else []), *callbacks]
         if recipe.network.backbone:  # two stages of their own; the checkpoint says which one it was written in
             history, test_metrics, fitted = fit_backbone_classifier(model, dataset, chosen, device, progress,
                                                                          cache_dir, callbacks, resume, streaming)

@@ -1,0 +1,274 @@
+"""`create_studio`: the studio's FastAPI application: the page at `/` and its JSON API under `/api`.
+
+Every path from the page names a root by number and a path inside it (roots.py); the runs are the runs
+folder's (runs.py); trainings start as processes of their own (trainer.py). Every error is JSON
+{"detail": ...}: 403 for a path out of the roots, 409 for a second training, 400 for a recipe's own refusal.
+"""
+
+import hmac
+import io
+import re
+import time
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from smallvision.data.folders import FolderProblem, is_image_folder, scan_folder, subfolders
+from smallvision.errors import SmallvisionError
+from smallvision.images import IMAGE_SUFFIXES
+from smallvision.studio.roots import OutsideRoots, Roots, inside
+from smallvision.studio.runs import list_runs, read_live, run_state
+from smallvision.studio.trainer import Busy, Trainer
+
+PAGE = Path(__file__).parent / "page"
+THUMB = 160  # pixels, the longer side
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SCAN_SECONDS = 5.0  # a folder's listing is reused this long (paging through a class of 10,000 reads it once)
+OVERRIDES = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr", "image_size": "--image-size"}
+
+
+class Start(BaseModel):
+    root: int
+    path: str = ""  # the source folder, inside the root
+    recipe: str
+    name: str | None = None  # the run's folder name (default: recipe and time)
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    image_size: int | None = None
+
+
+def create_studio(roots: list, runs: str | Path, token: str | None = None) -> FastAPI:
+    """The studio over the folders `roots` (sources of photos, or folders holding them) and the runs folder
+    `runs` (made if missing). With `token`, every /api route wants `Authorization: Bearer TOKEN`."""
+    folders = Roots.of(roots)
+    runs = Path(runs).expanduser()
+    runs.mkdir(parents=True, exist_ok=True)
+    runs = runs.resolve()
+    trainer = Trainer(runs)
+    scans: dict[Path, tuple[float, object]] = {}
+    app = FastAPI(title="smallvision studio", docs_url=None, redoc_url=None)
+    app.state.trainer = trainer
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if token and (credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode())):
+            raise HTTPException(401, "this studio wants `Authorization: Bearer TOKEN`, the token it was started with "
+                                     "(--token)", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(OutsideRoots)
+    async def outside(request, error: OutsideRoots):
+        return JSONResponse({"detail": str(error)}, status_code=403)
+
+    @app.exception_handler(Busy)
+    async def busy(request, error: Busy):
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(SmallvisionError)
+    async def refused(request, error: SmallvisionError):
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(PAGE / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
+                                                          "Cache-Control": "no-cache"})
+
+    app.mount("/page", StaticFiles(directory=PAGE), name="page")
+
+    def scanned(folder: Path):
+        """The folder's listing (data.folders.scan_folder), reused for SCAN_SECONDS."""
+        now = time.monotonic()
+        if folder not in scans or now - scans[folder][0] > SCAN_SECONDS:
+            scans[folder] = (now, scan_folder(folder))
+        return scans[folder][1]
+
+    def describe(root: int, folder: Path) -> dict:
+        path = folder.relative_to(folders.folders[root]).as_posix() if folder != folders.folders[root] else ""
+        answer = {"root": root, "path": path, "name": folder.name}
+        try:
+            scan = scanned(folder)
+        except (FolderProblem, SmallvisionError, OSError) as err:
+            return {**answer, "problem": str(err)}
+        counts = {split: {name: 0 for name in scan.class_names} for split in scan.files}
+        for split, files in scan.files.items():
+            for _, label in files:
+                counts[split][scan.class_names[label]] += 1
+        return {**answer, "layout": scan.layout, "classes": scan.class_names, "counts": counts,
+                "warnings": scan.warnings}
+
+    api = [Depends(authorized)]
+
+    @app.get("/api/state", dependencies=api)
+    def state():
+        return {"roots": [folder.name for folder in folders.folders], "runs": str(runs),
+                "training": trainer.status(), "busy": trainer.busy_with()}
+
+    @app.get("/api/sources", dependencies=api)
+    def sources():
+        """Each root that is a folder of photos, and each folder of photos one level inside a root."""
+        found = []
+        for root, folder in enumerate(folders.folders):
+            if looks_like_source(folder):
+                found.append(describe(root, folder))
+                continue
+            for child in subfolders(folder):
+                if looks_like_source(inside(folder, child.name)):
+                    found.append(describe(root, inside(folder, child.name)))
+        return found
+
+    @app.get("/api/images", dependencies=api)
+    def images(root: int, path: str = "", split: str = "train", label: str = Query(..., alias="class"),
+               offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=500)):
+        """A page of one class's files in one split (paths inside the root), and how many there are."""
+        folder = folders.resolve(root, path)
+        scan = scanned(folder)
+        if label not in scan.class_names:
+            raise SmallvisionError(f"{folder.name} has no class {label!r}; it has {', '.join(scan.class_names)}")
+        index = scan.class_names.index(label)
+        files = [relative for relative, found in scan.files.get(split, []) if found == index]
+        base = folder.relative_to(folders.folders[root]).as_posix() if folder != folders.folders[root] else ""
+        chosen = []
+        for relative in files[offset:offset + limit]:
+            named = f"{base}/{relative}" if base else relative
+            try:
+                folders.resolve(root, named)  # a symlink out is not listed either
+            except OutsideRoots:
+                continue
+            chosen.append(Path(named).as_posix())
+        return {"root": root, "path": base, "split": split, "class": label, "total": len(files), "offset": offset,
+                "files": chosen}
+
+    @app.get("/api/thumb", dependencies=api)
+    def thumb(root: int, path: str):
+        """A JPEG of the photo at most THUMB pixels on its longer side."""
+        from PIL import Image, UnidentifiedImageError
+
+        file = folders.resolve(root, path)
+        if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+            raise HTTPException(404, f"{path}: not an image file here")
+        try:
+            with Image.open(file) as image:
+                image.draft("RGB", (THUMB, THUMB))  # a JPEG decodes at a fraction of its size
+                image = image.convert("RGB")
+                image.thumbnail((THUMB, THUMB))
+                out = io.BytesIO()
+                image.save(out, "JPEG", quality=80)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise HTTPException(422, f"{path}: not a readable image ({err})") from None
+        return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/api/recipes", dependencies=api)
+    def recipes():
+        from smallvision.recipe import builtin_recipes, load_recipe
+
+        listed = []
+        for name in builtin_recipes():
+            recipe = load_recipe(name)
+            listed.append({"name": name, "description": recipe.description, "epochs": recipe.schedule.epochs,
+                           "batch_size": recipe.optimizer.batch_size, "learning_rate": recipe.optimizer.learning_rate,
+                           "image_size": recipe.data.image_size})
+        return listed
+
+    @app.post("/api/train", status_code=202, dependencies=api)
+    def train(start: Start):
+        """Start a training (409 while another runs); the recipe with the overrides is checked first (400)."""
+        from smallvision.recipe import load_recipe
+
+        source = folders.resolve(start.root, start.path)
+        if not is_image_folder(source):
+            raise SmallvisionError(f"{start.path or source.name}: not a folder of photos (ROOT/CLASS/*.jpg or "
+                                   f"ROOT/train/CLASS/*.jpg)")
+        changes = {field: getattr(start, field) for field in OVERRIDES if getattr(start, field) is not None}
+        load_recipe(start.recipe).replace(**changes)  # the recipe's own message for a value out of range
+        name = start.name or f"{start.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+            raise SmallvisionError(f"{name!r}: a run's name is letters, digits, '.', '_' and '-'")
+        run = inside(runs, name)
+        if run.exists():
+            raise Busy(f"{name}: a run of that name exists already; choose another name")
+        arguments = [str(source), "--recipe", start.recipe]
+        for field, flag in OVERRIDES.items():
+            if field in changes:
+                arguments += [flag, str(changes[field])]
+        trainer.start(arguments, run)
+        return {"run": name}
+
+    def run_folder(name: str) -> Path:
+        run = inside(runs, name)
+        if not run.is_dir() or run == runs:
+            raise HTTPException(404, f"{name}: no such run in {runs}")
+        return run
+
+    @app.post("/api/runs/{name}/stop", status_code=202, dependencies=api)
+    def stop(name: str):
+        trainer.stop(run_folder(name))
+        return {"run": name}
+
+    @app.post("/api/runs/{name}/resume", status_code=202, dependencies=api)
+    def resume(name: str):
+        run = run_folder(name)
+        if run_state(run) not in ("stopped", "ended"):
+            raise Busy(f"{name}: {run_state(run)}, nothing to resume")
+        trainer.resume(run)
+        return {"run": name}
+
+    @app.get("/api/runs", dependencies=api)
+    def runs_list():
+        return list_runs(runs)
+
+    @app.get("/api/runs/{name}/live", dependencies=api)
+    def live(name: str, offset: int = Query(0, ge=0)):
+        """The rows of the run's live.jsonl from byte `offset`, the offset to ask from next, and the run's state."""
+        run = run_folder(name)
+        rows, offset = read_live(run, offset)
+        answer = {"rows": rows, "offset": offset, "state": run_state(run)}
+        status = trainer.status()
+        if status.get("run") == name and status.get("why"):
+            answer["why"] = status["why"]
+        return answer
+
+    return app
+
+
+def looks_like_source(folder: Path) -> bool:
+    """A folder of class folders, or of train/ (validation/, test/) holding them, with at least one photo."""
+    if not is_image_folder(folder):
+        return False
+    for child in subfolders(folder)[:50]:
+        for entry in child.iterdir():
+            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+                return True
+            if entry.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in list(entry.iterdir())[:20]):
+                return True
+    return False
+
+
+def studio(roots: list, runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 8800,
+           token: str | None = None, open_page: bool = False) -> None:
+    """Serve the studio until Ctrl-C. Any address but loopback needs a token: the studio moves files and
+    starts trainings, so it is refused without one."""
+    import uvicorn
+
+    from smallvision.serve.server import Server, bind, is_loopback, url
+
+    if not is_loopback(host) and not token:
+        raise SmallvisionError(f"--host {host} lets other machines reach the studio, which starts trainings: give "
+                               f"--token (or SMALLVISION_TOKEN) as well, or leave --host at 127.0.0.1")
+    app = create_studio(roots, runs, token)
+    listener = bind(host, port)
+    address = url(host, listener.getsockname()[1])
+    print(f"studio at {address} (runs in {Path(runs).resolve()}); Ctrl-C stops", flush=True)
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(address)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, lifespan="on")
+    try:
+        Server(config).run(sockets=[listener])
+    finally:
+        listener.close()

@@ -1,0 +1,287 @@
+// The studio's page: talks only to this server's /api (no CDN, no other address); draws its charts itself.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { token: sessionStorage.getItem("studio-token") || "", sources: [], source: null, split: "train",
+                label: null, offset: 0, limit: 60, blobs: [], watching: null, liveOffset: 0, rows: [], timer: null,
+                recipes: [] };
+
+function say(text, bad = false) { const s = $("status"); s.textContent = text; s.classList.toggle("bad", bad); }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const answer = await fetch(path, Object.assign({}, options, { headers }));
+  if (answer.status === 401) { $("token-form").hidden = false; $("token").focus(); throw new Error("the token, please"); }
+  if (!answer.ok) {
+    let detail = answer.statusText;
+    try { detail = (await answer.json()).detail || detail; } catch (e) { /* not JSON */ }
+    throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+  }
+  return answer;
+}
+const json = async (path, options) => (await api(path, options)).json();
+function post(path, body) {
+  return json(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
+}
+
+function showTab(name) {
+  for (const tab of ["data", "train", "runs"]) {
+    $("tab-" + tab).setAttribute("aria-selected", String(tab === name));
+    $(tab).hidden = tab !== name;
+  }
+  if (name === "runs") loadRuns().catch((e) => say(e.message, true));
+}
+
+// ---- Data ----
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function loadSources() {
+  state.sources = await json("/api/sources");
+  const cards = $("sources");
+  cards.replaceChildren();
+  state.sources.forEach((source, index) => {
+    const card = el("button", { class: "card", type: "button", "data-index": index });
+    card.append(el("h3", {}, source.name));
+    if (source.problem) card.append(el("p", { class: "problem" }, source.problem));
+    else {
+      const splits = Object.keys(source.counts);
+      const table = el("table", {}, el("tr", {}, el("th", {}, "class"), ...splits.map((s) => el("th", {}, s))));
+      for (const name of source.classes) {
+        table.append(el("tr", {}, el("td", {}, name), ...splits.map((s) => el("td", {}, String(source.counts[s][name])))));
+      }
+      card.append(table);
+      for (const warning of source.warnings) card.append(el("p", { class: "warning" }, warning));
+    }
+    card.addEventListener("click", () => openSource(index));
+    cards.append(card);
+  });
+  const select = $("train-source");
+  select.replaceChildren(...state.sources.filter((s) => !s.problem).map((s) =>
+    el("option", { value: state.sources.indexOf(s) }, s.path ? `${state.sources.indexOf(s)}: ${s.path}` : s.name)));
+  say(state.sources.length ? `${state.sources.length} source(s)` : "no folder of photos under the studio's roots");
+}
+
+function openSource(index) {
+  const source = state.sources[index];
+  if (source.problem) { say(source.problem, true); return; }
+  state.source = source; state.offset = 0;
+  state.split = Object.keys(source.counts)[0]; state.label = source.classes[0];
+  $("browser").hidden = false;
+  $("source-name").textContent = source.name;
+  $("split").replaceChildren(...Object.keys(source.counts).map((s) => el("option", { value: s }, s)));
+  $("split").value = state.split;
+  drawChips();
+  loadPage();
+}
+
+function drawChips() {
+  const counts = state.source.counts[state.split];
+  $("classes").replaceChildren(...state.source.classes.map((name) => {
+    const chip = el("button", { class: "chip", type: "button", "aria-pressed": String(name === state.label) },
+                    `${name} (${counts[name]})`);
+    chip.addEventListener("click", () => { state.label = name; state.offset = 0; drawChips(); loadPage(); });
+    return chip;
+  }));
+}
+
+async function loadPage() {
+  const s = state.source;
+  const query = new URLSearchParams({ root: s.root, path: s.path, split: state.split, class: state.label,
+                                      offset: state.offset, limit: state.limit });
+  const page = await json("/api/images?" + query);
+  for (const url of state.blobs) URL.revokeObjectURL(url);  // one page's thumbnails held at a time
+  state.blobs = [];
+  const grid = $("grid");
+  grid.replaceChildren(...page.files.map((file) => {
+    const img = el("img", { alt: file, loading: "lazy" });
+    thumbnail(img, s.root, file);
+    return el("figure", {}, img, el("figcaption", { title: file }, file.split("/").pop()));
+  }));
+  const last = Math.min(page.offset + page.files.length, page.total);
+  $("page-info").textContent = page.total ? `${page.offset + 1}-${last} of ${page.total}` : "no photos";
+  $("prev").disabled = page.offset === 0;
+  $("next").disabled = last >= page.total;
+}
+
+async function thumbnail(img, root, file) {
+  try {
+    const blob = await (await api("/api/thumb?" + new URLSearchParams({ root, path: file }))).blob();
+    const url = URL.createObjectURL(blob);
+    state.blobs.push(url);
+    img.src = url;
+  } catch (e) { img.alt = `${file}: ${e.message}`; }
+}
+
+// ---- Train ----
+async function loadRecipes() {
+  state.recipes = await json("/api/recipes");
+  $("recipe").replaceChildren(...state.recipes.map((r) => el("option", { value: r.name }, r.name)));
+  describeRecipe();
+}
+
+function describeRecipe() {
+  const recipe = state.recipes.find((r) => r.name === $("recipe").value);
+  if (!recipe) return;
+  $("recipe-about").textContent = recipe.description || "";
+  for (const field of ["epochs", "batch_size", "learning_rate", "image_size"]) {
+    $(field).placeholder = recipe[field] == null ? "" : String(recipe[field]);
+  }
+}
+
+async function start(event) {
+  event.preventDefault();
+  const source = state.sources[Number($("train-source").value)];
+  if (!source) { say("choose a source first", true); return; }
+  const body = { root: source.root, path: source.path, recipe: $("recipe").value };
+  for (const field of ["epochs", "batch_size", "image_size"]) if ($(field).value) body[field] = Number($(field).value);
+  if ($("learning_rate").value) body.learning_rate = Number($("learning_rate").value);
+  try {
+    const answer = await post("/api/train", body);
+    say(`started ${answer.run}`);
+    watch(answer.run);
+  } catch (e) { say(e.message, true); }
+}
+
+function watch(name) {
+  state.watching = name; state.liveOffset = 0; state.rows = [];
+  $("watch").hidden = false;
+  $("watch-name").textContent = name;
+  showTab("train");
+  if (state.timer) clearTimeout(state.timer);
+  poll();
+}
+
+async function poll() {
+  const name = state.watching;
+  let answer;
+  try {
+    answer = await json(`/api/runs/${encodeURIComponent(name)}/live?offset=${state.liveOffset}`);
+  } catch (e) { say(e.message, true); state.timer = setTimeout(poll, 2000); return; }
+  if (name !== state.watching) return;
+  state.liveOffset = answer.offset;
+  if (answer.rows.length) {
+    state.rows.push(...answer.rows);
+    drawChart();
+    window.lastDrawn = { time: Date.now() / 1000, rows: state.rows.length };  // for the page's own latency check
+  }
+  figures(answer);
+  const training = answer.state === "training";
+  $("stop").disabled = !training;
+  $("resume").disabled = !(answer.state === "stopped" || answer.state === "ended");
+  if (answer.why) say(answer.why, true);
+  state.timer = setTimeout(poll, training ? 250 : 2000);
+}
+
+function figures(answer) {
+  const batch = [...state.rows].reverse().find((r) => r.event === "batch");
+  const epoch = [...state.rows].reverse().find((r) => r.event === "epoch");
+  const parts = [answer.state];
+  if (epoch) parts.push(`epoch ${epoch.epoch}/${epoch.epochs}`, `val_accuracy ${epoch.val_accuracy == null ? "-" : epoch.val_accuracy.toFixed(4)}`);
+  if (batch && answer.state === "training") {
+    parts.push(`${Math.round(batch.images_per_second)} img/s`);
+    if (batch.eta_seconds != null) parts.push(`ETA ${Math.round(batch.eta_seconds)} s`);
+  }
+  $("watch-figures").textContent = parts.join(" · ");
+}
+
+function drawChart() {
+  const canvas = $("chart"), g = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 34, half = w / 2;
+  g.clearRect(0, 0, w, h);
+  const stages = [...new Set(state.rows.map((r) => r.stage))];
+  const stage = stages[stages.length - 1];
+  const epochs = state.rows.filter((r) => r.event === "epoch" && r.stage === stage);
+  const batches = state.rows.filter((r) => r.event === "batch" && r.stage === stage);
+  const total = Math.max(1, ...state.rows.filter((r) => r.stage === stage && r.epochs).map((r) => r.epochs));
+  const perEpoch = (state.rows.find((r) => r.event === "start" && r.stage === stage) || {}).steps_per_epoch || 1;
+  for (const [index, metric] of ["loss", "accuracy"].entries()) {
+    const left = index * half + pad, right = (index + 1) * half - 10, top = 20, bottom = h - pad;
+    const values = epochs.flatMap((r) => [r[metric], r["val_" + metric]]).concat(batches.map((r) => r[metric]))
+      .filter((v) => typeof v === "number");
+    const high = metric === "accuracy" ? 1 : Math.max(0.1, ...values), low = metric === "accuracy" ? Math.min(0.5, ...values) : 0;
+    const x = (epoch) => left + (right - left) * epoch / total;
+    const y = (v) => bottom - (bottom - top) * (v - low) / ((high - low) || 1);
+    g.strokeStyle = "#d5dae3"; g.lineWidth = 1; g.strokeRect(left, top, right - left, bottom - top);
+    g.fillStyle = "#1d2330"; g.font = "13px system-ui";
+    g.fillText(`${metric}${stages.length > 1 ? ` (stage ${stage})` : ""}`, left, 14);
+    g.fillStyle = "#5b6475"; g.font = "11px system-ui";
+    g.fillText(high.toFixed(2), left - 30, top + 8); g.fillText(low.toFixed(2), left - 30, bottom);
+    g.fillText(`epoch ${total}`, right - 48, bottom + 14);
+    const line = (points, colour, dash, width) => {
+      if (!points.length) return;
+      g.strokeStyle = colour; g.setLineDash(dash); g.lineWidth = width; g.beginPath();
+      points.forEach(([px, py], i) => (i ? g.lineTo(px, py) : g.moveTo(px, py)));
+      g.stroke(); g.setLineDash([]);
+      g.fillStyle = colour;
+      if (width > 1) for (const [px, py] of points) { g.beginPath(); g.arc(px, py, 2.5, 0, 7); g.fill(); }
+    };
+    let smooth = null;  // the per-batch line, smoothed as it goes
+    line(batches.map((r) => { smooth = smooth == null ? r[metric] : 0.7 * smooth + 0.3 * r[metric];
+                              return [x(r.epoch - 1 + r.batch / perEpoch), y(smooth)]; }), "#9db4e8", [], 1);
+    line(epochs.map((r) => [x(r.epoch), y(r[metric])]), "#2357c6", [], 2);
+    line(epochs.filter((r) => typeof r["val_" + metric] === "number").map((r) => [x(r.epoch), y(r["val_" + metric])]),
+         "#c0392b", [5, 4], 2);
+  }
+  g.font = "12px system-ui";
+  g.fillStyle = "#2357c6"; g.fillText("training", pad, h - 6);
+  g.fillStyle = "#c0392b"; g.fillText("validation", pad + 70, h - 6);
+  g.fillStyle = "#9db4e8"; g.fillText("per batch", pad + 150, h - 6);
+}
+
+async function stop() {
+  try { await post(`/api/runs/${encodeURIComponent(state.watching)}/stop`); say(`stopping ${state.watching}: it writes a checkpoint`); }
+  catch (e) { say(e.message, true); }
+}
+
+async function resume() {
+  try { await post(`/api/runs/${encodeURIComponent(state.watching)}/resume`); say(`resuming ${state.watching}`); watch(state.watching); }
+  catch (e) { say(e.message, true); }
+}
+
+// ---- Runs ----
+async function loadRuns() {
+  const runs = await json("/api/runs");
+  const body = $("run-table").querySelector("tbody");
+  body.replaceChildren(...runs.map((run) => {
+    const m = run.metrics || {};
+    const row = el("tr", { tabindex: "0" }, el("td", {}, run.name), el("td", {}, run.state), el("td", {}, run.recipe || ""),
+                   el("td", {}, String(run.epochs_done)),
+                   el("td", {}, m.test_accuracy == null ? "" : m.test_accuracy.toFixed(4)),
+                   el("td", {}, m.test_balanced_accuracy == null ? "" : m.test_balanced_accuracy.toFixed(4)));
+    row.addEventListener("click", () => watch(run.name));
+    row.addEventListener("keydown", (e) => { if (e.key === "Enter") watch(run.name); });
+    return row;
+  }));
+  const live = runs.find((run) => run.state === "training");
+  if (live && !state.watching) watch(live.name);  // a run trained in a terminal shows too
+}
+
+async function begin() {
+  try {
+    const here = await json("/api/state");
+    $("token-form").hidden = true;
+    await Promise.all([loadSources(), loadRecipes()]);
+    if (here.busy) watch(here.busy);
+  } catch (e) { say(e.message, true); }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const tab of ["data", "train", "runs"]) $("tab-" + tab).addEventListener("click", () => showTab(tab));
+  $("split").addEventListener("change", () => { state.split = $("split").value; state.offset = 0; drawChips(); loadPage(); });
+  $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
+  $("next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
+  $("recipe").addEventListener("change", describeRecipe);
+  $("start-form").addEventListener("submit", start);
+  $("stop").addEventListener("click", stop);
+  $("resume").addEventListener("click", resume);
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault(); state.token = $("token").value; sessionStorage.setItem("studio-token", state.token); begin();
+  });
+  begin();
+});
