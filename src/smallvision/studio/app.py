@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from smallvision.data.folders import FolderProblem, is_image_folder, scan_folder, subfolders
+from smallvision.data.folders import SPLIT_FOLDERS, FolderProblem, is_image_folder, scan_folder, subfolders
 from smallvision.errors import SmallvisionError
 from smallvision.images import IMAGE_SUFFIXES
 from smallvision.studio.roots import OutsideRoots, Roots, inside
@@ -80,18 +80,26 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
 
     app.mount("/page", StaticFiles(directory=PAGE), name="page")
 
-    def scanned(folder: Path):
-        """The folder's listing (data.folders.scan_folder), reused for SCAN_SECONDS."""
+    def scanned(root: int, folder: Path):
+        """The folder's listing (data.folders.scan_folder) without the files that are symlinks out of the root,
+        reused for SCAN_SECONDS."""
+        import os
+
         now = time.monotonic()
         if folder not in scans or now - scans[folder][0] > SCAN_SECONDS:
-            scans[folder] = (now, scan_folder(folder))
+            scan = scan_folder(folder)
+            base = str(folders.folders[root]) + os.sep
+            for split, files in scan.files.items():
+                scan.files[split] = [(relative, label) for relative, label in files
+                                     if os.path.realpath(os.path.join(folder, relative)).startswith(base)]
+            scans[folder] = (now, scan)
         return scans[folder][1]
 
     def describe(root: int, folder: Path) -> dict:
         path = folder.relative_to(folders.folders[root]).as_posix() if folder != folders.folders[root] else ""
         answer = {"root": root, "path": path, "name": folder.name}
         try:
-            scan = scanned(folder)
+            scan = scanned(root, folder)
         except (FolderProblem, SmallvisionError, OSError) as err:
             return {**answer, "problem": str(err)}
         counts = {split: {name: 0 for name in scan.class_names} for split in scan.files}
@@ -117,8 +125,12 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                 found.append(describe(root, folder))
                 continue
             for child in subfolders(folder):
-                if looks_like_source(inside(folder, child.name)):
-                    found.append(describe(root, inside(folder, child.name)))
+                try:
+                    child = inside(folder, child.name)
+                except OutsideRoots:
+                    continue  # a symlink out of the root
+                if looks_like_source(child):
+                    found.append(describe(root, child))
         return found
 
     @app.get("/api/images", dependencies=api)
@@ -126,20 +138,13 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=500)):
         """A page of one class's files in one split (paths inside the root), and how many there are."""
         folder = folders.resolve(root, path)
-        scan = scanned(folder)
+        scan = scanned(root, folder)
         if label not in scan.class_names:
             raise SmallvisionError(f"{folder.name} has no class {label!r}; it has {', '.join(scan.class_names)}")
         index = scan.class_names.index(label)
         files = [relative for relative, found in scan.files.get(split, []) if found == index]
         base = folder.relative_to(folders.folders[root]).as_posix() if folder != folders.folders[root] else ""
-        chosen = []
-        for relative in files[offset:offset + limit]:
-            named = f"{base}/{relative}" if base else relative
-            try:
-                folders.resolve(root, named)  # a symlink out is not listed either
-            except OutsideRoots:
-                continue
-            chosen.append(Path(named).as_posix())
+        chosen = [Path(f"{base}/{relative}" if base else relative).as_posix() for relative in files[offset:offset + limit]]
         return {"root": root, "path": base, "split": split, "class": label, "total": len(files), "offset": offset,
                 "files": chosen}
 
@@ -198,6 +203,14 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         trainer.start(arguments, run)
         return {"run": name}
 
+    def state_of(run: Path) -> str:
+        """runs.run_state, except that the studio's own training is "training" until its process has ended (it
+        writes its stop and its checkpoint before it lets go)."""
+        current = trainer.current
+        if current is not None and current.run == run and current.process.poll() is None:
+            return "training"
+        return run_state(run)
+
     def run_folder(name: str) -> Path:
         run = inside(runs, name)
         if not run.is_dir() or run == runs:
@@ -212,8 +225,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     @app.post("/api/runs/{name}/resume", status_code=202, dependencies=api)
     def resume(name: str):
         run = run_folder(name)
-        if run_state(run) not in ("stopped", "ended"):
-            raise Busy(f"{name}: {run_state(run)}, nothing to resume")
+        if state_of(run) not in ("stopped", "ended"):
+            raise Busy(f"{name}: {state_of(run)}, nothing to resume")
         trainer.resume(run)
         return {"run": name}
 
@@ -224,10 +237,14 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     @app.get("/api/runs/{name}/live", dependencies=api)
     def live(name: str, offset: int = Query(0, ge=0)):
         """The rows of the run's live.jsonl from byte `offset`, the offset to ask from next, and the run's state."""
+        status = trainer.status()
+        run = inside(runs, name)
+        if not run.is_dir() and status.get("run") == name:  # started, its process not yet as far as its folder
+            return {"rows": [], "offset": 0, "state": "starting" if status["running"] else "ended",
+                    **({"why": status["why"]} if status.get("why") else {})}
         run = run_folder(name)
         rows, offset = read_live(run, offset)
-        answer = {"rows": rows, "offset": offset, "state": run_state(run)}
-        status = trainer.status()
+        answer = {"rows": rows, "offset": offset, "state": state_of(run)}
         if status.get("run") == name and status.get("why"):
             answer["why"] = status["why"]
         return answer
@@ -236,16 +253,24 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
 
 
 def looks_like_source(folder: Path) -> bool:
-    """A folder of class folders, or of train/ (validation/, test/) holding them, with at least one photo."""
-    if not is_image_folder(folder):
-        return False
-    for child in subfolders(folder)[:50]:
-        for entry in child.iterdir():
-            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
-                return True
-            if entry.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in list(entry.iterdir())[:20]):
-                return True
-    return False
+    """A folder of class folders holding photos, or of split folders (train/, ...) holding class folders that
+    do; a subfolder that is a symlink out of `folder` does not count."""
+    def photos_in(directory: Path) -> bool:
+        return any(entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES
+                   for entry, _ in zip(directory.iterdir(), range(200)))
+
+    def within(child: Path) -> Path | None:
+        try:
+            return inside(folder.resolve(), child.name)
+        except OutsideRoots:
+            return None
+
+    children = [child for child in map(within, subfolders(folder)) if child is not None]
+    splits = [child for child in children if child.name.lower() in SPLIT_FOLDERS]
+    if splits:
+        return any(photos_in(inside(split, kind.name)) for split in splits for kind in subfolders(split)[:50]
+                   if not kind.is_symlink())
+    return any(photos_in(child) for child in children[:50])
 
 
 def studio(roots: list, runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 8800,

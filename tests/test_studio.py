@@ -1,0 +1,194 @@
+"""The studio: its paths never lead out of its roots, a token off loopback, the sources' counts and a class a
+page at a time, and a training started from it that is stopped, resumed, killed from outside and resumed
+again to its end, its live.jsonl read as it grows; the page itself in Chromium."""
+
+import os
+import signal
+import time
+from io import BytesIO
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import launch_chromium, make_image_folder, playwright_or_skip
+from smallvision.errors import SmallvisionError
+from smallvision.studio.app import create_studio, studio
+
+
+@pytest.fixture
+def folders(tmp_path):
+    photos = make_image_folder(tmp_path / "roots" / "pets", per_class=7)
+    outside = make_image_folder(tmp_path / "elsewhere" / "secret", splits=(), per_class=2)
+    (photos / "train" / "cats" / "link.png").symlink_to(outside / "cats" / "cats0.png")
+    (tmp_path / "roots" / "out").symlink_to(outside)
+    return tmp_path / "roots", tmp_path / "runs"
+
+
+def test_no_path_leads_out_of_the_roots(folders):
+    roots, runs = folders
+    with TestClient(create_studio([roots], runs)) as client:
+        for path in ("../elsewhere/secret/cats/cats0.png", "/etc/passwd", "out/cats/cats0.png",
+                     "pets/train/cats/link.png", "pets/../../elsewhere/secret/cats/cats0.png"):
+            answer = client.get("/api/thumb", params={"root": 0, "path": path})
+            assert answer.status_code == 403, (path, answer.text)
+            assert "elsewhere" not in answer.json()["detail"] or ".." in path  # nothing about what lies outside
+        assert client.get("/api/thumb", params={"root": 1, "path": "pets"}).status_code == 403
+        assert client.get("/api/runs/..%2F..%2Froots/live").status_code in (403, 404)
+        listed = client.get("/api/images", params={"root": 0, "path": "pets", "split": "train", "class": "cats",
+                                                    "limit": 100}).json()
+        assert listed["total"] == 7 and "pets/train/cats/link.png" not in listed["files"]  # the link out is not listed
+        assert [source["path"] for source in client.get("/api/sources").json()] == ["pets"]  # not out/
+
+
+def test_a_token_is_needed_off_loopback_and_checked(folders):
+    roots, runs = folders
+    with pytest.raises(SmallvisionError, match="--token"):
+        studio([roots], runs, host="0.0.0.0", port=0)
+    with TestClient(create_studio([roots], runs, token="open-sesame")) as client:
+        assert client.get("/api/state").status_code == 401
+        assert client.get("/api/state", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/api/state", headers={"Authorization": "Bearer open-sesame"}).status_code == 200
+        assert client.get("/").status_code == 200  # the page asks for the token itself
+
+
+def test_the_sources_show_their_counts_and_a_class_a_page_at_a_time(folders):
+    roots, runs = folders
+    with TestClient(create_studio([roots], runs)) as client:
+        source, = client.get("/api/sources").json()
+        assert source["classes"] == ["cats", "dogs"] and source["layout"] == "splits"
+        assert source["counts"] == {"train": {"cats": 7, "dogs": 7}, "validation": {"cats": 7, "dogs": 7},
+                                    "test": {"cats": 7, "dogs": 7}}  # the link out of the root not counted
+        page = client.get("/api/images", params={"root": 0, "path": "pets", "split": "test", "class": "dogs",
+                                                 "offset": 3, "limit": 3}).json()
+        assert page["total"] == 7 and page["files"] == [f"pets/test/dogs/dogs{i}.png" for i in (3, 4, 5)]
+        thumb = client.get("/api/thumb", params={"root": 0, "path": page["files"][0]})
+        assert thumb.headers["content-type"] == "image/jpeg" and Image.open(BytesIO(thumb.content)).size == (40, 32)
+        missing = client.get("/api/images", params={"root": 0, "path": "pets", "split": "test", "class": "birds"})
+        assert missing.status_code == 400 and "cats, dogs" in missing.json()["detail"]
+
+
+def wait_for(client, name, state, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = client.get(f"/api/runs/{name}/live").json()
+        if state(answer):
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"{name}: still {answer['state']} after {seconds} s: {answer}")
+
+
+def epochs_of(answer) -> list[int]:
+    return [row["epoch"] for row in answer["rows"] if row["event"] == "epoch"]
+
+
+def test_a_training_from_the_studio_stops_resumes_survives_a_kill_and_ends(folders):
+    roots, runs = folders
+    app = create_studio([roots], runs)
+    with TestClient(app) as client:
+        start = dict(root=0, path="pets", recipe="catsdogs", image_size=32, name="pets-1")
+        refused = client.post("/api/train", json={**start, "epochs": 0})
+        assert refused.status_code == 400 and "epochs must be at least 1" in refused.json()["detail"]
+        assert client.post("/api/train", json={**start, "epochs": 40}).status_code == 202
+        again = client.post("/api/train", json={**start, "name": "pets-2", "epochs": 2})
+        assert again.status_code == 409 and "one training at a time" in again.json()["detail"]
+
+        wait_for(client, "pets-1", lambda a: len(epochs_of(a)) >= 2)  # the chart has points while it trains
+        assert client.post("/api/runs/pets-1/stop").status_code == 202
+        stopped = wait_for(client, "pets-1", lambda a: a["state"] == "stopped")
+        assert stopped["rows"][-1]["event"] == "stop" and 2 <= len(epochs_of(stopped)) < 40
+
+        assert client.post("/api/runs/pets-1/resume").status_code == 202
+        resumed = wait_for(client, "pets-1", lambda a: len(epochs_of(a)) > len(epochs_of(stopped)) + 1)
+        os.kill(app.state.trainer.current.process.pid, signal.SIGKILL)  # from outside, without a word
+        ended = wait_for(client, "pets-1", lambda a: a["state"] == "ended")
+        assert "killed (SIGKILL)" in ended["why"]
+        run, = client.get("/api/runs").json()
+        assert run["resumable"] and run["state"] == "ended"
+
+        assert client.post("/api/runs/pets-1/resume").status_code == 202
+        done = wait_for(client, "pets-1", lambda a: a["state"] == "finished")
+        epochs = epochs_of(done)
+        assert epochs[-1] == 40 and set(range(1, 41)) <= set(epochs)  # every epoch charted, across three processes
+        assert [row["event"] for row in done["rows"]].count("start") == 3 and done["rows"][-1]["event"] == "end"
+        run, = client.get("/api/runs").json()
+        assert run["state"] == "finished" and 0 <= run["metrics"]["test_accuracy"] <= 1 and run["epochs_done"] >= 40
+        offset = done["offset"]  # read as it grows: nothing new past the end
+        assert client.get("/api/runs/pets-1/live", params={"offset": offset}).json()["rows"] == []
+
+
+class RealStudio:
+    """`python -m smallvision studio ROOT --runs RUNS --port 0` as its own process, and where it listens."""
+
+    def __init__(self, root, runs):
+        import queue
+        import re
+        import subprocess
+        import sys
+        import threading
+
+        env = dict(os.environ, SMALLVISION_PROGRESS="0")
+        env.pop("SMALLVISION_TOKEN", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "smallvision", "studio", str(root), "--runs", str(runs),
+                                         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env)
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        first = lines.get(timeout=60)
+        found = re.match(r"studio at (http://127\.0\.0\.1:\d+/) \(runs in .*\); Ctrl-C stops$", first.strip())
+        assert found, first
+        self.base = found.group(1)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=30)
+
+
+def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path):
+    playwright = playwright_or_skip()
+    roots, runs = folders
+    server = RealStudio(roots, runs)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = launch_chromium(p)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                problems, elsewhere = [], []
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+                page.on("request", lambda request: elsewhere.append(request.url)
+                        if not request.url.startswith((server.base, "data:", "blob:")) else None)
+                page.goto(server.base)
+                page.wait_for_selector(".card")
+                assert page.is_hidden("#token-form")
+                card = page.inner_text(".card")
+                assert "pets" in card and "cats" in card and "7" in card
+                page.click(".card")
+                page.wait_for_function("() => [...document.querySelectorAll('#grid img')]"
+                                       ".filter(i => i.complete && i.naturalWidth).length == 7")
+                assert page.inner_text("#page-info") == "1-7 of 7"  # the link out of the root is not there
+                page.click("#classes .chip >> nth=1")  # dogs
+                page.wait_for_function("() => document.querySelector('#classes .chip[aria-pressed=true]')"
+                                       ".textContent == 'dogs (7)'")
+
+                page.click("#tab-train")
+                page.select_option("#recipe", "catsdogs")
+                page.fill("#epochs", "12")
+                page.fill("#image_size", "32")
+                page.click("#start")
+                page.wait_for_function("() => document.querySelector('#watch-figures').textContent.startsWith('finished')",
+                                       timeout=120_000)
+                assert "epoch 12/12" in page.inner_text("#watch-figures")
+                drawn = page.evaluate("""() => { const c = document.querySelector('#chart');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let blue = 0;
+                    for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 80) blue++; return blue; }""")
+                assert drawn > 200  # the training line, drawn
+                page.click("#tab-runs")
+                page.wait_for_selector("#run-table tbody tr")
+                assert "finished" in page.inner_text("#run-table tbody tr")
+                page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+                assert problems == [] and elsewhere == []
+            finally:
+                browser.close()
+    finally:
+        assert server.stop() == 0
