@@ -192,3 +192,36 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
                 browser.close()
     finally:
         assert server.stop() == 0
+
+
+def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folders):
+    import httpx
+    import numpy as np
+    import onnxruntime
+
+    import smallvision as sv
+
+    roots, runs = folders
+    sv.train(roots / "pets", "catsdogs", out=runs / "pets-1", image_size=32, epochs=2, progress=False)
+    app = create_studio([roots], runs, token="open-sesame")
+    with TestClient(app, headers={"Authorization": "Bearer open-sesame"}) as client:
+        made = client.post("/api/runs/pets-1/make/onnx")
+        assert made.status_code == 200, made.text
+        assert TestClient(app).get(made.json()["file"]).status_code == 401  # neither header nor ?token=
+        download = TestClient(app).get(made.json()["file"], params={"token": "open-sesame"})  # a link carries it
+        assert download.status_code == 200 and "pets-1-model.onnx" in download.headers["content-disposition"]
+        session = onnxruntime.InferenceSession(download.content)
+        photo = np.asarray(Image.open(roots / "pets" / "test" / "cats" / "cats0.png").convert("RGB").resize((32, 32)))
+        probabilities = session.run(None, {session.get_inputs()[0].name: photo[None]})[0]
+        assert probabilities.shape == (1, 2) and abs(float(probabilities.sum()) - 1) < 1e-4
+        assert client.post("/api/runs/pets-1/make/pdf").status_code == 400
+        tried = client.post("/api/runs/pets-1/try").json()
+        try:
+            assert tried["url"].startswith("http://127.0.0.1:") and tried["serve"].endswith("pets-1")
+            with open(roots / "pets" / "test" / "dogs" / "dogs0.png", "rb") as photo_file:
+                answer = httpx.post(tried["url"] + "predict", content=photo_file.read(),
+                                    headers={"Authorization": "Bearer open-sesame"}, timeout=60).json()
+            first, = answer["predictions"]
+            assert first["label"] in ("cats", "dogs") and sum(p for _, p in first["top"]) == pytest.approx(1, abs=1e-5)
+        finally:
+            app.state.tried.stop()

@@ -5,6 +5,7 @@ folder's (runs.py); trainings start as processes of their own (trainer.py). Ever
 {"detail": ...}: 403 for a path out of the roots, 409 for a second training, 400 for a recipe's own refusal.
 """
 
+import contextlib
 import hmac
 import io
 import re
@@ -22,12 +23,15 @@ from smallvision.errors import SmallvisionError
 from smallvision.images import IMAGE_SUFFIXES
 from smallvision.studio.roots import OutsideRoots, Roots, inside
 from smallvision.studio.runs import list_runs, read_live, run_state
+from smallvision.studio.products import Products, Tried
 from smallvision.studio.trainer import Busy, Trainer
 
 PAGE = Path(__file__).parent / "page"
 THUMB = 160  # pixels, the longer side
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+REPORT_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                 "base-uri 'none'; form-action 'none'")
 SCAN_SECONDS = 5.0  # a folder's listing is reused this long (paging through a class of 10,000 reads it once)
 OVERRIDES = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr", "image_size": "--image-size"}
 
@@ -51,9 +55,15 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     runs.mkdir(parents=True, exist_ok=True)
     runs = runs.resolve()
     trainer = Trainer(runs)
+    products, tried = Products(runs), Tried()
     scans: dict[Path, tuple[float, object]] = {}
-    app = FastAPI(title="smallvision studio", docs_url=None, redoc_url=None)
-    app.state.trainer = trainer
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        tried.stop()  # the page it served goes with the studio; a training goes on (trainer.py says why)
+
+    app = FastAPI(title="smallvision studio", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.trainer, app.state.tried = trainer, tried
     bearer = HTTPBearer(auto_error=False)
 
     def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -230,6 +240,42 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         trainer.resume(run)
         return {"run": name}
 
+    @app.post("/api/runs/{name}/make/{what}", dependencies=api)
+    def make(name: str, what: str):
+        """Ship: the run's ONNX or Keras file, or its HTML report (Review), made by the CLI in a process of its
+        own (`smallvision export`, `smallvision report`); then GET .../files/WHAT. 400 with the CLI's own line
+        when it refuses (an unfinished run, a source that moved)."""
+        run = run_folder(name)
+        if state_of(run) != "finished":
+            raise SmallvisionError(f"{name}: {state_of(run)}; only a finished run can be exported or reported")
+        made = products.make(run, what)
+        return {"file": f"/api/runs/{name}/files/{what}", "name": made.name}
+
+    def authorized_by_link(token_: str | None = Query(None, alias="token"),
+                           credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """A file opened in a new tab or downloaded by a link carries no header: it may carry ?token= instead."""
+        if token and token_ is not None and hmac.compare_digest(token_.encode(), token.encode()):
+            return
+        authorized(credentials)
+
+    @app.get("/api/runs/{name}/files/{what}", dependencies=[Depends(authorized_by_link)])
+    def made_file(name: str, what: str):
+        file = products.path(run_folder(name), what)
+        if not file.is_file():
+            raise HTTPException(404, f"{name}: no {what} made yet")
+        if what == "report":  # our own self-contained page: its inline styles and scripts, nothing from elsewhere
+            return FileResponse(file, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
+        return FileResponse(file, filename=file.name, media_type="application/octet-stream")
+
+    @app.post("/api/runs/{name}/try", dependencies=api)
+    def try_run(name: str):
+        """Try: `smallvision serve RUN` on a free loopback port (the one before it stopped): its page classifies
+        dropped, pasted or chosen photos, says "None of these" and shows the Grad-CAM."""
+        run = run_folder(name)
+        if state_of(run) != "finished":
+            raise SmallvisionError(f"{name}: {state_of(run)}; only a finished run can be tried")
+        return {"url": tried.start(run, token), "serve": f"smallvision serve {run}"}
+
     @app.get("/api/runs", dependencies=api)
     def runs_list():
         return list_runs(runs)
@@ -244,7 +290,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                     **({"why": status["why"]} if status.get("why") else {})}
         run = run_folder(name)
         rows, offset = read_live(run, offset)
-        answer = {"rows": rows, "offset": offset, "state": state_of(run)}
+        answer = {"rows": rows, "offset": offset, "state": state_of(run), "run_path": str(run)}
         if status.get("run") == name and status.get("why"):
             answer["why"] = status["why"]
         return answer

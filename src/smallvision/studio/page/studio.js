@@ -152,6 +152,7 @@ function watch(name) {
   state.watching = name; state.liveOffset = 0; state.rows = [];
   $("watch").hidden = false;
   $("watch-name").textContent = name;
+  $("try-link").hidden = true;
   showTab("train");
   if (state.timer) clearTimeout(state.timer);
   poll();
@@ -174,6 +175,9 @@ async function poll() {
   const training = answer.state === "training";
   $("stop").disabled = !training;
   $("resume").disabled = !(answer.state === "stopped" || answer.state === "ended");
+  $("ship").hidden = answer.state !== "finished";
+  $("serve-line").hidden = answer.state !== "finished";
+  $("serve-line").querySelector("code").textContent = `smallvision serve ${answer.run_path || name}`;
   if (answer.why) say(answer.why, true);
   state.timer = setTimeout(poll, training ? 250 : 2000);
 }
@@ -244,6 +248,29 @@ async function resume() {
   catch (e) { say(e.message, true); }
 }
 
+// ---- Review and ship ----
+async function make(what) {
+  const name = state.watching;
+  say(`making the ${what} of ${name}...`);
+  try {
+    const made = await post(`/api/runs/${encodeURIComponent(name)}/make/${what}`);
+    const link = made.file + (state.token ? `?token=${encodeURIComponent(state.token)}` : "");
+    if (what === "report") window.open(link, "_blank", "noopener");
+    else { const a = el("a", { href: link, download: made.name }); document.body.append(a); a.click(); a.remove(); }
+    say(`${made.name} made`);
+  } catch (e) { say(e.message, true); }
+}
+
+async function tryRun() {
+  say(`starting a page to try ${state.watching} on...`);
+  try {
+    const answer = await post(`/api/runs/${encodeURIComponent(state.watching)}/try`);
+    const link = $("try-link");
+    link.href = answer.url; link.hidden = false; link.textContent = `try ${state.watching}: ${answer.url}`;
+    say("the try page is ready: drop, paste or choose photos there");
+  } catch (e) { say(e.message, true); }
+}
+
 // ---- Runs ----
 async function loadRuns() {
   const runs = await json("/api/runs");
@@ -280,6 +307,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("start-form").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("resume").addEventListener("click", resume);
+  for (const what of ["report", "onnx", "keras"]) $("make-" + what).addEventListener("click", () => make(what));
+  $("try").addEventListener("click", tryRun);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault(); state.token = $("token").value; sessionStorage.setItem("studio-token", state.token); begin();
   });
