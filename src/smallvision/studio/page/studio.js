@@ -6,6 +6,8 @@ const state = { token: sessionStorage.getItem("studio-token") || "", sources: []
                 label: null, offset: 0, limit: 60, blobs: [], watching: null, liveOffset: 0, rows: [], timer: null,
                 recipes: [] };
 
+window.studioRows = () => state.rows;  // the rows drawn so far (benchmarks/studio_figures.py times the chart by them)
+
 function say(text, bad = false) { const s = $("status"); s.textContent = text; s.classList.toggle("bad", bad); }
 
 async function api(path, options = {}) {
@@ -94,7 +96,9 @@ async function loadPage() {
   const s = state.source;
   const query = new URLSearchParams({ root: s.root, path: s.path, split: state.split, class: state.label,
                                       offset: state.offset, limit: state.limit });
+  const ticket = state.ticket = (state.ticket || 0) + 1;
   const page = await json("/api/images?" + query);
+  if (ticket !== state.ticket) return;  // a later class or page was asked for meanwhile: its answer wins
   for (const url of state.blobs) URL.revokeObjectURL(url);  // one page's thumbnails held at a time
   state.blobs = [];
   const grid = $("grid");
@@ -169,7 +173,6 @@ async function poll() {
   if (answer.rows.length) {
     state.rows.push(...answer.rows);
     drawChart();
-    window.lastDrawn = { time: Date.now() / 1000, rows: state.rows.length };  // for the page's own latency check
   }
   figures(answer);
   const training = answer.state === "training";
