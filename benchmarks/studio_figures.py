@@ -1,8 +1,8 @@
 """Benchmark: issue 27's figures for the studio, each beside its baseline from the same run.
 
-    python benchmarks/studio_figures.py speed [--rounds 3]
+    python benchmarks/studio_figures.py speed [--rounds 3] [--only RECIPE]
         # images/s of a training started from the studio against the same `smallvision train` command in a
-        # terminal, alternating rounds, medians: seed-mnist (2 epochs) on a folder of 12,000 MNIST digits as
+        # terminal, alternating rounds, medians: seed-mnist (8 epochs) on a folder of 12,000 MNIST digits as
         # PNGs, and catsdogs (2 epochs) on the shared cats-vs-dogs folder
     python benchmarks/studio_figures.py page
         # in Chromium: the page's first paint, and the first 60 thumbnails of a class, with the shared
@@ -80,14 +80,16 @@ def mnist_folder(work: Path, count: int = 12000) -> Path:
     return folder
 
 
-def speed(work: Path, rounds: int) -> None:
+def speed(work: Path, rounds: int, only: str | None) -> None:
     import json
 
     digits = mnist_folder(work)
     photos = SHARED / "cats_and_dogs_small"
     studio = Studio([work / "roots", SHARED], work / "runs")  # a symlink to the shared folder would lead out of a root
     try:
-        for recipe, folder, epochs, root in (("seed-mnist", digits, 2, 0), ("catsdogs", photos, 2, 1)):
+        for recipe, folder, epochs, root in (("seed-mnist", digits, 8, 0), ("catsdogs", photos, 2, 1)):
+            if only and recipe != only:
+                continue
             cli, ours = [], []
             for round_ in range(rounds):
                 for where in (("cli", "studio") if round_ % 2 == 0 else ("studio", "cli")):
@@ -95,7 +97,7 @@ def speed(work: Path, rounds: int) -> None:
                     if where == "cli":
                         subprocess.run([sys.executable, "-m", "smallvision", "train", str(folder), "--recipe", recipe,
                                         "--epochs", str(epochs), "--out", str(work / "runs" / name), "--quiet"],
-                                       check=True, env=ENV)
+                                       check=True, env=ENV, stdout=subprocess.DEVNULL)
                         metrics = json.loads((work / "runs" / name / "metrics.json").read_text())
                         cli.append(metrics["images_per_second"])
                     else:
@@ -227,11 +229,12 @@ def main() -> None:
     parser.add_argument("figure", choices=("speed", "page"))
     parser.add_argument("--work")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("seed-mnist", "catsdogs"), help="speed: one recipe")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="studio-figures-"))
     (work / "roots").mkdir(parents=True, exist_ok=True)
     print(f"work: {work}", flush=True)
-    speed(work, args.rounds) if args.figure == "speed" else page(work)
+    speed(work, args.rounds, args.only) if args.figure == "speed" else page(work)
 
 
 if __name__ == "__main__":
