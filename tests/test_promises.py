@@ -387,6 +387,16 @@ TABLE: dict[str, dict[str, Behaviour | NotApplicable]] = {
         "bad name": NotApplicable("names come with requests: a 404 naming the nearest served ones (test_serve.py)"),
         "damaged image": NotApplicable("images come with requests: a 400 for a damaged upload (test_serve.py)"),
     },
+    "studio": {
+        "missing input": fails(lambda w: ["studio", w.missing.parent, "--port", "0"], "no such directory"),
+        "existing output": NotApplicable("each training gets a folder of its own name in --runs; a name that exists "
+                                         "is refused with 409 (test_studio.py)"),
+        "new output folder": NotApplicable("--runs is made if missing; the page's paths are checked per request "
+                                           "(test_studio.py)"),
+        "bad name": NotApplicable("names come with requests: a misspelt recipe is a 400 naming the nearest ones"),
+        "damaged image": NotApplicable("a damaged photo's thumbnail is a 422 naming the file; a training skips it "
+                                       "as `train` does"),
+    },
 }
 # Commands that read and write no file of the user's: nothing in the table applies to them.
 NO_FILES = {"recipes": "prints the built-in recipes (--show NAME: a misspelt name is refused as any unknown name)"}
