@@ -302,8 +302,10 @@ def train_into(directory: Path, source, recipe: Recipe, device: torch.device, da
         where = resume.where() if resume else "its start (it stopped before its first checkpoint)"
         print(f"resuming {directory} from {where}", flush=True)
     with stop_on_signals() as stopper:
-        # live.jsonl: the epochs as they end, for the studio's charts (a run trained in a terminal shows there too)
-        callbacks = [stopper, *([Checkpointer(directory, recipe.run.checkpoint_minutes), LiveLog(directory, fresh=not resuming)]
+        # live.jsonl: the epochs as they end, for the studio's charts (a run trained in a terminal shows there too).
+        # Before the checkpoint: a process killed between the two redoes an epoch the log has (charted twice, the
+        # last one kept) rather than skipping one it lacks.
+        callbacks = [stopper, *([LiveLog(directory, fresh=not resuming), Checkpointer(directory, recipe.run.checkpoint_minutes)]
                                 if ranks.main else []), *callbacks]
         if recipe.network.backbone:  # two stages of their own; the checkpoint says which one it was written in
             history, test_metrics, fitted = fit_backbone_classifier(model, dataset, chosen, device, progress,

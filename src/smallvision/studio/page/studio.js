@@ -203,7 +203,9 @@ function drawChart() {
   g.clearRect(0, 0, w, h);
   const stages = [...new Set(state.rows.map((r) => r.stage))];
   const stage = stages[stages.length - 1];
-  const epochs = state.rows.filter((r) => r.event === "epoch" && r.stage === stage);
+  // an epoch redone after a kill (its row written, its checkpoint not) is drawn once, as it was last done
+  const epochs = [...new Map(state.rows.filter((r) => r.event === "epoch" && r.stage === stage)
+                              .map((r) => [r.epoch, r])).values()].sort((a, b) => a.epoch - b.epoch);
   const batches = state.rows.filter((r) => r.event === "batch" && r.stage === stage);
   const total = Math.max(1, ...state.rows.filter((r) => r.stage === stage && r.epochs).map((r) => r.epochs));
   const perEpoch = (state.rows.find((r) => r.event === "start" && r.stage === stage) || {}).steps_per_epoch || 1;
