@@ -116,7 +116,7 @@ class ReferenceTap(Callback):
     def take(self, module, args) -> None:
         taken = sum(len(part) for part in self.kept)
         if module.training and taken < self.size:  # a validation's mirror images go through the head in eval mode
-            self.kept.append(args[0].detach().flatten(1)[:self.size - taken].float())
+            self.kept.append(args[0].detach().flatten(1)[:self.size - taken].float().clone())  # not a view of the batch's
 
     def on_train_end(self, loop) -> None:
         self.remove()

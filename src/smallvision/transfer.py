@@ -77,7 +77,7 @@ def extract_features(model: BackboneClassifier, images: ImageSet, preprocess: Pr
 
 def fit_backbone_classifier(model: BackboneClassifier, dataset: DataSource, recipe: Recipe, device: torch.device,
                             progress: str | bool = "auto", cache_dir=None, callbacks=(), resume: Resume | None = None,
-                            streaming: bool = False) -> tuple[History, dict, Fitted | None]:
+                            streaming: bool = False) -> tuple[History, dict, Fitted]:
     """Both stages, as the recipe says, each a Loop with the same `callbacks`; (the history of both, test
     metrics when stage one already has them, the temperature and unknown scorer fitted after the last stage).
     `resume` puts a checkpoint back in the stage it names (stage two's carries stage one's history). Stage one
