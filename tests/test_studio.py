@@ -225,3 +225,20 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
             assert first["label"] in ("cats", "dogs") and sum(p for _, p in first["top"]) == pytest.approx(1, abs=1e-5)
         finally:
             app.state.tried.stop()
+
+
+def test_the_pretrained_recipes_come_with_an_estimate_for_the_folder(tmp_path, monkeypatch):
+    from smallvision import budget
+
+    roots, runs = tmp_path / "roots", tmp_path / "runs"
+    make_image_folder(roots / "pets", per_class=7)
+    monkeypatch.setattr(budget, "rates_here", lambda *args, **kwargs: budget.Rates(forward=100.0, frozen_step=50.0,
+                                                                                    tuning_step=25.0))
+    with TestClient(create_studio([roots], runs)) as client:
+        estimates = client.get("/api/estimates", params={"root": 0, "path": "pets"}).json()["estimates"]
+        assert set(estimates) == set(budget.CANDIDATES)
+        rates, counts = budget.rates_here(), budget.Counts(train=14, validation=14, test=14)  # the folder's own splits
+        for name, recipe in budget.candidate_recipes({}).items():
+            assert estimates[name] == pytest.approx(budget.estimate_seconds(recipe, counts, rates), abs=0.05)
+        recipes = {recipe["name"]: recipe for recipe in client.get("/api/recipes").json()}
+        assert "0.98" in recipes["catsdogs-finetune"]["reached"] and recipes["seed-mnist"]["epochs"] == 12

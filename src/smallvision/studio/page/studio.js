@@ -132,10 +132,28 @@ async function loadRecipes() {
 function describeRecipe() {
   const recipe = state.recipes.find((r) => r.name === $("recipe").value);
   if (!recipe) return;
-  $("recipe-about").textContent = recipe.description || "";
+  const parts = [recipe.description || ""];
+  if (recipe.reached) parts.push(`Reached: ${recipe.reached}.`);
+  const seconds = (state.estimates || {})[recipe.name];
+  if (seconds != null) parts.push(`About ${seconds < 90 ? Math.round(seconds) + " s" : Math.round(seconds / 60) + " min"} `
+                                  + "on this folder here (an estimate from this machine's measured speed).");
+  $("recipe-about").textContent = parts.join(" ");
   for (const field of ["epochs", "batch_size", "learning_rate", "image_size"]) {
     $(field).placeholder = recipe[field] == null ? "" : String(recipe[field]);
   }
+}
+
+async function estimate() {
+  const source = state.sources[Number($("train-source").value)];
+  state.estimates = {};
+  describeRecipe();
+  if (!source) return;
+  try {
+    const answer = await json("/api/estimates?" + new URLSearchParams({ root: source.root, path: source.path }));
+    state.estimates = answer.estimates;
+    if (answer.why) say(answer.why);
+  } catch (e) { say(`no estimate: ${e.message}`, true); }
+  describeRecipe();
 }
 
 async function start(event) {
@@ -309,6 +327,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
   $("next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
   $("recipe").addEventListener("change", describeRecipe);
+  $("train-source").addEventListener("change", estimate);
+  $("tab-train").addEventListener("click", () => { if (!state.estimates) estimate(); });
   $("start-form").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("resume").addEventListener("click", resume);
