@@ -173,12 +173,12 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
 
                 page.click("#tab-train")
                 page.select_option("#recipe", "catsdogs")
-                page.fill("#epochs", "12")
+                page.fill("#epochs", "5")
                 page.fill("#image_size", "32")
                 page.click("#start")
                 page.wait_for_function("() => document.querySelector('#watch-figures').textContent.startsWith('finished')",
                                        timeout=120_000)
-                assert "epoch 12/12" in page.inner_text("#watch-figures")
+                assert "epoch 5/5" in page.inner_text("#watch-figures")
                 drawn = page.evaluate("""() => { const c = document.querySelector('#chart');
                     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let blue = 0;
                     for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 80) blue++; return blue; }""")
@@ -228,12 +228,13 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
 
 
 def test_the_pretrained_recipes_come_with_an_estimate_for_the_folder(tmp_path, monkeypatch):
-    from smallvision import budget
+    from smallvision import budget, workflow
 
     roots, runs = tmp_path / "roots", tmp_path / "runs"
     make_image_folder(roots / "pets", per_class=7)
-    monkeypatch.setattr(budget, "rates_here", lambda *args, **kwargs: budget.Rates(forward=100.0, frozen_step=50.0,
-                                                                                    tuning_step=25.0))
+    made_up = budget.Rates(forward=100.0, frozen_step=50.0, tuning_step=25.0)  # nothing measured in a test
+    for module in (budget, workflow):
+        monkeypatch.setattr(module, "rates_here", lambda *args, **kwargs: made_up)
     with TestClient(create_studio([roots], runs)) as client:
         estimates = client.get("/api/estimates", params={"root": 0, "path": "pets"}).json()["estimates"]
         assert set(estimates) == set(budget.CANDIDATES)
