@@ -186,6 +186,9 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
                 page.click("#tab-runs")
                 page.wait_for_selector("#run-table tbody tr")
                 assert "finished" in page.inner_text("#run-table tbody tr")
+                page.click("#compare")  # the runs in one picture
+                page.wait_for_function("() => { const i = document.querySelector('#compare-picture');"
+                                       " return !i.hidden && i.complete && i.naturalWidth > 300; }")
                 page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
                 assert problems == [] and elsewhere == []
             finally:
@@ -215,6 +218,9 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
         probabilities = session.run(None, {session.get_inputs()[0].name: photo[None]})[0]
         assert probabilities.shape == (1, 2) and abs(float(probabilities.sum()) - 1) < 1e-4
         assert client.post("/api/runs/pets-1/make/pdf").status_code == 400
+        picture = client.get("/api/compare.png", params={"names": "pets-1"})
+        assert picture.headers["content-type"] == "image/png" and Image.open(BytesIO(picture.content)).width > 300
+        assert client.get("/api/compare.png", params={"names": "../pets-1"}).status_code == 403
         tried = client.post("/api/runs/pets-1/try").json()
         try:
             assert tried["url"].startswith("http://127.0.0.1:") and tried["serve"].endswith("pets-1")

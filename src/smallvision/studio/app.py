@@ -24,7 +24,7 @@ from smallvision.images import IMAGE_SUFFIXES
 from smallvision.studio.roots import OutsideRoots, Roots, inside
 from smallvision.studio.runs import list_runs, read_live, run_state
 from smallvision.studio.products import Products, Tried
-from smallvision.studio.trainer import Busy, Trainer
+from smallvision.studio.trainer import LOGS, Busy, Trainer
 
 PAGE = Path(__file__).parent / "page"
 THUMB = 160  # pixels, the longer side
@@ -298,6 +298,20 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         if state_of(run) != "finished":
             raise SmallvisionError(f"{name}: {state_of(run)}; only a finished run can be tried")
         return {"url": tried.start(run, token), "serve": f"smallvision serve {run}"}
+
+    @app.get("/api/compare.png", dependencies=api)
+    def compare(names: str = Query(..., description="run names, comma-separated")):
+        """The runs' validation accuracy in one picture (compare.plot_runs, as `compare --plot` draws it)."""
+        from smallvision.compare import plot_runs
+
+        chosen = [run_folder(name) for name in dict.fromkeys(names.split(",")) if name]
+        finished = [run for run in chosen if (run / "history.csv").is_file()]
+        if not finished:
+            raise SmallvisionError("choose finished runs to compare (a run writes its history when it ends)")
+        picture = runs / LOGS / "compare.png"
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        plot_runs(finished, picture)
+        return Response(picture.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/runs", dependencies=api)
     def runs_list():

@@ -193,6 +193,8 @@ async function poll() {
     drawChart();
   }
   figures(answer);
+  if (answer.state !== state.lastState && ["finished", "stopped"].includes(answer.state)) say(`${name} ${answer.state}`);
+  state.lastState = answer.state;
   const training = answer.state === "training";
   $("stop").disabled = !training;
   $("resume").disabled = !(answer.state === "stopped" || answer.state === "ended");
@@ -312,6 +314,17 @@ async function loadRuns() {
   if (live && !state.watching) watch(live.name);  // a run trained in a terminal shows too
 }
 
+async function compareRuns() {
+  const runs = (await json("/api/runs")).filter((run) => run.state === "finished").map((run) => run.name);
+  if (!runs.length) { say("no finished run to compare yet", true); return; }
+  try {
+    const blob = await (await api("/api/compare.png?" + new URLSearchParams({ names: runs.join(",") }))).blob();
+    const img = $("compare-picture");
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(blob); img.hidden = false;
+  } catch (e) { say(e.message, true); }
+}
+
 async function begin() {
   try {
     const here = await json("/api/state");
@@ -334,6 +347,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("resume").addEventListener("click", resume);
   for (const what of ["report", "onnx", "keras"]) $("make-" + what).addEventListener("click", () => make(what));
   $("try").addEventListener("click", tryRun);
+  $("compare").addEventListener("click", compareRuns);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault(); state.token = $("token").value; sessionStorage.setItem("studio-token", state.token); begin();
   });
