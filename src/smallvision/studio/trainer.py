@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smallvision.errors import SmallvisionError
-from smallvision.studio.runs import list_runs, training_now
+from smallvision.studio.runs import training_now
 
 STOPPED = 130  # train's exit status when it stopped as asked (Ctrl-C, SIGTERM): a checkpoint to resume from
 LOGS = ".studio"  # inside the runs folder: each training's output, <run>.log (a run's own folder stays the CLI's)
@@ -44,9 +44,9 @@ class Trainer:
         """The run being trained now on this machine from this runs folder (by the studio or a terminal)."""
         if self.current is not None and self.current.process.poll() is None:
             return self.current.run.name
-        for run in list_runs(self.runs):
-            if run["state"] == "training":
-                return run["name"]
+        for run in self.runs.iterdir() if self.runs.is_dir() else ():
+            if run.is_dir() and training_now(run):  # by its lock alone: no run's files read
+                return run.name
         return None
 
     def start(self, arguments: list[str], run: Path) -> Started:
