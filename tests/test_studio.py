@@ -252,3 +252,14 @@ def test_the_pretrained_recipes_come_with_an_estimate_for_the_folder(tmp_path, m
 
         assert "0.98" in recipes["catsdogs-finetune"]["reached"]
         assert recipes["seed-mnist"]["epochs"] == load_recipe("seed-mnist").schedule.epochs  # the placeholders
+
+
+def test_a_live_log_that_cannot_be_written_costs_the_charts_not_the_training(tmp_path):
+    import smallvision as sv
+
+    folder = make_image_folder(tmp_path / "pets", per_class=4)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "live.jsonl").mkdir()  # where the file would go: it cannot be opened
+    run = sv.train(folder, "catsdogs", out=out, image_size=32, epochs=2, progress=False, force=True)
+    assert (out / "model.json").is_file() and run.metrics["epochs"] == 2

@@ -154,17 +154,25 @@ class LiveLog(Callback):
 
         self.path, self.every, self.last, self.file = Path(directory) / self.NAME, every, 0.0, None
         self.mode = "w" if fresh else "a"  # a new run (--force over an old one) starts the file again
+        self.failed = False
 
     def write(self, loop, event: str, **fields) -> None:
         import json
         import os
 
-        if self.file is None:
-            self.file, self.mode = open(self.path, self.mode, encoding="utf-8"), "a"
+        if self.failed:
+            return
         stage = loop.stage.number if getattr(loop, "stage", None) is not None else 1
         row = {"event": event, "time": round(time.time(), 3), "stage": stage, "pid": os.getpid(), **fields}
-        self.file.write(json.dumps(row, allow_nan=False, default=str) + "\n")
-        self.file.flush()
+        try:
+            line = json.dumps(row, allow_nan=False, default=str) + "\n"
+            if self.file is None:
+                self.file, self.mode = open(self.path, self.mode, encoding="utf-8"), "a"
+            self.file.write(line)
+            self.file.flush()
+        except (OSError, ValueError):  # a full disk or a value JSON cannot hold costs the charts, never the training
+            self.failed = True
+            self.close()
 
     def on_train_begin(self, loop) -> None:
         live = loop.live
@@ -195,7 +203,10 @@ class LiveLog(Callback):
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass
             self.file = None
 
 
