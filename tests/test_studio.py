@@ -64,6 +64,13 @@ def test_the_sources_show_their_counts_and_a_class_a_page_at_a_time(folders):
         assert page["total"] == 7 and page["files"] == [f"pets/test/dogs/dogs{i}.png" for i in (3, 4, 5)]
         thumb = client.get("/api/thumb", params={"root": 0, "path": page["files"][0]})
         assert thumb.headers["content-type"] == "image/jpeg" and Image.open(BytesIO(thumb.content)).size == (40, 32)
+        assert source["warnings"] == []  # 7 and 7: balanced
+        for index in range(7, 16):  # 16 cats against 7 dogs
+            (roots / "pets" / "train" / "cats" / f"more{index}.png").write_bytes(
+                (roots / "pets" / "train" / "cats" / "cats0.png").read_bytes())
+        with TestClient(create_studio([roots], runs)) as fresh:  # (a listing is reused for a few seconds)
+            warnings = fresh.get("/api/sources").json()[0]["warnings"]
+        assert len(warnings) == 1 and "16 images, the smallest 7 (2.3x)" in warnings[0]
         missing = client.get("/api/images", params={"root": 0, "path": "pets", "split": "test", "class": "birds"})
         assert missing.status_code == 400 and "cats, dogs" in missing.json()["detail"]
 

@@ -41,12 +41,21 @@ def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, ca
     if crossing:
         report.warnings.append(f"{len(crossing)} file{'s are' if len(crossing) > 1 else ' is'} in more than one split with the same content "
                                f"(a test image the model trained on inflates its score)")
-    counts = [c for c in source.train.class_counts() if c] if source.train is not None else []
-    if len(counts) >= 2 and max(counts) > IMBALANCE_RATIO * min(counts):
-        report.warnings.append(f"classes are imbalanced in train: the largest has {max(counts):,} images, "
-                               f"the smallest {min(counts):,} ({max(counts) / min(counts):.1f}x); accuracy alone "
-                               f"will flatter a model that favours the large ones")
+    warning = imbalance_warning(source.train.class_counts() if source.train is not None else [])
+    if warning:
+        report.warnings.append(warning)
     return report
+
+
+def imbalance_warning(train_counts) -> str | None:
+    """The line `data check` (and the studio's card) says when the largest training class is more than
+    IMBALANCE_RATIO times the smallest (empty classes aside), or None."""
+    counts = [count for count in train_counts if count]
+    if len(counts) >= 2 and max(counts) > IMBALANCE_RATIO * min(counts):
+        return (f"classes are imbalanced in train: the largest has {max(counts):,} images, the smallest "
+                f"{min(counts):,} ({max(counts) / min(counts):.1f}x); accuracy alone will flatter a model that "
+                f"favours the large ones")
+    return None
 
 
 def plot_class_samples(source: DataSource, path: str | Path, per_class: int = 8, seed: int = 0) -> Path:

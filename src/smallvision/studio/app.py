@@ -122,8 +122,11 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         for split, files in scan.files.items():
             for _, label in files:
                 counts[split][scan.class_names[label]] += 1
+        from smallvision.datacheck import imbalance_warning
+
+        imbalance = imbalance_warning(counts["train"].values()) if "train" in counts else None
         return {**answer, "layout": scan.layout, "classes": scan.class_names, "counts": counts,
-                "warnings": scan.warnings}
+                "warnings": [*scan.warnings, *([imbalance] if imbalance else [])]}
 
     api = [Depends(authorized)]
 
