@@ -112,8 +112,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         return scans[folder][1]
 
     def describe(root: int, folder: Path) -> dict:
-        path = folder.relative_to(folders.folders[root]).as_posix() if folder != folders.folders[root] else ""
-        answer = {"root": root, "path": path, "name": folder.name}
+        answer = {"root": root, "path": folders.relative(root, folder), "name": folder.name}
         try:
             scan = scanned(root, folder)
         except (FolderProblem, SmallvisionError, OSError) as err:
@@ -162,8 +161,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
             raise SmallvisionError(f"{folder.name} has no class {label!r}; it has {', '.join(scan.class_names)}")
         index = scan.class_names.index(label)
         files = [relative for relative, found in scan.files.get(split, []) if found == index]
-        base = folder.relative_to(folders.folders[root]).as_posix() if folder != folders.folders[root] else ""
-        chosen = [Path(f"{base}/{relative}" if base else relative).as_posix() for relative in files[offset:offset + limit]]
+        base = folders.relative(root, folder)
+        chosen = [f"{base}/{relative}" if base else relative for relative in files[offset:offset + limit]]
         return {"root": root, "path": base, "split": split, "class": label, "total": len(files), "offset": offset,
                 "files": chosen}
 
@@ -210,8 +209,9 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         from smallvision.workflow import choose_default
 
         source = folders.resolve(root, path)
-        if trainer.busy_with():
-            return {"estimates": {}, "why": f"{trainer.busy_with()} is training: estimates are measured when none is"}
+        busy = trainer.busy_with()
+        if busy:
+            return {"estimates": {}, "why": f"{busy} is training: estimates are measured when none is"}
         choice = choose_default(source, load_recipe(CANDIDATES[0]), {}, resolve_device("auto"), None)
         return {"estimates": {name: round(seconds, 1) for name, seconds in choice.estimates.items()}}
 

@@ -35,6 +35,11 @@ class Roots:
             raise OutsideRoots(f"root {root}: the studio has {len(self.folders)} root(s), numbered from 0")
         return inside(self.folders[root], relative)
 
+    def relative(self, root: int, folder: Path) -> str:
+        """`folder` (inside root number `root`) as the page names it: "" for the root itself."""
+        base = self.folders[root]
+        return "" if folder == base else folder.relative_to(base).as_posix()
+
 
 def inside(base: Path, relative: str) -> Path:
     """`base / relative`, refused unless it stays inside `base` once every symlink is followed."""

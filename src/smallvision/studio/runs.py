@@ -60,14 +60,16 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def run_state(directory: Path) -> str:
+def run_state(directory: Path, rows: list[dict] | None = None) -> str:
     """training (its process is alive), finished (it wrote model.json), stopped (it stopped as asked, with a
-    checkpoint to resume from), or ended (its process ended without a word: killed, crashed or out of memory)."""
+    checkpoint to resume from), or ended (its process ended without a word: killed, crashed or out of memory).
+    `rows`: its live.jsonl, where the caller has read it already."""
     if training_now(directory):
         return "training"
     if (directory / "model.json").is_file():
         return "finished"
-    rows, _ = read_live(directory)
+    if rows is None:
+        rows, _ = read_live(directory)
     last = rows[-1]["event"] if rows else None
     return "stopped" if last == "stop" else "ended"
 
@@ -76,16 +78,15 @@ def summary(directory: Path) -> dict:
     """What the runs list shows of one run."""
     metrics = read_json(directory / "metrics.json")
     training = read_json(directory / "training.json")
-    recipe = None
     rows, _ = read_live(directory)
     starts = [row for row in rows if row.get("event") == "start"]
-    if starts:
-        recipe = starts[-1].get("recipe")
-    state = run_state(directory)
-    return {"name": directory.name, "state": state, "source": training.get("source"), "recipe": recipe,
+    state = run_state(directory, rows)
+    # an epoch redone after a kill (its row written, its checkpoint not) counts once
+    epochs = {(row.get("stage"), row.get("epoch")) for row in rows if row.get("event") == "epoch"}
+    return {"name": directory.name, "state": state, "source": training.get("source"),
+            "recipe": starts[-1].get("recipe") if starts else None,
             "resumable": state in ("stopped", "ended") and (directory / CHECKPOINT).is_file(),
-            "epochs_done": sum(1 for row in rows if row.get("event") == "epoch"),
-            "metrics": {key: metrics[key] for key in SUMMARY if key in metrics}}
+            "epochs_done": len(epochs), "metrics": {key: metrics[key] for key in SUMMARY if key in metrics}}
 
 
 def list_runs(folder: Path) -> list[dict]:

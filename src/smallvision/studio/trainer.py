@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,6 @@ class Started:
     run: Path
     process: subprocess.Popen
     log: Path
-    started: float
 
 
 class Trainer:
@@ -69,7 +67,7 @@ class Trainer:
                 process = subprocess.Popen([sys.executable, "-m", "smallvision", *command], stdout=output,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            start_new_session=True)
-            self.current = Started(run, process, log, time.time())
+            self.current = Started(run, process, log)
             return self.current
 
     def stop(self, run: Path) -> int:
