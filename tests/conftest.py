@@ -1,5 +1,11 @@
 import os
+import queue
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +74,45 @@ def playwright_or_skip():
 
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def watch_page(page, base: str) -> tuple[list, list]:
+    """(the page's errors as they come, the addresses it asks for that are not `base`'s, data: or blob:)."""
+    problems, elsewhere = [], []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("request", lambda request: elsewhere.append(request.url)
+            if not request.url.startswith((base, "data:", "blob:")) else None)
+    return problems, elsewhere
+
+
+class Listening:
+    """`python -m smallvision ARGS` as its own process (a server of ours), and `found`: its first line matched
+    against `first_line`, which must say where it listens."""
+
+    def __init__(self, args: list, first_line: str):
+        env = dict(os.environ, SMALLVISION_PROGRESS="0")
+        env.pop("SMALLVISION_TOKEN", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "smallvision", *map(str, args)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        try:
+            first = lines.get(timeout=120)
+        except queue.Empty:
+            self.process.kill()
+            raise AssertionError(f"{args[0]} said nothing in 120 s: {self.process.stderr.read()}") from None
+        self.found = re.match(first_line, first.strip())
+        assert self.found, first
+
+    def stop(self, signum=signal.SIGINT) -> tuple[int, str]:
+        self.process.send_signal(signum)
+        try:
+            status = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        return status, self.process.stderr.read()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ process (its address, an answer, a clean stop on SIGINT and SIGTERM) and the pag
 import base64
 import io
 import json
-import os
-import queue
 import re
 import shutil
 import signal
@@ -23,7 +21,7 @@ import pytest
 import numpy as np
 
 fastapi = pytest.importorskip("fastapi")
-from conftest import launch_chromium, playwright_or_skip  # noqa: E402
+from conftest import Listening, launch_chromium, playwright_or_skip, watch_page  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image, ImageStat  # noqa: E402
 
@@ -497,34 +495,13 @@ DROP_AND_PASTE = """data => {
 }"""
 
 
-class RealServer:
+class RealServer(Listening):
     """`python -m smallvision serve RUN... --port 0` as its own process, and where it listens."""
 
     def __init__(self, runs: list[Path], *extra: str):
-        env = dict(os.environ, SMALLVISION_PROGRESS="0")
-        env.pop("SMALLVISION_TOKEN", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "smallvision", "serve", *map(str, runs),
-                                         "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=env)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
-        try:
-            first = lines.get(timeout=120)
-        except queue.Empty:
-            self.process.kill()
-            raise AssertionError(f"the server said nothing in 120 s: {self.process.stderr.read()}") from None
-        found = re.match(r"serving .* at (http://127\.0\.0\.1:(\d+)/) \(API docs: \S+docs\); Ctrl-C stops$", first.strip())
-        assert found, first
-        self.base, self.port = found.group(1), int(found.group(2))
-
-    def stop(self, signum=signal.SIGINT) -> tuple[int, str]:
-        self.process.send_signal(signum)
-        try:
-            status = self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-        return status, self.process.stderr.read()
+        super().__init__(["serve", *runs, "--port", "0", *extra],
+                         r"serving .* at (http://127\.0\.0\.1:(\d+)/) \(API docs: \S+docs\); Ctrl-C stops$")
+        self.base, self.port = self.found.group(1), int(self.found.group(2))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -561,12 +538,7 @@ def test_the_page_classifies_a_chosen_photo_at_laptop_and_phone_width(shapes_run
             try:
                 for width, name in ((1280, "laptop"), (390, "phone")):
                     page = browser.new_page(viewport={"width": width, "height": 900})
-                    problems, elsewhere = [], []
-                    page.on("console", lambda message, problems=problems:
-                            problems.append(message.text) if message.type == "error" else None)
-                    page.on("pageerror", lambda error, problems=problems: problems.append(str(error)))
-                    page.on("request", lambda request, elsewhere=elsewhere: elsewhere.append(request.url)
-                            if not request.url.startswith((server.base, "data:", "blob:")) else None)
+                    problems, elsewhere = watch_page(page, server.base)
                     page.goto(server.base)
                     page.wait_for_selector("#card dd.big")
                     card = page.inner_text("#card")

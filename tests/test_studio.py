@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import launch_chromium, make_image_folder, playwright_or_skip
+from conftest import Listening, launch_chromium, make_image_folder, playwright_or_skip, watch_page
 from smallvision.errors import SmallvisionError
 from smallvision.studio.app import create_studio, studio
 
@@ -124,31 +124,13 @@ def test_a_training_from_the_studio_stops_resumes_survives_a_kill_and_ends(folde
         assert client.get("/api/runs/pets-1/live", params={"offset": offset}).json()["rows"] == []
 
 
-class RealStudio:
+class RealStudio(Listening):
     """`python -m smallvision studio ROOT --runs RUNS --port 0` as its own process, and where it listens."""
 
     def __init__(self, root, runs):
-        import queue
-        import re
-        import subprocess
-        import sys
-        import threading
-
-        env = dict(os.environ, SMALLVISION_PROGRESS="0")
-        env.pop("SMALLVISION_TOKEN", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "smallvision", "studio", str(root), "--runs", str(runs),
-                                         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=env)
-        lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
-        first = lines.get(timeout=60)
-        found = re.match(r"studio at (http://127\.0\.0\.1:\d+/) \(runs in .*\); Ctrl-C stops$", first.strip())
-        assert found, first
-        self.base = found.group(1)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=30)
+        super().__init__(["studio", root, "--runs", runs, "--port", "0"],
+                         r"studio at (http://127\.0\.0\.1:\d+/) \(runs in .*\); Ctrl-C stops$")
+        self.base = self.found.group(1)
 
 
 def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path):
@@ -160,11 +142,7 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
             browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
-                problems, elsewhere = [], []
-                page.on("pageerror", lambda error: problems.append(str(error)))
-                page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-                page.on("request", lambda request: elsewhere.append(request.url)
-                        if not request.url.startswith((server.base, "data:", "blob:")) else None)
+                problems, elsewhere = watch_page(page, server.base)
                 page.goto(server.base)
                 page.wait_for_selector(".card")
                 assert page.is_hidden("#token-form")
@@ -201,7 +179,8 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
             finally:
                 browser.close()
     finally:
-        assert server.stop() == 0
+        status, stderr = server.stop()
+        assert status == 0, stderr
 
 
 def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folders):
