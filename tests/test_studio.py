@@ -249,3 +249,12 @@ def test_a_live_log_that_cannot_be_written_costs_the_charts_not_the_training(tmp
     (out / "live.jsonl").mkdir()  # where the file would go: it cannot be opened
     run = sv.train(folder, "catsdogs", out=out, image_size=32, epochs=2, progress=False, force=True)
     assert (out / "model.json").is_file() and run.metrics["epochs"] == 2
+
+
+def test_a_try_page_that_cannot_start_says_why_at_once(tmp_path):
+    from smallvision.studio.products import Tried
+
+    started = time.monotonic()
+    with pytest.raises(SmallvisionError, match="serve did not start .*no such run directory"):
+        Tried().start(tmp_path / "not-a-run", None)
+    assert time.monotonic() - started < 60  # not the 120 s wait for a first line that will never come

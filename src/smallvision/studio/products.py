@@ -53,15 +53,23 @@ class Tried:
                  *(["--token", token] if token else [])],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
             lines: queue.Queue = queue.Queue()
-            threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+
+            def read(stdout) -> None:
+                for line in stdout:
+                    lines.put(line)
+                lines.put(None)  # it ended: a serve that fails at once is said at once, not after the timeout
+
+            threading.Thread(target=read, args=(self.process.stdout,), daemon=True).start()
             try:
                 first = lines.get(timeout=120)
             except queue.Empty:
                 first = ""
-            found = re.search(r" at (http://\S+/) ", first)
+            found = re.search(r" at (http://\S+/) ", first or "")
             if not found:
+                why = [line for line in self.process.stderr.read().splitlines() if line.strip()] \
+                    if first is None else [first.strip() or "no answer in 120 s"]
                 self.stop()
-                raise SmallvisionError(f"{run.name}: serve did not start ({first.strip() or 'no answer in 120 s'})")
+                raise SmallvisionError(f"{run.name}: serve did not start ({(why or ['it ended without a word'])[-1]})")
             return found.group(1)
 
     def stop(self) -> None:
