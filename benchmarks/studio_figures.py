@@ -136,10 +136,9 @@ def many_photos(work: Path, count: int = 10000) -> Path:
 
 
 def page(work: Path) -> None:
-    from conftest import launch_chromium
     from playwright.sync_api import sync_playwright
 
-    from conftest import make_image_folder
+    from conftest import launch_chromium, make_image_folder
 
     if not (work / "roots" / "pets-small").exists():
         make_image_folder(work / "roots" / "pets-small", per_class=30)
@@ -191,14 +190,14 @@ def page(work: Path) -> None:
             cdp.send("Performance.enable")
             highest = 0
             pages = 0
-            before = renderer_memory(browser)
+            before = renderer_memory()
             while not page.is_disabled("#next"):
                 page.click("#next")
                 pages += 1
                 page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.complete)")
                 heap = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}["JSHeapTotalSize"]
                 highest = max(highest, heap)
-            after = renderer_memory(browser)
+            after = renderer_memory()
             pid = max(after, key=lambda p: after[p])  # the tab's renderer: the biggest
             print(f"a class of 10,000 photos paged through ({pages} pages of 60): the tab's JS heap at most "
                   f"{highest / 2**20:.1f} MB; its renderer process {after[pid] / 2**20:.0f} MB resident at the end, "
@@ -208,7 +207,7 @@ def page(work: Path) -> None:
         studio.close()
 
 
-def renderer_memory(browser) -> dict[int, int]:
+def renderer_memory() -> dict[int, int]:
     """The resident memory of each of Chromium's renderer processes, by pid, from /proc."""
     found = {}
     for entry in Path("/proc").iterdir():
