@@ -465,3 +465,70 @@ def test_a_class_the_audit_left_out_does_not_stop_a_relabel_but_a_class_gone_doe
     os.rename(root / "train/dogs", root / "train/wolves")
     with pytest.raises(SmallvisionError, match=r"the audited class dogs no longer has a folder: audit again"):
         apply_actions(table)
+
+
+# ---- one photo at a time (the studio) ----
+
+@pytest.mark.parametrize("layout", ["splits", "classes"])
+def test_photos_fixed_one_at_a_time_are_undone_newest_first_byte_for_byte(tmp_path, layout):
+    root, _ = make_folder(tmp_path, layout)
+    prefix = "train/" if layout == "splits" else ""
+    before = tree(root)
+    moved = journal.fix_photo(root, f"{prefix}cats/a/deep.png", "relabel", "dogs")
+    assert moved.target == f"{prefix}dogs/a/deep.png" and moved.made == [f"{prefix}dogs/a"]
+    journal.fix_photo(root, f"{prefix}dogs/d0.png", "remove")
+    assert (root / REMOVED / prefix / "dogs/d0.png").is_file() and not (root / prefix / "dogs/d0.png").exists()
+    assert [m.source for m in journal.journal_moves(root)] == [f"{prefix}dogs/d0.png", f"{prefix}cats/a/deep.png"]
+
+    [back] = journal.undo_last(root)  # the newest: the removal
+    assert back.source == f"{prefix}dogs/d0.png"
+    assert (root / prefix / "dogs/d0.png").is_file() and (root / prefix / "dogs/a/deep.png").is_file()
+    [back] = journal.undo_last(root)
+    assert back.source == f"{prefix}cats/a/deep.png"
+    after = tree(root)
+    assert {k: v for k, v in after.items() if not k.startswith(".smallvision")} == before
+    assert not (root / prefix / "dogs/a").exists()  # the folder the relabel made is gone again
+    assert journal.journal_moves(root) == []
+    with pytest.raises(SmallvisionError, match="undone already"):
+        journal.undo_last(root)
+
+
+def test_undo_after_undo_last_puts_back_only_what_is_still_moved(tmp_path):
+    root, _ = make_folder(tmp_path, "classes")
+    before = tree(root)
+    journal.fix_photo(root, "cats/c0.png", "relabel", "dogs")
+    journal.fix_photo(root, "cats/c1.png", "relabel", "dogs")
+    journal.undo_last(root)
+    journal.fix_photo(root, "cats/c1.png", "remove")  # the same photo again, another way
+    report = undo(root)
+    assert report.restored == 2
+    assert {k: v for k, v in tree(root).items() if not k.startswith(".smallvision")} == before
+
+
+def test_a_photo_fix_is_refused_with_one_line_and_nothing_moved(tmp_path):
+    root, _ = make_folder(tmp_path, "classes")
+    before = tree(root)
+    (root / "dogs/c0.png").write_bytes(b"taken")
+    cases = [("cats/c0.png", "relabel", "dogs", "already exists"),
+             ("cats/c0.png", "relabel", "cats", "already in 'cats'"),
+             ("cats/c0.png", "relabel", "dgos", "dogs"),
+             ("cats/c0.png", "relabel", None, "which class"),
+             ("cats/c0.png", "move", None, "action"),
+             ("cats/nothing.png", "remove", None, "not a file"),
+             ("../pets/cats/c0.png", "remove", None, "'..'"),
+             ("/etc/passwd", "remove", None, "absolute")]
+    for path, action, to, message in cases:
+        with pytest.raises(SmallvisionError, match=re.escape(message)):
+            journal.fix_photo(root, path, action, to)
+    assert tree(root) == {**before, "dogs/c0.png": hashlib.sha1(b"taken").hexdigest()}
+    assert not (root / JOURNAL).exists()
+
+
+def test_undo_last_refuses_when_the_moved_photo_changed(tmp_path):
+    root, _ = make_folder(tmp_path, "classes")
+    journal.fix_photo(root, "cats/c0.png", "relabel", "dogs")
+    (root / "dogs/c0.png").write_bytes(b"edited since")
+    with pytest.raises(SmallvisionError, match="changed since it was moved"):
+        journal.undo_last(root)
+    assert (root / "dogs/c0.png").read_bytes() == b"edited since" and not (root / "cats/c0.png").exists()
+    assert len(journal.journal_moves(root)) == 1  # still there to undo once the file is put right

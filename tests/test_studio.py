@@ -85,6 +85,49 @@ def wait_for(client, name, state, seconds=120):
     raise AssertionError(f"{name}: still {answer['state']} after {seconds} s: {answer}")
 
 
+def test_a_photo_relabelled_or_removed_in_the_studio_is_undone_byte_for_byte(folders):
+    import hashlib
+
+    roots, runs = folders
+    photo = roots / "pets" / "train" / "cats" / "cats3.png"
+    original = hashlib.sha1(photo.read_bytes()).hexdigest()
+    with TestClient(create_studio([roots], runs)) as client:
+        def count(label: str) -> int:
+            return client.get("/api/images", params={"root": 0, "path": "pets", "class": label}).json()["total"]
+
+        assert client.get("/api/journal", params={"root": 0, "path": "pets"}).json()["moves"] == 0
+        fix = dict(root=0, path="pets", photo="pets/train/cats/cats3.png", action="relabel", to="dogs")
+        answer = client.post("/api/fix", json=fix)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["moved"] == {"from": "train/cats/cats3.png", "to": "train/dogs/cats3.png",
+                                          "action": "relabel"}
+        assert not photo.exists() and (roots / "pets/train/dogs/cats3.png").is_file()
+        assert (count("cats"), count("dogs")) == (6, 8)  # the listing is read again after a move
+        removed = client.post("/api/fix", json={**fix, "photo": "pets/train/dogs/dogs0.png", "action": "remove"})
+        assert removed.json()["journal"]["moves"] == 2 and count("dogs") == 7
+
+        refusals = {403: [{**fix, "photo": "pets/../pets/train/cats/cats4.png"},
+                          {**fix, "photo": "out/cats/cats0.png"},  # a symlink out of the root
+                          {**fix, "path": "pets/train", "photo": "pets/test/cats/cats0.png"}],  # not in the source
+                    400: [{**fix, "photo": "pets/train/cats/cats4.png", "to": "dgos"},
+                          {**fix, "photo": "pets/train/cats/cats4.png", "action": "delete"},
+                          {**fix, "photo": "pets/train/cats/nothing.png"}]}
+        for status, cases in refusals.items():
+            for case in cases:
+                refused = client.post("/api/fix", json=case)
+                assert refused.status_code == status and refused.json()["detail"], case
+        assert (roots / "pets/train/cats/cats4.png").is_file()
+
+        first = client.post("/api/undo", json={"root": 0, "path": "pets"}).json()
+        assert first["put_back"] == [{"from": "train/dogs/dogs0.png", "to": ".smallvision-removed/train/dogs/dogs0.png",
+                                      "action": "remove"}]
+        second = client.post("/api/undo", json={"root": 0, "path": "pets"}).json()
+        assert second["put_back"][0]["from"] == "train/cats/cats3.png" and second["journal"]["moves"] == 0
+        assert hashlib.sha1(photo.read_bytes()).hexdigest() == original and (count("cats"), count("dogs")) == (7, 7)
+        nothing = client.post("/api/undo", json={"root": 0, "path": "pets"})
+        assert nothing.status_code == 400 and "undone already" in nothing.json()["detail"]
+
+
 def epochs_of(answer) -> list[int]:
     return [row["epoch"] for row in answer["rows"] if row["event"] == "epoch"]
 
@@ -207,6 +250,24 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
         picture = client.get("/api/compare.png", params={"names": "pets-1"})
         assert picture.headers["content-type"] == "image/png" and Image.open(BytesIO(picture.content)).width > 300
         assert client.get("/api/compare.png", params={"names": "../pets-1"}).status_code == 403
+        reviewed = client.post("/api/runs/pets-1/review")  # evaluate, in a process of its own
+        assert reviewed.status_code == 200, reviewed.text
+        review = reviewed.json()
+        assert review["split"] == "test" and review["class_names"] == ["cats", "dogs"]
+        assert sum(map(sum, review["confusion"])) == review["images"] == len(review["photos"]) == 14
+        assert review["source_at"] == {"root": 0, "path": "pets"}
+        losses = [photo["loss"] for photo in review["photos"]]
+        assert losses == sorted(losses, reverse=True)  # highest loss first
+        cell = [photo for photo in review["photos"] if (photo["true"], photo["predicted"]) == ("cats", "dogs")]
+        assert len(cell) == review["confusion"][0][1]
+        assert all(photo["at"]["path"].startswith("pets/test/") for photo in review["photos"])
+        assert client.get("/api/runs/pets-1/review").json()["photos"] == review["photos"]  # found again later
+        chosen = [photo["at"] for photo in review["photos"][:2]]
+        pictures = client.post("/api/runs/pets-1/gradcam", json=chosen).json()
+        assert [picture["path"] for picture in pictures] == [at["path"] for at in chosen]
+        png = client.get(pictures[0]["picture"])
+        assert png.headers["content-type"] == "image/png" and Image.open(BytesIO(png.content)).width > 100
+        assert client.post("/api/runs/pets-1/gradcam", json=[{"root": 0, "path": "out/cats/cats0.png"}]).status_code == 403
         tried = client.post("/api/runs/pets-1/try").json()
         try:
             assert tried["url"].startswith("http://127.0.0.1:") and tried["serve"].endswith("pets-1")

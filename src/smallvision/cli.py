@@ -452,8 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="check every row and say what would move; move nothing")
     undo = command(data_sub, "undo", "put back every file `data apply` moved in a source, byte for byte, from its "
                    "journal (SOURCE/.smallvision-journal.jsonl)",
-                   "smallvision data undo ../shared/datasets/cats_and_dogs_small", run_data_undo)
+                   "smallvision data undo ../shared/datasets/cats_and_dogs_small\n"
+                   "  smallvision data undo ../shared/datasets/cats_and_dogs_small --last 1", run_data_undo)
     undo.add_argument("source", help="the image folder the moves were made in")
+    undo.add_argument("--last", type=int, metavar="N",
+                      help="put back only the newest N moves not yet undone (the studio's Undo); the journal stays")
 
     augment_sub = command_group(sub, "augment", "see what a recipe's augmentation does",
                                 "smallvision augment preview my_photos/ --recipe seed-catsdogs-augment -o grid.png")
@@ -871,6 +874,14 @@ def run_data_apply(args) -> None:
 def run_data_undo(args) -> None:
     from smallvision.journal import undo
 
+    if args.last is not None:
+        from smallvision.journal import undo_last
+
+        if args.last < 1:
+            raise SmallvisionError(f"--last {args.last}: put back at least one move (--last 1 is the newest)")
+        for move in undo_last(args.source, args.last):
+            print(f"put back {move.source} (from {move.target})")
+        return
     print(undo(args.source).summary())
 
 

@@ -5,13 +5,16 @@ byte for byte.
     write_audit_record(out_dir, root, "folder", class_names, relpaths)   # the audit: every file's fingerprint
     report = apply_actions(out_dir / "label_issues.csv")                # the user's actions, as moves
     undo(root)                                                          # every move put back, newest first
+    fix_photo(root, "train/cats/cat.3.jpg", "relabel", "dogs")           # one photo, as the studio asks
+    undo_last(root)                                                     # the newest move put back
 
 Nothing is ever deleted or overwritten. `relabel` moves a file into the suggested class's folder of the same
 split (the path below the class folder kept); `remove` moves it into `ROOT/.smallvision-removed/`, a hidden
 folder the folder reader never looks into, as it never sees the journal, `ROOT/.smallvision-journal.jsonl`.
 Everything a table asks for is checked before the first file moves (the actions, the classes, the paths, each
 file against its fingerprint at audit time, the folders' write permission), so a problem refuses the whole
-table with one line and an untouched folder. Each move is announced in the journal (flushed to disk) before it
+table with one line and an untouched folder. `fix_photo` makes one move a person asked for while looking at the
+photo (the studio), checked the same way against the file as it is now. Each move is announced in the journal (flushed to disk) before it
 is made and confirmed after, so a crash between the two leaves a journal that `undo` still reads right: it
 looks at which side of the move the file is on.
 
@@ -289,6 +292,8 @@ class JournalMove:
     link: str | None  # a symbolic link's target: a link is moved (and checked) as the link
     made: list[str]  # the folders the move created, outermost first
     done: bool = False
+    undoing: bool = False  # `undo_last` announced putting it back (the file's place says whether it did)
+    undone: bool = False  # ... and confirmed it: the move is history, not work for the next undo
 
     @property
     def content(self) -> tuple:
@@ -316,14 +321,17 @@ def read_journal(path: Path) -> list[JournalMove]:
         except json.JSONDecodeError:
             raise SmallvisionError(f"{where}: damaged (not JSON); the journal must be whole for undo to be "
                                    f"sure: restore that line or move the files back by hand") from None
-        if not isinstance(entry, dict) or entry.get("op") not in ("move", "done"):
-            raise SmallvisionError(f"{where}: not a journal entry (expected op 'move' or 'done')")
+        if not isinstance(entry, dict) or entry.get("op") not in ("move", "done", "undo", "undone"):
+            raise SmallvisionError(f"{where}: not a journal entry (expected op 'move', 'done', 'undo' or 'undone')")
         source, target = (checked_relpath(entry.get(key) if isinstance(entry.get(key), str) else "", where)
                           for key in ("from", "to"))
-        if entry["op"] == "done":
+        if entry["op"] != "move":
             if (source, target) not in announced:
-                raise SmallvisionError(f"{where}: a move from {source} to {target} done but never announced")
-            announced[(source, target)].done = True
+                raise SmallvisionError(f"{where}: a move from {source} to {target} {entry['op']} but never announced")
+            move = announced[(source, target)]
+            move.done |= entry["op"] == "done"
+            move.undoing |= entry["op"] == "undo"
+            move.undone |= entry["op"] == "undone"
             continue
         size, sha1, link, made = entry.get("size"), entry.get("sha1"), entry.get("link"), entry.get("made", [])
         if not (isinstance(size, int) and isinstance(sha1, str) and (link is None or isinstance(link, str))
@@ -384,6 +392,7 @@ class Move:
     done_before: bool = False  # already where an earlier apply of the same action put it
     fingerprint: dict = field(default_factory=dict)
     link: str | None = None
+    origin: dict = field(default_factory=dict)  # what asked for it, for the journal: a table's line, or the studio
 
 
 @dataclass
@@ -434,7 +443,7 @@ def apply_actions(table: str | Path, accept_all: bool = False, dry_run: bool = F
     report.relabelled = sum(move.action == "relabel" for move in pending)
     report.removed = sum(move.action == "remove" for move in pending)
     if not dry_run and pending:
-        make_moves(root, journal, table, pending)
+        make_moves(root, journal, pending)
     return report
 
 
@@ -470,7 +479,8 @@ def plan_moves(table: Table, audit: AuditRecord, decided: list[tuple[Row, str]],
             raise SmallvisionError(f"{table.where(row)}: {row.path} is also in line {earlier[0].line}, which asks "
                                    f"something else of it; one action a file")
         if action != "keep" and earlier[0] is row:
-            moves.append(Move(row, action, row.path, target))
+            moves.append(Move(row, action, row.path, target, origin={"table": str(table.path.resolve()),
+                                                                     "line": row.line}))
     return moves
 
 
@@ -510,7 +520,7 @@ def locate(root: Path, move: Move, history: list[JournalMove], table: Table) -> 
     where = table.where(move.row)
     if os.path.lexists(root / move.source):
         return False
-    earlier = next((m for m in reversed(history) if m.source == move.source), None)
+    earlier = next((m for m in reversed(history) if m.source == move.source and not m.undone), None)
     if earlier is None:
         raise SmallvisionError(f"{where}: {root / move.source} is missing, and the journal does not say it was "
                                f"moved: audit again")
@@ -558,7 +568,7 @@ def touched_folders(root: Path, move: Move) -> list[Path]:
     return [(root / move.source).parent, existing_ancestor((root / move.target).parent)]
 
 
-def make_moves(root: Path, journal: Path, table: Table, pending: list[Move]) -> None:
+def make_moves(root: Path, journal: Path, pending: list[Move]) -> None:
     """The moves, each announced in the journal before it is made and confirmed after."""
     made, doing = 0, f"opening the journal {journal}"
     try:
@@ -567,8 +577,7 @@ def make_moves(root: Path, journal: Path, table: Table, pending: list[Move]) -> 
                 source, target = root / move.source, root / move.target
                 doing = f"moving {source} to {target}"
                 entry = {"op": "move", "from": move.source, "to": move.target, "size": move.fingerprint["size"],
-                         "sha1": move.fingerprint["sha1"], "action": move.action,
-                         "table": str(table.path.resolve()), "line": move.row.line,
+                         "sha1": move.fingerprint["sha1"], "action": move.action, **move.origin,
                          "made": missing_folders(root, target.parent), "at": now()}
                 if move.link is not None:
                     entry["link"] = move.link
@@ -582,6 +591,105 @@ def make_moves(root: Path, journal: Path, table: Table, pending: list[Move]) -> 
     except OSError as err:
         raise SmallvisionError(f"{doing} failed ({err.strerror or err}): {made} of {len(pending)} moves made, each "
                                f"in the journal; undo puts them back") from None
+
+
+# ---- one photo at a time ----
+
+def fix_photo(root: str | Path, path: str, action: str, to_class: str | None = None,
+              by: str = "studio") -> JournalMove:
+    """Relabel one photo of the folder `root` (into `to_class`'s folder of the same split, the path below the
+    class folder kept) or remove it (into ROOT/.smallvision-removed/), through the journal as `apply_actions`
+    moves: announced, made, confirmed; nothing overwritten. The photo is judged as it is now (a person is
+    looking at it), so there is no audit fingerprint to compare; the journal keeps its size and SHA-1 for undo.
+    Returns the move as the journal now records it."""
+    from smallvision.data.folders import scan_folder  # imports PyTorch
+
+    root = Path(root)
+    if not root.is_dir():
+        raise SmallvisionError(f"{root}: no such directory")
+    rel = checked_relpath(path, str(root))
+    where = str(root / rel)
+    if action not in ("relabel", "remove"):
+        raise SmallvisionError(f"{where}: {unknown_name('action', action, ['relabel', 'remove'])}")
+    source = inside(root, rel, where)
+    if not os.path.isfile(source):
+        raise SmallvisionError(f"{where}: not a file here (moved or removed meanwhile?): reload the page")
+    if rel.split("/")[0] == REMOVED:
+        raise SmallvisionError(f"{where}: already removed; undo puts it back")
+    scan = scan_folder(root)
+    class_index = 1 if scan.layout == "splits" else 0
+    parts = rel.split("/")
+    if len(parts) <= class_index + 1 or parts[class_index] not in scan.class_names:
+        raise SmallvisionError(f"{where}: not in a class folder of {root.name} "
+                               f"({', '.join(scan.class_names)})")
+    if action == "relabel":
+        if not to_class:
+            raise SmallvisionError(f"{where}: relabel to which class? one of {', '.join(scan.class_names)}")
+        if to_class not in scan.class_names:
+            raise SmallvisionError(f"{where}: {unknown_name('class', to_class, scan.class_names)}")
+        if to_class == parts[class_index]:
+            raise SmallvisionError(f"{where}: already in {to_class!r}")
+        parts[class_index] = to_class
+        target = "/".join(parts)
+    else:
+        target = f"{REMOVED}/{rel}"
+    inside(root, target, where)
+    if os.path.lexists(root / target):
+        raise SmallvisionError(f"{where}: cannot {action} it: {root / target} already exists (nothing is ever "
+                               f"overwritten); rename one of them first")
+    journal = root / JOURNAL
+    move = Move(Row(0, rel, action, suggested=to_class or ""), action, rel, target, fingerprint=fingerprint(source),
+                link=os.readlink(source) if os.path.islink(source) else None, origin={"by": by})
+    refuse_unwritable([root, *touched_folders(root, move), *([journal] if journal.exists() else [])],
+                      "the photo cannot be moved")
+    made = missing_folders(root, (root / target).parent)
+    make_moves(root, journal, [move])
+    return JournalMove(rel, target, move.fingerprint["size"], move.fingerprint["sha1"], move.link, made, done=True)
+
+
+def journal_moves(root: str | Path) -> list[JournalMove]:
+    """The moves of the folder's journal that undo would still put back, newest first ([] without a journal)."""
+    journal = Path(root) / JOURNAL
+    if not journal.is_file():
+        return []
+    return [move for move in reversed(read_journal(journal)) if not move.undone]
+
+
+def undo_last(root: str | Path, count: int = 1) -> list[JournalMove]:
+    """Put back the newest `count` moves not yet undone, byte for byte, as `undo` does (everything checked
+    before the first file moves), and mark each in the journal: announced before the file moves, confirmed
+    after, so the next `undo_last` goes on with the move before it and `undo` skips them. The journal stays.
+    Returns the moves put back, newest first (a move a crash kept from being made is only marked)."""
+    root = Path(root)
+    journal = root / JOURNAL
+    if not journal.is_file():
+        raise SmallvisionError(f"{root}: no journal ({JOURNAL}): nothing was moved here, nothing to undo")
+    chosen = [move for move in reversed(read_journal(journal)) if not move.undone][:count]
+    if not chosen:
+        raise SmallvisionError(f"{root}: every move in its journal is undone already")
+    restores = plan_undo(root, journal, chosen[::-1])
+    refuse_unwritable([root, journal] + [folder for move in restores for folder in
+                                         ((root / move.target).parent, existing_ancestor((root / move.source).parent))],
+                      "the files cannot be put back")
+    put_back = []
+    with journal_for_appending(journal) as file:
+        for move in chosen:
+            entry = {"from": move.source, "to": move.target}
+            if any(move is restore for restore in restores):
+                append_entry(file, {"op": "undo", **entry, "at": now()})
+                source, target = root / move.source, root / move.target
+                try:
+                    source.parent.mkdir(parents=True, exist_ok=True)
+                    if os.path.lexists(source):
+                        raise FileExistsError(0, "appeared since the check", str(source))
+                    os.rename(target, source)
+                except OSError as err:
+                    raise SmallvisionError(f"putting {target} back at {source} failed ({err.strerror or err}): "
+                                           f"{len(put_back)} put back; undo again once that is fixed") from None
+                put_back.append(move)
+            append_entry(file, {"op": "undone", **entry, "at": now()})
+    remove_made_folders(root, chosen)
+    return put_back
 
 
 # ---- undo ----
@@ -644,6 +752,8 @@ def plan_undo(root: Path, journal: Path, moves: list[JournalMove]) -> list[Journ
 
     restores = []
     for move in reversed(moves):
+        if move.undone:  # put back by `undo_last` already
+            continue
         where = f"{journal}: the move of {move.source} to {move.target}"
         inside(root, move.source, where)
         inside(root, move.target, where)

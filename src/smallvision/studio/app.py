@@ -42,6 +42,19 @@ REACHED = {"seed-mnist": "MNIST test 0.992", "fast-mnist": "MNIST test 0.993 in 
 OVERRIDES = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr", "image_size": "--image-size"}
 
 
+class Fix(BaseModel):
+    root: int
+    path: str = ""  # the source folder, inside the root: where its journal is
+    photo: str  # the photo, inside the root (as /api/images names it)
+    action: str  # "relabel" or "remove"
+    to: str | None = None  # relabel: the class it goes to
+
+
+class Folder(BaseModel):
+    root: int
+    path: str = ""
+
+
 class Start(BaseModel):
     root: int
     path: str = ""  # the source folder, inside the root
@@ -185,6 +198,54 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
             raise HTTPException(422, f"{path}: not a readable image ({err})") from None
         return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
+    def in_source(root: int, path: str, photo: str) -> tuple[Path, str]:
+        """The source folder and the photo's path inside it; both inside the root (403 otherwise)."""
+        source = folders.resolve(root, path)
+        folders.resolve(root, photo)
+        base = folders.relative(root, source)
+        if base and not photo.startswith(base + "/"):
+            raise OutsideRoots(f"{photo!r} is not in the source {base!r}")
+        return source, photo[len(base) + 1:] if base else photo
+
+    def moved(move) -> dict:
+        from smallvision.journal import REMOVED
+
+        removed = move.target.startswith(REMOVED + "/")
+        return {"from": move.source, "to": move.target, "action": "remove" if removed else "relabel"}
+
+    def journal_state(root: int, source: Path) -> dict:
+        from smallvision.journal import journal_moves
+
+        moves = journal_moves(source)
+        return {"root": root, "path": folders.relative(root, source), "moves": len(moves),
+                "last": moved(moves[0]) if moves else None}
+
+    @app.post("/api/fix", dependencies=api)
+    def fix(request: Fix):
+        """Relabel a photo into another class's folder, or remove it (into the source's .smallvision-removed/),
+        through the source's journal, as `data apply` moves (journal.fix_photo); undone by /api/undo."""
+        from smallvision.journal import fix_photo
+
+        source, photo = in_source(request.root, request.path, request.photo)
+        move = fix_photo(source, photo, request.action, request.to)
+        scans.pop(source, None)
+        return {"moved": moved(move), "journal": journal_state(request.root, source)}
+
+    @app.post("/api/undo", dependencies=api)
+    def undo(request: Folder):
+        """Put back the newest move in the source's journal, byte for byte (journal.undo_last)."""
+        from smallvision.journal import undo_last
+
+        source = folders.resolve(request.root, request.path)
+        put_back = undo_last(source)
+        scans.pop(source, None)
+        return {"put_back": [moved(move) for move in put_back], "journal": journal_state(request.root, source)}
+
+    @app.get("/api/journal", dependencies=api)
+    def journal(root: int, path: str = ""):
+        """How many moves of the source Undo can still put back, and the newest."""
+        return journal_state(root, folders.resolve(root, path))
+
     @app.get("/api/recipes", dependencies=api)
     def recipes():
         from smallvision.recipe import builtin_recipes, load_recipe
@@ -292,6 +353,80 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         if what == "report":  # our own self-contained page: its inline styles and scripts, nothing from elsewhere
             return FileResponse(file, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
         return FileResponse(file, filename=file.name, media_type="application/octet-stream")
+
+    def place(path: Path) -> dict | None:
+        """A file or folder as the page names it (root number and path inside), or None outside the roots."""
+        for index, base in enumerate(folders.folders):
+            if path == base or base in path.parents:
+                return {"root": index, "path": folders.relative(index, path)}
+        return None
+
+    @app.post("/api/runs/{name}/review", dependencies=api)
+    def review(name: str):
+        """Review: `smallvision evaluate RUN` (its test split) in a process of its own, then what GET answers."""
+        run = run_folder(name)
+        if state_of(run) != "finished":
+            raise SmallvisionError(f"{name}: {state_of(run)}; only a finished run can be reviewed")
+        return reviewed(run, products.evaluate(run))
+
+    @app.get("/api/runs/{name}/review", dependencies=api)
+    def last_review(name: str):
+        run = run_folder(name)
+        done = sorted((folder for folder in run.glob("eval-*") if (folder / "predictions.csv").is_file()),
+                      key=lambda folder: (folder / "predictions.csv").stat().st_mtime)
+        if not done:
+            raise HTTPException(404, f"{name}: not reviewed yet")
+        return reviewed(run, done[-1])
+
+    def reviewed(run: Path, folder: Path) -> dict:
+        """The evaluation's figures and confusion matrix, and every photo scored: its place under the roots
+        (None outside them: shown without a picture or a fix), true and predicted class, probability and loss
+        (-log of the true class's probability), highest loss first."""
+        import csv
+        import json
+        import math
+
+        metrics = json.loads((folder / "metrics.json").read_text())
+        data = json.loads((run / "data.json").read_text()) if (run / "data.json").is_file() else {}
+        base = Path(data["root"]) if data.get("root") else None
+        photos = []
+        with open(folder / "predictions.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                image = Path(row["image"])
+                if not image.is_absolute() and base is not None:
+                    image = base / image
+                true_probability = float(row.get(f"p_{row['true']}") or 0.0)
+                photos.append({"image": row["image"], "at": place(image) if image.is_absolute() else None,
+                               "true": row["true"], "predicted": row["predicted"],
+                               "probability": float(row["probability"]),
+                               "loss": round(-math.log(max(true_probability, 1e-12)), 4)})
+        photos.sort(key=lambda photo: -photo["loss"])
+        figures = {key: metrics.get(key) for key in ("source", "split", "images", "accuracy", "balanced_accuracy",
+                                                     "loss", "ece")}
+        return {"run": run.name, **figures, "class_names": metrics["class_names"], "confusion": metrics["confusion"],
+                "source_at": place(base) if base is not None else None, "photos": photos}
+
+    @app.post("/api/runs/{name}/gradcam", dependencies=api)
+    def gradcam(name: str, photos: list[Folder]):
+        """Grad-CAM pictures for photos under the roots (`smallvision explain`, one process for all of them)."""
+        run = run_folder(name)
+        if len(photos) > 64:
+            raise SmallvisionError(f"{len(photos)} photos: Grad-CAM for at most 64 at a time")
+        files = [folders.resolve(photo.root, photo.path) for photo in photos]
+        answers = products.explain(run, files) if files else []
+        pictures = []
+        for photo, answer in zip(photos, answers):
+            picture = answer.get("picture")
+            pictures.append({"root": photo.root, "path": photo.path, "error": answer.get("error"),
+                             "picture": f"/api/runs/{name}/gradcam/{Path(picture).name}" if picture else None})
+        return pictures
+
+    @app.get("/api/runs/{name}/gradcam/{picture}", dependencies=api)
+    def gradcam_picture(name: str, picture: str):
+        file = inside(products.gradcam_folder(run_folder(name)), picture)
+        if file.suffix != ".png" or not file.is_file():
+            raise HTTPException(404, f"{picture}: no such Grad-CAM picture")
+        return FileResponse(file, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/runs/{name}/try", dependencies=api)
     def try_run(name: str):

@@ -1,7 +1,10 @@
 """What the studio makes of a finished run, each by the CLI in a process of its own: the ONNX and Keras files
-and the HTML report (`Products`, kept in the runs folder's .studio/, never in the run), and a `serve` of the
-run to try it on photos (`Tried`: one at a time)."""
+and the HTML report (`Products`, kept in the runs folder's .studio/, never in the run), its evaluation on its
+test split (`evaluate`, in the run's eval-SOURCE-SPLIT/ as the CLI writes it) and Grad-CAM pictures
+(`explain`), and a `serve` of the run to try it on photos (`Tried`: one at a time)."""
 
+import json
+import os
 import queue
 import re
 import subprocess
@@ -30,12 +33,43 @@ class Products:
         out = self.path(run, what)
         command, _, extra = MADE[what]
         out.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "smallvision", command, str(run), *extra, "-o", str(out), "--force"],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise SmallvisionError((lines or [f"smallvision {command} ended with status {done.returncode}"])[-1])
+        smallvision(command, str(run), *extra, "-o", str(out), "--force")
         return out
+
+    def evaluate(self, run: Path) -> Path:
+        """`smallvision evaluate RUN`: the run on the test split of its own source; the folder it wrote (its
+        last line), which must be inside the run."""
+        lines = smallvision("evaluate", str(run)).splitlines()
+        folder = Path(lines[-1].strip()).resolve() if lines else None
+        if folder is None or run.resolve() not in folder.parents or not (folder / "predictions.csv").is_file():
+            raise SmallvisionError(f"{run.name}: evaluate wrote no predictions.csv where the studio looks")
+        return folder
+
+    def gradcam_folder(self, run: Path) -> Path:
+        return self.runs / LOGS / "gradcam" / run.name
+
+    def explain(self, run: Path, files: list[Path]) -> list[dict]:
+        """`smallvision explain RUN FILES`: a Grad-CAM picture for each file (in gradcam_folder), one answer
+        each (`picture`, or `error` for a file it could not read)."""
+        out = self.gradcam_folder(run)
+        out.mkdir(parents=True, exist_ok=True)
+        answers = []
+        for line in smallvision("explain", str(run), *map(str, files), "-o", str(out), allowed=(0, 2)).splitlines():
+            try:
+                answers.append(json.loads(line))
+            except ValueError:
+                continue
+        return answers
+
+
+def smallvision(command: str, *arguments: str, allowed: tuple[int, ...] = (0,)) -> str:
+    """The CLI in a process of its own; its standard output, or its own last line as the error."""
+    done = subprocess.run([sys.executable, "-m", "smallvision", command, *arguments], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "SMALLVISION_PROGRESS": "0"})
+    if done.returncode not in allowed:
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        raise SmallvisionError((lines or [f"smallvision {command} ended with status {done.returncode}"])[-1])
+    return done.stdout
 
 
 class Tried:

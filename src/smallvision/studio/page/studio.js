@@ -80,6 +80,7 @@ function openSource(index) {
   $("split").value = state.split;
   drawChips();
   loadPage();
+  loadJournal();
 }
 
 function drawChips() {
@@ -105,7 +106,7 @@ async function loadPage() {
   grid.replaceChildren(...page.files.map((file) => {
     const img = el("img", { alt: file, loading: "lazy" });
     thumbnail(img, s.root, file);
-    return el("figure", {}, img, el("figcaption", { title: file }, file.split("/").pop()));
+    return el("figure", {}, img, el("figcaption", { title: file }, file.split("/").pop()), fixControl(file));
   }));
   const last = Math.min(page.offset + page.files.length, page.total);
   $("page-info").textContent = page.total ? `${page.offset + 1}-${last} of ${page.total}` : "no photos";
@@ -113,11 +114,67 @@ async function loadPage() {
   $("next").disabled = last >= page.total;
 }
 
-async function thumbnail(img, root, file) {
+// A photo relabelled or removed goes through the source's journal (Undo puts it back, byte for byte).
+function fixControl(file) {
+  const select = el("select", { class: "fix", "aria-label": `fix ${file}` }, el("option", { value: "" }, "fix…"),
+                    ...state.source.classes.filter((name) => name !== state.label)
+                      .map((name) => el("option", { value: "relabel:" + name }, `relabel to ${name}`)),
+                    el("option", { value: "remove" }, "remove"));
+  select.addEventListener("change", () => {
+    const [action, to] = select.value.split(":");
+    if (action) fixPhoto({ root: state.source.root, path: state.source.path, photo: file, action, to });
+  });
+  return select;
+}
+
+async function fixPhoto(body) {
+  try {
+    const answer = await post("/api/fix", body);
+    const m = answer.moved;
+    say(m.action === "remove" ? `${m.from} removed (Undo puts it back)` : `${m.from} relabelled: now ${m.to} (Undo puts it back)`);
+    showJournal(answer.journal);
+    await refreshSource();
+    return answer;
+  } catch (e) { say(e.message, true); if (state.source) loadPage(); return null; }
+}
+
+async function undoLast() {
+  try {
+    const answer = await post("/api/undo", { root: state.source.root, path: state.source.path });
+    say(answer.put_back.length ? `put back ${answer.put_back.map((m) => m.from).join(", ")}` : "nothing was put back");
+    showJournal(answer.journal);
+    await refreshSource();
+  } catch (e) { say(e.message, true); }
+}
+
+function showJournal(journal) {
+  state.journal = journal;
+  $("undo").disabled = !journal.moves;
+  const last = journal.last;
+  $("journal-info").textContent = !last ? "nothing to undo"
+    : `last: ${last.action} ${last.from}${last.action === "relabel" ? " → " + last.to : ""} · ${journal.moves} move(s) in the journal`;
+}
+
+async function loadJournal() {
+  try { showJournal(await json("/api/journal?" + new URLSearchParams({ root: state.source.root, path: state.source.path }))); }
+  catch (e) { say(e.message, true); }
+}
+
+async function refreshSource() {  // the counts and the page after a photo moved
+  const { root, path } = state.source;
+  await loadSources();
+  const again = state.sources.find((s) => s.root === root && s.path === path);
+  if (!again || again.problem) return;
+  state.source = again;
+  drawChips();
+  await loadPage();
+}
+
+async function thumbnail(img, root, file, held = state.blobs) {
   try {
     const blob = await (await api("/api/thumb?" + new URLSearchParams({ root, path: file }))).blob();
     const url = URL.createObjectURL(blob);
-    state.blobs.push(url);
+    held.push(url);
     img.src = url;
   } catch (e) { img.alt = `${file}: ${e.message}`; }
 }
@@ -175,6 +232,8 @@ function watch(name) {
   $("watch").hidden = false;
   $("watch-name").textContent = name;
   $("try-link").hidden = true;
+  $("review").hidden = true;
+  state.review = null;
   showTab("train");
   if (state.timer) clearTimeout(state.timer);
   poll();
@@ -194,6 +253,7 @@ async function poll() {
   }
   figures(answer);
   if (answer.state !== state.lastState && ["finished", "stopped"].includes(answer.state)) say(`${name} ${answer.state}`);
+  if (answer.state === "finished" && !state.review && state.lastState !== "finished") reviewRun(false);
   state.lastState = answer.state;
   const training = answer.state === "training";
   $("stop").disabled = !training;
@@ -286,6 +346,84 @@ async function make(what) {
   } catch (e) { say(e.message, true); }
 }
 
+async function reviewRun(fresh) {
+  const name = state.watching;
+  if (fresh) say(`evaluating ${name} on its test split...`);
+  try {
+    const answer = fresh ? await post(`/api/runs/${encodeURIComponent(name)}/review`)
+                         : await json(`/api/runs/${encodeURIComponent(name)}/review`);
+    if (name !== state.watching) return;
+    state.review = answer;
+    drawReview();
+    if (fresh) say(`${name} reviewed: ${answer.images} ${answer.split} photos`);
+  } catch (e) { if (fresh) say(e.message, true); else $("review").hidden = true; }
+}
+
+function drawReview() {
+  const r = state.review;
+  $("review").hidden = false;
+  $("review-figures").textContent = `${r.split} · accuracy ${r.accuracy.toFixed(4)} · balanced ${r.balanced_accuracy.toFixed(4)}`
+    + (r.ece == null ? "" : ` · ECE ${r.ece.toFixed(4)}`) + ` · ${r.images} photos`;
+  const head = el("tr", {}, el("th", {}, "true \\ predicted"), ...r.class_names.map((n) => el("th", {}, n)));
+  const rows = r.class_names.map((trueName, i) => el("tr", {}, el("th", {}, trueName), ...r.class_names.map((predName, j) => {
+    const count = r.confusion[i][j];
+    const cell = el("button", { type: "button", class: i === j ? "cell hit" : "cell miss", "data-true": trueName,
+                                "data-predicted": predName, "aria-label": `${count} ${trueName} predicted ${predName}` }, String(count));
+    cell.addEventListener("click", () => showPhotos((p) => p.true === trueName && p.predicted === predName,
+                                                    `${trueName} predicted ${predName}`));
+    return el("td", {}, cell);
+  })));
+  $("confusion").replaceChildren(head, ...rows);
+  showPhotos((p) => p.true !== p.predicted, "mistakes, highest loss first");
+}
+
+function showPhotos(test, title) {
+  const r = state.review;
+  const chosen = r.photos.filter(test);
+  state.shown = chosen.slice(0, 60);  // highest loss first (the server sorted them)
+  $("review-info").textContent = `${title}: ${chosen.length} photo(s)${chosen.length > 60 ? ", the first 60 shown" : ""}`;
+  for (const url of state.reviewBlobs || []) URL.revokeObjectURL(url);
+  state.reviewBlobs = [];
+  $("review-grid").replaceChildren(...state.shown.map((photo) => {
+    const figure = el("figure", { class: "reviewed" });
+    const img = el("img", { alt: photo.image, loading: "lazy" });
+    if (photo.at) thumbnail(img, photo.at.root, photo.at.path, state.reviewBlobs);
+    else img.alt = `${photo.image} (outside the studio's folders)`;
+    figure.append(img, el("figcaption", { title: photo.image },
+      `${photo.true} → ${photo.predicted} ${(photo.probability * 100).toFixed(0)}% · loss ${photo.loss.toFixed(2)}`));
+    if (photo.at && r.source_at && photo.true !== photo.predicted && !photo.moved) {
+      const button = el("button", { type: "button", class: "relabel" }, `relabel to ${photo.predicted}`);
+      button.addEventListener("click", async () => {
+        const answer = await fixPhoto({ root: r.source_at.root, path: r.source_at.path, photo: photo.at.path,
+                                        action: "relabel", to: photo.predicted });
+        if (answer) { photo.moved = true; button.replaceWith(el("span", { class: "note" }, `now ${answer.moved.to}`)); }
+      });
+      figure.append(button);
+    }
+    photo.figure = figure;
+    return figure;
+  }));
+}
+
+async function gradcamShown() {
+  const shown = (state.shown || []).filter((p) => p.at && !p.moved);
+  if (!shown.length) { say("no photo here to explain", true); return; }
+  say(`Grad-CAM for ${shown.length} photo(s)...`);
+  try {
+    const pictures = await post(`/api/runs/${encodeURIComponent(state.watching)}/gradcam`,
+                                shown.map((p) => ({ root: p.at.root, path: p.at.path })));
+    pictures.forEach((picture, i) => {
+      if (!picture.picture) return;
+      const img = el("img", { class: "gradcam", alt: `Grad-CAM of ${shown[i].image}` });
+      api(picture.picture).then((a) => a.blob()).then((blob) => {
+        const url = URL.createObjectURL(blob); state.reviewBlobs.push(url); img.src = url;
+      });
+      shown[i].figure.append(img);
+    });
+    say("Grad-CAM: where the evidence for the predicted class lies");
+  } catch (e) { say(e.message, true); }
+}
+
 async function tryRun() {
   say(`starting a page to try ${state.watching} on...`);
   try {
@@ -347,6 +485,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("resume").addEventListener("click", resume);
   for (const what of ["report", "onnx", "keras"]) $("make-" + what).addEventListener("click", () => make(what));
   $("try").addEventListener("click", tryRun);
+  $("review-button").addEventListener("click", () => reviewRun(true));
+  $("show-mistakes").addEventListener("click", () => state.review && showPhotos((p) => p.true !== p.predicted, "mistakes, highest loss first"));
+  $("gradcam-these").addEventListener("click", gradcamShown);
+  $("undo").addEventListener("click", undoLast);
   $("compare").addEventListener("click", compareRuns);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault(); state.token = $("token").value; sessionStorage.setItem("studio-token", state.token); begin();
