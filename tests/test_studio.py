@@ -128,6 +128,46 @@ def test_a_photo_relabelled_or_removed_in_the_studio_is_undone_byte_for_byte(fol
         assert nothing.status_code == 400 and "undone already" in nothing.json()["detail"]
 
 
+def test_an_audit_from_the_studio_finds_a_planted_mislabel_fixed_or_kept_there(tmp_path):
+    import shutil
+
+    roots, runs = tmp_path / "roots", tmp_path / "runs"
+    pets = make_image_folder(roots / "pets", per_class=12)
+    os.rename(pets / "train/cats/cats5.png", pets / "train/dogs/cats5.png")  # a cat in the dogs' folder
+    shutil.copy(pets / "train/cats/cats1.png", pets / "train/cats/copy.png")
+    app = create_studio([roots], runs)
+    with TestClient(app) as client:
+        assert client.get("/api/audit", params={"root": 0, "path": "pets"}).json() == {"state": "none"}
+        assert client.post("/api/audit", json={"root": 0, "path": "pets"}).status_code == 202
+        again = client.post("/api/audit", json={"root": 0, "path": "pets"})
+        assert again.status_code == 409 and "one audit at a time" in again.json()["detail"]
+        refused = client.post("/api/train", json={"root": 0, "path": "pets", "recipe": "catsdogs"})
+        assert refused.status_code == 409 and "being audited" in refused.json()["detail"]
+        deadline = time.monotonic() + 240
+        while (answer := client.get("/api/audit", params={"root": 0, "path": "pets"}).json())["state"] == "auditing":
+            assert time.monotonic() < deadline, "the audit took more than 240 s"
+            time.sleep(0.5)
+        assert answer["state"] == "done", answer
+        found = answer["findings"]
+        mislabel = next(row for row in found["label_issues"] if row["path"] == "train/dogs/cats5.png")
+        assert mislabel["suggested"] == "cats" and mislabel["photo"] == "pets/train/dogs/cats5.png" and mislabel["here"]
+        groups = {row["group"] for row in found["near_duplicates"] if row["path"] in ("train/cats/copy.png",
+                                                                                     "train/cats/cats1.png")}
+        assert len(groups) == 1  # the copy and its original, one group
+
+        fixed = client.post("/api/fix", json={"root": 0, "path": "pets", "photo": mislabel["photo"],
+                                              "action": "relabel", "to": "cats"})
+        assert fixed.status_code == 200 and (pets / "train/cats/cats5.png").is_file()
+        kept = client.post("/api/audit/keep", json={"root": 0, "path": "pets", "photo": "pets/train/cats/copy.png",
+                                                     "table": "near_duplicates"})
+        assert kept.status_code == 200, kept.text
+        after = client.get("/api/audit", params={"root": 0, "path": "pets"}).json()["findings"]
+        assert not next(row for row in after["label_issues"] if row["path"] == "train/dogs/cats5.png")["here"]
+        assert next(row for row in after["near_duplicates"] if row["path"] == "train/cats/copy.png")["action"] == "keep"
+        outside = client.post("/api/audit/keep", json={"root": 0, "path": "pets", "photo": "out.png", "table": "outliers"})
+        assert outside.status_code == 403
+
+
 def epochs_of(answer) -> list[int]:
     return [row["epoch"] for row in answer["rows"] if row["event"] == "epoch"]
 
@@ -195,6 +235,16 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
                 page.wait_for_function("() => [...document.querySelectorAll('#grid img')]"
                                        ".filter(i => i.complete && i.naturalWidth).length == 7")
                 assert page.inner_text("#page-info") == "1-7 of 7"  # the link out of the root is not there
+                chosen = page.get_attribute("#grid figure >> nth=0 >> img", "alt")  # relabel one, then Undo
+                photo = roots / chosen
+                before = photo.read_bytes()
+                page.select_option("#grid figure >> nth=0 >> select", "relabel:dogs")
+                page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-6 of 6'")
+                assert not photo.exists() and (roots / chosen.replace("/cats/", "/dogs/")).read_bytes() == before
+                assert "relabel" in page.inner_text("#journal-info")
+                page.click("#undo")
+                page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-7 of 7'")
+                assert photo.read_bytes() == before and page.is_disabled("#undo")
                 page.click("#classes .chip >> nth=1")  # dogs
                 page.wait_for_function("() => document.querySelector('#classes .chip[aria-pressed=true]')"
                                        ".textContent == 'dogs (7)'")
@@ -207,6 +257,12 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
                 page.wait_for_function("() => document.querySelector('#watch-figures').textContent.startsWith('finished')",
                                        timeout=120_000)
                 assert "epoch 5/5" in page.inner_text("#watch-figures")
+                page.click("#review-button")  # the confusion matrix, a click on a cell shows its photos
+                page.wait_for_selector("#confusion .cell", timeout=120_000)
+                hits = int(page.inner_text("#confusion .cell >> nth=0"))
+                page.click("#confusion .cell >> nth=0")
+                page.wait_for_function("n => document.querySelectorAll('#review-grid figure').length == n", arg=hits)
+                assert page.inner_text("#review-info").startswith(f"cats predicted cats: {hits} photo(s)")
                 drawn = page.evaluate("""() => { const c = document.querySelector('#chart');
                     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let blue = 0;
                     for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 80) blue++; return blue; }""")
@@ -250,6 +306,7 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
         picture = client.get("/api/compare.png", params={"names": "pets-1"})
         assert picture.headers["content-type"] == "image/png" and Image.open(BytesIO(picture.content)).width > 300
         assert client.get("/api/compare.png", params={"names": "../pets-1"}).status_code == 403
+        assert client.get("/api/runs/pets-1/review").json() == {"run": "pets-1", "reviewed": False}
         reviewed = client.post("/api/runs/pets-1/review")  # evaluate, in a process of its own
         assert reviewed.status_code == 200, reviewed.text
         review = reviewed.json()

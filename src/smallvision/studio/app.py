@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from smallvision.data.folders import SPLIT_FOLDERS, FolderProblem, is_image_folder, scan_folder, subfolders
 from smallvision.errors import SmallvisionError
 from smallvision.images import IMAGE_SUFFIXES
+from smallvision.studio.audits import Audits
 from smallvision.studio.roots import OutsideRoots, Roots, inside
 from smallvision.studio.runs import list_runs, read_live, run_state
 from smallvision.studio.products import Products, Tried
@@ -55,6 +56,13 @@ class Folder(BaseModel):
     path: str = ""
 
 
+class Keep(BaseModel):
+    root: int
+    path: str = ""  # the audited source folder
+    photo: str  # inside the root
+    table: str  # label_issues, near_duplicates or outliers
+
+
 class Start(BaseModel):
     root: int
     path: str = ""  # the source folder, inside the root
@@ -74,6 +82,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     runs.mkdir(parents=True, exist_ok=True)
     runs = runs.resolve()
     trainer = Trainer(runs)
+    audits = Audits(runs)
     products, tried = Products(runs), Tried()
     scans: dict[Path, tuple[float, object]] = {}
     @contextlib.asynccontextmanager
@@ -246,6 +255,33 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         """How many moves of the source Undo can still put back, and the newest."""
         return journal_state(root, folders.resolve(root, path))
 
+    @app.post("/api/audit", status_code=202, dependencies=api)
+    def audit(request: Folder):
+        """`smallvision data audit` of the source in a process of its own (409 while a training or another
+        audit runs); GET /api/audit says how it goes and, once done, its findings."""
+        source = folders.resolve(request.root, request.path)
+        if not is_image_folder(source):
+            raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to audit")
+        audits.start(source, trainer.busy_with())
+        return {"state": "auditing"}
+
+    @app.get("/api/audit", dependencies=api)
+    def audited(root: int, path: str = ""):
+        source = folders.resolve(root, path)
+        answer = audits.state(source)
+        base = folders.relative(root, source)
+        for rows in answer.get("findings", {}).values():
+            for row in rows:
+                row["photo"] = f"{base}/{row['path']}" if base else row["path"]
+        return answer
+
+    @app.post("/api/audit/keep", dependencies=api)
+    def keep(request: Keep):
+        """Keep a photo the audit doubted: "keep" in its row of the table (nothing moves)."""
+        source, photo = in_source(request.root, request.path, request.photo)
+        audits.keep(source, request.table, photo)
+        return {"kept": photo}
+
     @app.get("/api/recipes", dependencies=api)
     def recipes():
         from smallvision.recipe import builtin_recipes, load_recipe
@@ -285,6 +321,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         if not is_image_folder(source):
             raise SmallvisionError(f"{start.path or source.name}: not a folder of photos (ROOT/CLASS/*.jpg or "
                                    f"ROOT/train/CLASS/*.jpg)")
+        if audits.running() is not None:
+            raise Busy(f"{audits.running().name} is being audited now; train once the audit has ended")
         changes = {field: getattr(start, field) for field in OVERRIDES if getattr(start, field) is not None}
         load_recipe(start.recipe).replace(**changes)  # the recipe's own message for a value out of range
         name = start.name or f"{start.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -374,8 +412,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         run = run_folder(name)
         done = sorted((folder for folder in run.glob("eval-*") if (folder / "predictions.csv").is_file()),
                       key=lambda folder: (folder / "predictions.csv").stat().st_mtime)
-        if not done:
-            raise HTTPException(404, f"{name}: not reviewed yet")
+        if not done:  # asked of every finished run the page opens: an answer, not an error
+            return {"run": name, "reviewed": False}
         return reviewed(run, done[-1])
 
     def reviewed(run: Path, folder: Path) -> dict:
@@ -403,7 +441,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         photos.sort(key=lambda photo: -photo["loss"])
         figures = {key: metrics.get(key) for key in ("source", "split", "images", "accuracy", "balanced_accuracy",
                                                      "loss", "ece")}
-        return {"run": run.name, **figures, "class_names": metrics["class_names"], "confusion": metrics["confusion"],
+        return {"run": run.name, "reviewed": True, **figures, "class_names": metrics["class_names"], "confusion": metrics["confusion"],
                 "source_at": place(base) if base is not None else None, "photos": photos}
 
     @app.post("/api/runs/{name}/gradcam", dependencies=api)

@@ -81,6 +81,8 @@ function openSource(index) {
   drawChips();
   loadPage();
   loadJournal();
+  $("findings").hidden = true;
+  loadAudit();
 }
 
 function drawChips() {
@@ -144,6 +146,7 @@ async function undoLast() {
     say(answer.put_back.length ? `put back ${answer.put_back.map((m) => m.from).join(", ")}` : "nothing was put back");
     showJournal(answer.journal);
     await refreshSource();
+    if (state.findings) loadAudit();
   } catch (e) { say(e.message, true); }
 }
 
@@ -168,6 +171,80 @@ async function refreshSource() {  // the counts and the page after a photo moved
   state.source = again;
   drawChips();
   await loadPage();
+}
+
+// ---- The audit: suspected mislabels, near-duplicates and leaks, outliers, each fixed or kept here ----
+const TABLE_TITLES = { label_issues: "suspected mislabels", near_duplicates: "near-duplicates", outliers: "outliers" };
+
+async function startAudit() {
+  const s = state.source;
+  try {
+    await post("/api/audit", { root: s.root, path: s.path });
+    $("audit").disabled = true;
+    loadAudit();
+  } catch (e) { say(e.message, true); }
+}
+
+async function loadAudit() {
+  const s = state.source;
+  if (!s) return;
+  let answer;
+  try { answer = await json("/api/audit?" + new URLSearchParams({ root: s.root, path: s.path })); }
+  catch (e) { say(e.message, true); return; }
+  if (s !== state.source) return;
+  $("audit").disabled = answer.state === "auditing";
+  if (state.auditTimer) clearTimeout(state.auditTimer);
+  if (answer.state === "auditing") {
+    $("audit-info").textContent = "auditing: features of every photo, then cross-validated predictions...";
+    state.auditTimer = setTimeout(loadAudit, 1000);
+    return;
+  }
+  if (answer.state === "failed") { $("audit-info").textContent = ""; say(`the audit failed: ${answer.why}`, true); }
+  $("findings").hidden = answer.state !== "done";
+  if (answer.state !== "done") { $("audit-info").textContent = answer.state === "none" ? "not audited yet" : ""; return; }
+  state.findings = answer.findings;
+  drawFindings();
+}
+
+function drawFindings() {
+  const counts = [];
+  for (const [table, title] of Object.entries(TABLE_TITLES)) {
+    const rows = state.findings[table].filter((row) => row.action !== "keep");
+    counts.push(`${rows.filter((row) => row.here).length} ${title}`);
+    for (const url of (state.findingBlobs || {})[table] || []) URL.revokeObjectURL(url);
+    state.findingBlobs = Object.assign(state.findingBlobs || {}, { [table]: [] });
+    $("found-" + table).replaceChildren(...rows.slice(0, 60).map((row) => finding(table, row)));
+  }
+  $("audit-info").textContent = `audited: ${counts.join(", ")} (Undo puts back a relabel or a removal)`;
+}
+
+function finding(table, row) {
+  const figure = el("figure", { class: "finding" });
+  const img = el("img", { alt: row.photo, loading: "lazy" });
+  if (row.here) thumbnail(img, state.source.root, row.photo, state.findingBlobs[table]);
+  const about = table === "label_issues" ? `${row.split}: ${row.label}, maybe ${row.suggested} (${Number(row.score).toFixed(2)})`
+    : table === "near_duplicates" ? `group ${row.group} · ${row.split} · ${Number(row.similarity).toFixed(3)}`
+    : `${row.split}: ${row.label} · ${Number(row.score).toFixed(2)}`;
+  figure.append(img, el("figcaption", { title: row.photo }, about));
+  if (!row.here) { figure.append(el("span", { class: "note" }, "moved")); return figure; }
+  const act = (label, handler) => {
+    const button = el("button", { type: "button", class: "act" }, label);
+    button.addEventListener("click", handler);
+    return button;
+  };
+  const fixed = async (action, to) => {
+    const s = state.source;
+    if (await fixPhoto({ root: s.root, path: s.path, photo: row.photo, action, to })) loadAudit();
+  };
+  if (table === "label_issues") figure.append(act(`relabel to ${row.suggested}`, () => fixed("relabel", row.suggested)));
+  figure.append(act("remove", () => fixed("remove")), act("keep", async () => {
+    try {
+      await post("/api/audit/keep", { root: state.source.root, path: state.source.path, photo: row.photo, table });
+      say(`${row.photo} kept (written in ${table}.csv)`);
+      loadAudit();
+    } catch (e) { say(e.message, true); }
+  }));
+  return figure;
 }
 
 async function thumbnail(img, root, file, held = state.blobs) {
@@ -352,7 +429,7 @@ async function reviewRun(fresh) {
   try {
     const answer = fresh ? await post(`/api/runs/${encodeURIComponent(name)}/review`)
                          : await json(`/api/runs/${encodeURIComponent(name)}/review`);
-    if (name !== state.watching) return;
+    if (name !== state.watching || !answer.reviewed) return;
     state.review = answer;
     drawReview();
     if (fresh) say(`${name} reviewed: ${answer.images} ${answer.split} photos`);
@@ -489,6 +566,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("show-mistakes").addEventListener("click", () => state.review && showPhotos((p) => p.true !== p.predicted, "mistakes, highest loss first"));
   $("gradcam-these").addEventListener("click", gradcamShown);
   $("undo").addEventListener("click", undoLast);
+  $("audit").addEventListener("click", startAudit);
   $("compare").addEventListener("click", compareRuns);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault(); state.token = $("token").value; sessionStorage.setItem("studio-token", state.token); begin();
