@@ -168,6 +168,39 @@ def test_an_audit_from_the_studio_finds_a_planted_mislabel_fixed_or_kept_there(t
         assert outside.status_code == 403
 
 
+def test_dropped_photos_make_a_new_folder_one_class_a_drop_each_bad_file_refused_with_its_reason(folders, monkeypatch):
+    from smallvision.studio import drops
+
+    roots, runs = folders
+    photo = (roots / "pets/train/cats/cats0.png").read_bytes()
+    big = BytesIO()
+    Image.new("RGB", (400, 400), (200, 10, 10)).save(big, "BMP")  # 480 kB
+    monkeypatch.setattr(drops, "MAX_PHOTO", 300_000)
+    with TestClient(create_studio([roots], runs)) as client:
+        def drop(folder, label, files):
+            params = {"root": 0, "folder": folder, **({"class": label} if label is not None else {})}
+            return client.post("/api/drop", params=params, files=[("files", item) for item in files])
+
+        answer = drop("garden", "roses", [("rose.png", photo), ("notes.txt", b"not a photo"),
+                                           ("huge.bmp", big.getvalue()), ("rose.png", photo)])
+        assert answer.status_code == 200, answer.text
+        done = answer.json()
+        assert done["folder"] == {"root": 0, "path": "garden"} and done["saved"] == ["roses/rose.png", "roses/rose-2.png"]
+        assert done["refused"] == [{"file": "notes.txt", "why": "not an image"},
+                                   {"file": "huge.bmp", "why": "too big: 0.5 MB, at most 0 MB a photo"}]
+        assert (roots / "garden/roses/rose.png").read_bytes() == photo and not list((roots / "garden").rglob(".partial*"))
+        assert drop("garden", "tulips", [("t.png", photo)]).json()["saved"] == ["tulips/t.png"]
+        garden, = [source for source in client.get("/api/sources").json() if source["name"] == "garden"]
+        assert garden["classes"] == ["roses", "tulips"] and garden["counts"]["train"] == {"roses": 2, "tulips": 1}
+
+        no_class = drop("garden", None, [("x.png", photo)])
+        assert no_class.status_code == 400 and "needs its class name" in no_class.json()["detail"]
+        for folder, status in (("..", 400), ("../elsewhere", 400), ("out", 403), ("test", 400)):
+            refused = drop(folder, "roses", [("x.png", photo)]) if folder != "test" else drop("garden", folder, [("x.png", photo)])
+            assert refused.status_code == status, (folder, refused.text)
+        assert not (roots.parent / "elsewhere" / "secret" / "roses").exists()
+
+
 def epochs_of(answer) -> list[int]:
     return [row["epoch"] for row in answer["rows"] if row["event"] == "epoch"]
 

@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -21,6 +21,8 @@ from pydantic import BaseModel
 from smallvision.data.folders import SPLIT_FOLDERS, FolderProblem, is_image_folder, scan_folder, subfolders
 from smallvision.errors import SmallvisionError
 from smallvision.images import IMAGE_SUFFIXES
+from smallvision.serve.app import MAX_BODY
+from smallvision.serve.limits import BodyLimit
 from smallvision.studio.audits import Audits
 from smallvision.studio.roots import OutsideRoots, Roots, inside
 from smallvision.studio.runs import list_runs, read_live, run_state
@@ -92,6 +94,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
 
     app = FastAPI(title="smallvision studio", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.trainer, app.state.tried = trainer, tried
+    app.add_middleware(BodyLimit, limit=MAX_BODY)  # a drop's request, as serve's
     bearer = HTTPBearer(auto_error=False)
 
     def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -254,6 +257,22 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     def journal(root: int, path: str = ""):
         """How many moves of the source Undo can still put back, and the newest."""
         return journal_state(root, folders.resolve(root, path))
+
+    @app.post("/api/drop", dependencies=api)
+    async def drop(request: Request, root: int, folder: str = Query(..., description="the dataset folder, in the root"),
+                   label: str | None = Query(None, alias="class")):
+        """Photos dropped on the page into ROOT/FOLDER/CLASS/ (drops.py): each one saved, or refused with its
+        reason; the folder is made on the first drop. Serve's limits: 10 MB a request, 64 files."""
+        from smallvision.serve.app import uploads
+        from smallvision.studio.drops import checked_name, save_photos
+
+        name, class_name = checked_name(folder, "folder name"), checked_name(label, "class name")
+        target = folders.resolve(root, name)
+        files = await uploads(request)
+        dropped = save_photos(target, class_name, files)
+        scans.pop(target, None)
+        return {"folder": {"root": root, "path": folders.relative(root, target)}, "class": class_name,
+                "saved": dropped.saved, "refused": dropped.refused}
 
     @app.post("/api/audit", status_code=202, dependencies=api)
     def audit(request: Folder):

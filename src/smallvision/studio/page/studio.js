@@ -256,6 +256,38 @@ async function thumbnail(img, root, file, held = state.blobs) {
   } catch (e) { img.alt = `${file}: ${e.message}`; }
 }
 
+// ---- New photos: dropped or chosen, one class a drop, into a dataset folder under a root ----
+const MAX_PHOTO = 10 * 2 ** 20, MAX_REQUEST = 9.5 * 2 ** 20, MAX_FILES = 64;  // serve's limits
+
+async function dropPhotos(files) {
+  const folder = $("drop-folder").value.trim(), label = $("drop-class").value.trim();
+  const result = $("drop-result");
+  result.replaceChildren();
+  if (!folder || !label) { say("name the folder and the class of the photos first", true); return; }
+  const refused = [], batches = [[]];
+  let size = 0;
+  for (const file of files) {
+    if (file.size > MAX_PHOTO) { refused.push({ file: file.name, why: `too big: ${(file.size / 2 ** 20).toFixed(1)} MB, at most 10 MB a photo` }); continue; }
+    if (size + file.size > MAX_REQUEST || batches[batches.length - 1].length >= MAX_FILES) { batches.push([]); size = 0; }
+    batches[batches.length - 1].push(file); size += file.size;
+  }
+  let saved = 0, where = null;
+  for (const batch of batches.filter((b) => b.length)) {
+    const form = new FormData();
+    for (const file of batch) form.append("files", file, file.name);
+    try {
+      const answer = await json("/api/drop?" + new URLSearchParams({ root: $("drop-root").value, folder, class: label }),
+                                { method: "POST", body: form });
+      saved += answer.saved.length; refused.push(...answer.refused); where = answer.folder;
+    } catch (e) { refused.push(...batch.map((file) => ({ file: file.name, why: e.message }))); }
+  }
+  result.replaceChildren(...refused.map((r) => el("li", { class: "problem" }, `${r.file}: ${r.why}`)));
+  say(`${saved} photo(s) saved into ${folder}/${label}${refused.length ? `, ${refused.length} refused (below)` : ""}`, saved === 0);
+  await loadSources();
+  const index = where ? state.sources.findIndex((s) => s.root === where.root && s.path === where.path) : -1;
+  if (index >= 0 && !state.sources[index].problem) openSource(index);
+}
+
 // ---- Train ----
 async function loadRecipes() {
   state.recipes = await json("/api/recipes");
@@ -544,6 +576,7 @@ async function begin() {
   try {
     const here = await json("/api/state");
     $("token-form").hidden = true;
+    $("drop-root").replaceChildren(...here.roots.map((name, i) => el("option", { value: i }, name)));
     await Promise.all([loadSources(), loadRecipes()]);
     if (here.busy) watch(here.busy);
   } catch (e) { say(e.message, true); }
@@ -567,6 +600,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("gradcam-these").addEventListener("click", gradcamShown);
   $("undo").addEventListener("click", undoLast);
   $("audit").addEventListener("click", startAudit);
+  $("drop-files").addEventListener("change", () => { dropPhotos([...$("drop-files").files]); $("drop-files").value = ""; });
+  const zone = $("drop-form");
+  zone.addEventListener("submit", (e) => e.preventDefault());
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("over"); dropPhotos([...e.dataTransfer.files]); });
   $("compare").addEventListener("click", compareRuns);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault(); state.token = $("token").value; sessionStorage.setItem("studio-token", state.token); begin();
