@@ -8,6 +8,10 @@
         # in Chromium: the page's first paint, and the first 60 thumbnails of a class, with the shared
         # cats-vs-dogs folder chosen; each epoch's end on the chart, seconds after live.jsonl got it, for a
         # training started from the page; paging through a class of 10,000 photos, the tab's memory
+    python benchmarks/studio_figures.py shots --out DIR
+        # screenshots of each part, on 160 of the shared cats-vs-dogs photos with two planted mistakes: the
+        # data with a relabel undone, the audit's findings, new photos dropped, a training's live chart,
+        # the review (confusion matrix, mistakes with Grad-CAM), the runs compared
 
 Everything goes under --work (default: a temporary directory).
 """
@@ -207,6 +211,91 @@ def page(work: Path) -> None:
         studio.close()
 
 
+def small_catsdogs(work: Path) -> Path:
+    """40 train, 20 validation and 20 test photos a class from the shared set, a dog in the cats' folder and a
+    copy of a test photo in train (a leak): what the audit should point at."""
+    import shutil
+
+    root = work / "roots" / "pets-real"
+    if root.exists():
+        return root
+    for split, count in (("train", 40), ("validation", 20), ("test", 20)):
+        for name in ("cats", "dogs"):
+            (root / split / name).mkdir(parents=True)
+            for path in sorted((SHARED / "cats_and_dogs_small" / split / name).iterdir())[:count]:
+                shutil.copy2(path, root / split / name / path.name)
+    dog = sorted((root / "train" / "dogs").iterdir())[0]
+    os.rename(dog, root / "train" / "cats" / dog.name)
+    test_photo = sorted((root / "test" / "cats").iterdir())[0]
+    shutil.copy2(test_photo, root / "train" / "cats" / f"copy-{test_photo.name}")
+    return root
+
+
+def shots(work: Path, out: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from conftest import launch_chromium
+
+    out.mkdir(parents=True, exist_ok=True)
+    small_catsdogs(work)
+    studio = Studio([work / "roots"], work / "runs")
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(studio.base)
+            page.wait_for_selector(".card")
+            page.click(".card >> text=pets-real")
+            page.wait_for_function("() => [...document.querySelectorAll('#grid img')].filter(i => i.complete && "
+                                   "i.naturalWidth).length == 41")
+            page.select_option("#grid figure >> nth=3 >> select", "relabel:dogs")
+            page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-40 of 40'")
+            page.screenshot(path=str(out / "1-data-relabelled.png"), full_page=True)
+            page.click("#undo")
+            page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-41 of 41'")
+            page.click("#audit")
+            page.wait_for_function("() => document.querySelector('#audit-info').textContent.startsWith('audited')",
+                                   timeout=600_000)
+            page.locator("#findings").scroll_into_view_if_needed()
+            page.screenshot(path=str(out / "2-audit.png"), full_page=True)
+            page.fill("#drop-folder", "garden")
+            page.fill("#drop-class", "roses")
+            notes = work / "notes.txt"
+            notes.write_text("not a photo")
+            page.set_input_files("#drop-files", [str(sorted((SHARED / "cats_and_dogs_small" / "test" / "cats").iterdir())[-1]),
+                                                 str(notes)])
+            page.wait_for_function("() => document.querySelector('#status').textContent.includes('saved into garden')")
+            page.screenshot(path=str(out / "3-dropped.png"))
+
+            page.click("#tab-train")
+            value = page.evaluate("[...document.querySelectorAll('#train-source option')]"
+                                  ".find(o => o.textContent.includes('pets-real')).value")
+            page.select_option("#train-source", value)
+            page.select_option("#recipe", "catsdogs-features")
+            page.click("#start")
+            page.wait_for_function("() => (window.studioRows ? window.studioRows() : []).filter(r => r.event == 'epoch')"
+                                   ".length >= 3", timeout=600_000)
+            page.screenshot(path=str(out / "4-training.png"))
+            page.wait_for_function("() => document.querySelector('#watch-figures').textContent.startsWith('finished')",
+                                   timeout=600_000)
+            page.click("#review-button")
+            page.wait_for_selector("#confusion .cell", timeout=600_000)
+            page.click("#gradcam-these")
+            page.wait_for_selector("#review-grid img.gradcam", timeout=600_000)
+            page.wait_for_timeout(1500)
+            page.locator("#review").scroll_into_view_if_needed()
+            page.screenshot(path=str(out / "5-review.png"), full_page=True)
+            page.click("#tab-runs")
+            page.click("#compare")
+            page.wait_for_function("() => { const i = document.querySelector('#compare-picture');"
+                                   " return !i.hidden && i.complete && i.naturalWidth > 300; }")
+            page.screenshot(path=str(out / "6-runs.png"), full_page=True)
+            browser.close()
+    finally:
+        studio.close()
+    print(f"screenshots in {out}", flush=True)
+
+
 def renderer_memory() -> dict[int, int]:
     """The resident memory of each of Chromium's renderer processes, by pid, from /proc."""
     found = {}
@@ -225,7 +314,8 @@ def renderer_memory() -> dict[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("figure", choices=("speed", "page"))
+    parser.add_argument("figure", choices=("speed", "page", "shots"))
+    parser.add_argument("--out", help="shots: the folder for the screenshots", default="studio-shots")
     parser.add_argument("--work")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("seed-mnist", "catsdogs"), help="speed: one recipe")
@@ -233,7 +323,10 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="studio-figures-"))
     (work / "roots").mkdir(parents=True, exist_ok=True)
     print(f"work: {work}", flush=True)
-    speed(work, args.rounds, args.only) if args.figure == "speed" else page(work)
+    if args.figure == "shots":
+        shots(work, Path(args.out))
+    else:
+        speed(work, args.rounds, args.only) if args.figure == "speed" else page(work)
 
 
 if __name__ == "__main__":

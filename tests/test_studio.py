@@ -195,7 +195,7 @@ def test_dropped_photos_make_a_new_folder_one_class_a_drop_each_bad_file_refused
 
         no_class = drop("garden", None, [("x.png", photo)])
         assert no_class.status_code == 400 and "needs its class name" in no_class.json()["detail"]
-        for folder, status in (("..", 400), ("../elsewhere", 400), ("out", 403), ("test", 400)):
+        for folder, status in (("..", 400), ("../elsewhere", 400), ("out", 403), ("test", 400), ("pets", 400)):
             refused = drop(folder, "roses", [("x.png", photo)]) if folder != "test" else drop("garden", folder, [("x.png", photo)])
             assert refused.status_code == status, (folder, refused.text)
         assert not (roots.parent / "elsewhere" / "secret" / "roses").exists()

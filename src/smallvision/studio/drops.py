@@ -37,6 +37,13 @@ def save_photos(folder: Path, class_name: str, files: list[tuple[str, bytes]]) -
     """Save each (name, bytes) that is a readable image into folder/CLASS/, made if missing."""
     from PIL import Image, UnidentifiedImageError
 
+    from smallvision.data.folders import SPLIT_FOLDERS
+
+    splits = [child.name for child in folder.iterdir() if child.is_dir() and child.name.lower() in SPLIT_FOLDERS] \
+        if folder.is_dir() else []
+    if splits:  # a class folder beside train/ would be photos outside every split
+        raise SmallvisionError(f"{folder.name} has {', '.join(sorted(splits))} folders: drop into a new folder "
+                               f"(the studio splits a folder of class folders itself)")
     target = folder / class_name
     result = Dropped()
     for name, content in files:
