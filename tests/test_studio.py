@@ -7,6 +7,7 @@ import signal
 import time
 from io import BytesIO
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -290,12 +291,15 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
                 page.wait_for_function("() => document.querySelector('#watch-figures').textContent.startsWith('finished')",
                                        timeout=120_000)
                 assert "epoch 5/5" in page.inner_text("#watch-figures")
+                name = httpx.get(server.base + "api/runs").json()[0]["name"]
+                assert httpx.get(f"{server.base}api/runs/{name}/review").json() == {"run": name, "reviewed": False}
                 page.click("#review-button")  # the confusion matrix, a click on a cell shows its photos
                 page.wait_for_selector("#confusion .cell", timeout=120_000)
                 hits = int(page.inner_text("#confusion .cell >> nth=0"))
                 page.click("#confusion .cell >> nth=0")
                 page.wait_for_function("n => document.querySelectorAll('#review-grid figure').length == n", arg=hits)
                 assert page.inner_text("#review-info").startswith(f"cats predicted cats: {hits} photo(s)")
+                check_review(server.base)
                 drawn = page.evaluate("""() => { const c = document.querySelector('#chart');
                     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let blue = 0;
                     for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 80) blue++; return blue; }""")
@@ -315,8 +319,29 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
         assert status == 0, stderr
 
 
+def check_review(base: str) -> None:
+    """The review the page asked for, through the API: the confusion matrix, every test photo by loss with its
+    place under the roots, and Grad-CAM pictures (paths out of the roots refused)."""
+    with httpx.Client(base_url=base, timeout=120) as client:
+        name = client.get("/api/runs").json()[0]["name"]
+        review = client.get(f"/api/runs/{name}/review").json()  # found again: the page's evaluation
+        assert review["reviewed"] and review["split"] == "test" and review["class_names"] == ["cats", "dogs"]
+        assert sum(map(sum, review["confusion"])) == review["images"] == len(review["photos"]) == 14
+        assert review["source_at"] == {"root": 0, "path": "pets"}
+        losses = [photo["loss"] for photo in review["photos"]]
+        assert losses == sorted(losses, reverse=True)  # highest loss first
+        cell = [photo for photo in review["photos"] if (photo["true"], photo["predicted"]) == ("cats", "dogs")]
+        assert len(cell) == review["confusion"][0][1]
+        assert all(photo["at"]["path"].startswith("pets/test/") for photo in review["photos"])
+        chosen = [photo["at"] for photo in review["photos"][:2]]
+        pictures = client.post(f"/api/runs/{name}/gradcam", json=chosen).json()
+        assert [picture["path"] for picture in pictures] == [at["path"] for at in chosen]
+        png = client.get(pictures[0]["picture"])
+        assert png.headers["content-type"] == "image/png" and Image.open(BytesIO(png.content)).width > 100
+        assert client.post(f"/api/runs/{name}/gradcam", json=[{"root": 0, "path": "out/cats/cats0.png"}]).status_code == 403
+
+
 def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folders):
-    import httpx
     import numpy as np
     import onnxruntime
 
@@ -339,25 +364,6 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
         picture = client.get("/api/compare.png", params={"names": "pets-1"})
         assert picture.headers["content-type"] == "image/png" and Image.open(BytesIO(picture.content)).width > 300
         assert client.get("/api/compare.png", params={"names": "../pets-1"}).status_code == 403
-        assert client.get("/api/runs/pets-1/review").json() == {"run": "pets-1", "reviewed": False}
-        reviewed = client.post("/api/runs/pets-1/review")  # evaluate, in a process of its own
-        assert reviewed.status_code == 200, reviewed.text
-        review = reviewed.json()
-        assert review["split"] == "test" and review["class_names"] == ["cats", "dogs"]
-        assert sum(map(sum, review["confusion"])) == review["images"] == len(review["photos"]) == 14
-        assert review["source_at"] == {"root": 0, "path": "pets"}
-        losses = [photo["loss"] for photo in review["photos"]]
-        assert losses == sorted(losses, reverse=True)  # highest loss first
-        cell = [photo for photo in review["photos"] if (photo["true"], photo["predicted"]) == ("cats", "dogs")]
-        assert len(cell) == review["confusion"][0][1]
-        assert all(photo["at"]["path"].startswith("pets/test/") for photo in review["photos"])
-        assert client.get("/api/runs/pets-1/review").json()["photos"] == review["photos"]  # found again later
-        chosen = [photo["at"] for photo in review["photos"][:2]]
-        pictures = client.post("/api/runs/pets-1/gradcam", json=chosen).json()
-        assert [picture["path"] for picture in pictures] == [at["path"] for at in chosen]
-        png = client.get(pictures[0]["picture"])
-        assert png.headers["content-type"] == "image/png" and Image.open(BytesIO(png.content)).width > 100
-        assert client.post("/api/runs/pets-1/gradcam", json=[{"root": 0, "path": "out/cats/cats0.png"}]).status_code == 403
         tried = client.post("/api/runs/pets-1/try").json()
         try:
             assert tried["url"].startswith("http://127.0.0.1:") and tried["serve"].endswith("pets-1")
