@@ -247,12 +247,12 @@ def shots(work: Path, out: Path) -> None:
             page.wait_for_selector(".card")
             page.click(".card >> text=pets-real")
             page.wait_for_function("() => [...document.querySelectorAll('#grid img')].filter(i => i.complete && "
-                                   "i.naturalWidth).length == 41")
+                                   "i.naturalWidth).length == 42")
             page.select_option("#grid figure >> nth=3 >> select", "relabel:dogs")
-            page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-40 of 40'")
+            page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-41 of 41'")
             page.screenshot(path=str(out / "1-data-relabelled.png"), full_page=True)
             page.click("#undo")
-            page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-41 of 41'")
+            page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-42 of 42'")
             page.click("#audit")
             page.wait_for_function("() => document.querySelector('#audit-info').textContent.startsWith('audited')",
                                    timeout=600_000)

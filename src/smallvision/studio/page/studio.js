@@ -282,10 +282,10 @@ async function dropPhotos(files) {
     } catch (e) { refused.push(...batch.map((file) => ({ file: file.name, why: e.message }))); }
   }
   result.replaceChildren(...refused.map((r) => el("li", { class: "problem" }, `${r.file}: ${r.why}`)));
-  say(`${saved} photo(s) saved into ${folder}/${label}${refused.length ? `, ${refused.length} refused (below)` : ""}`, saved === 0);
   await loadSources();
   const index = where ? state.sources.findIndex((s) => s.root === where.root && s.path === where.path) : -1;
   if (index >= 0 && !state.sources[index].problem) openSource(index);
+  say(`${saved} photo(s) saved into ${folder}/${label}${refused.length ? `, ${refused.length} refused (below)` : ""}`, saved === 0);
 }
 
 // ---- Train ----
