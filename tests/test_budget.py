@@ -83,6 +83,14 @@ def test_a_budget_too_small_for_any_recipe_says_what_the_cheapest_would_take():
     assert "catsdogs-features" in message and say_time(cheapest) in message and "\n" not in message
 
 
+
+def test_the_default_budget_too_small_trains_the_quickest_and_says_so():
+    rates = Rates(forward=60.0, frozen_step=40.0, tuning_step=12.0)  # a machine slower than the default allows
+    chosen = choose(SHARED, rates, 10.0, given=False)
+    assert chosen.recipe == "catsdogs-features" and "over the default budget" in chosen.line
+    assert say_time(chosen.estimates["catsdogs-features"]) in chosen.line and "--budget none" in chosen.line
+
+
 def test_held_out_splits_are_counted_as_the_run_will_carve_them():
     assert counts_of({"train": 1000}, 0.15, 0.15) == Counts(train=722, validation=128, test=150)
     assert counts_of({"train": 2000, "validation": 1000, "test": 1000}, 0.15, 0.15) == SHARED

@@ -134,9 +134,11 @@ def candidate_recipes(overrides: dict) -> dict[str, Recipe]:
     return recipes
 
 
-def choose(counts: Counts, rates: Rates, budget_seconds: float | None, overrides: dict | None = None) -> Choice:
+def choose(counts: Counts, rates: Rates, budget_seconds: float | None, overrides: dict | None = None,
+           given: bool = True) -> Choice:
     """The first candidate (best expected result) whose estimate fits the budget; with no budget, the
-    first. None fits: one line saying what the cheapest would take."""
+    first. None fits a budget the user `given`: one line saying what the cheapest would take. None fits the
+    default budget: the cheapest, said so (a plain `train FOLDER` always trains)."""
     recipes = candidate_recipes(overrides or {})
     if not recipes:
         raise SmallvisionError("no pretrained recipe takes these overrides; name a recipe with --recipe")
@@ -146,6 +148,12 @@ def choose(counts: Counts, rates: Rates, budget_seconds: float | None, overrides
         return Choice(best, estimates, None, f"{best} ({WHAT[best]}): about {say_time(estimates[best])} here, "
                                              f"training and scoring (--budget none: no limit)")
     fitting = [name for name in recipes if estimates[name] <= budget_seconds]
+    if not fitting and not given:
+        cheapest = min(estimates, key=estimates.get)
+        return Choice(cheapest, estimates, budget_seconds,
+                      f"{cheapest} ({WHAT[cheapest]}) would take about {say_time(estimates[cheapest])} here, the "
+                      f"quickest of the recipes, over the default budget of {say_time(budget_seconds)}: using it "
+                      f"(--budget none for {WHAT[best]})")
     if not fitting:
         cheapest = min(estimates, key=estimates.get)
         raise SmallvisionError(f"--budget {say_time(budget_seconds)}: too little for any recipe here; the cheapest, "

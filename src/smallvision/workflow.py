@@ -99,7 +99,8 @@ def train(source: str | Path | None = None, recipe: str | Path | Recipe | None =
     progress = progress if ranks.main else "off"
     chosen = None
     if chooses:
-        chosen = choose_default(source, recipe, overrides, device, budget_seconds, cache_dir) if ranks.main else None
+        chosen = choose_default(source, recipe, overrides, device, budget_seconds, cache_dir,
+                                given=budget is not None) if ranks.main else None
         recipe_named = distributed.from_main(chosen.recipe if chosen else None)
         recipe = load_recipe(recipe_named).replace(**overrides)
         if chosen and shows(progress):
@@ -159,16 +160,17 @@ def refuse_budget(source, recipe, resume, overrides: dict) -> None:
 
 
 def choose_default(source, recipe: Recipe, overrides: dict, device: torch.device, budget_seconds: float | None,
-                   cache_dir=None) -> Choice:
+                   cache_dir=None, given: bool = True) -> Choice:
     """The pretrained recipe for this folder on this machine (budget.py): the splits counted as the run
-    will have them, this machine's rates (measured once, then cached), the best that fits."""
+    will have them, this machine's rates (measured once, then cached), the best that fits (`given`: the
+    budget is the user's, so nothing fitting refuses; else the quickest is used)."""
     files = {split: len(paths) for split, paths in scan_folder(Path(source)).files.items()}
     fractions = held_out_splits(source, recipe.name, recipe, overrides)
     counts = counts_of(files, fractions.get("test_split", recipe.data.test_split),
                        fractions.get("val_split", recipe.data.val_split))
     probe = with_backbone_preprocessing(recipe)
     rates = rates_here(probe, device, training_precision(probe.run.precision, device).precision, cache_dir)
-    return choose(counts, rates, budget_seconds, overrides)
+    return choose(counts, rates, budget_seconds, overrides, given)
 
 
 def resume(run: str | Path, progress: bool | str = "auto", data: str | Path | None = None, cache_dir=None,
