@@ -368,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto")
 
     studio = command(sub, "studio", "one local page: look at folders of photos (counts, thumbnails a page at a time), "
-                     "train on one with live curves (Stop writes a checkpoint, Resume continues it), and follow every "
+                     "relabel or remove a photo through the folder's journal (Undo), audit a folder, add dropped "
+                     "photos, train on one with live curves (Stop writes a checkpoint, Resume continues it), review a "
+                     "finished run (confusion cells, mistakes by loss, Grad-CAM), and follow every "
                      "run in the runs folder, a run trained in a terminal too. It reads and writes only under the "
                      "folders it is given and --runs; each training runs in a process of its own, one at a time",
                      "smallvision studio ../shared/datasets --runs runs\n"
@@ -455,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "smallvision data undo ../shared/datasets/cats_and_dogs_small\n"
                    "  smallvision data undo ../shared/datasets/cats_and_dogs_small --last 1", run_data_undo)
     undo.add_argument("source", help="the image folder the moves were made in")
-    undo.add_argument("--last", type=int, metavar="N",
+    undo.add_argument("--last", type=at_least(1), metavar="N",
                       help="put back only the newest N moves not yet undone (the studio's Undo); the journal stays")
 
     augment_sub = command_group(sub, "augment", "see what a recipe's augmentation does",
@@ -877,8 +879,6 @@ def run_data_undo(args) -> None:
     if args.last is not None:
         from smallvision.journal import undo_last
 
-        if args.last < 1:
-            raise SmallvisionError(f"--last {args.last}: put back at least one move (--last 1 is the newest)")
         for move in undo_last(args.source, args.last):
             print(f"put back {move.source} (from {move.target})")
         return

@@ -662,30 +662,22 @@ def undo_last(root: str | Path, count: int = 1) -> list[JournalMove]:
     Returns the moves put back, newest first (a move a crash kept from being made is only marked)."""
     root = Path(root)
     journal = root / JOURNAL
+    if not root.is_dir():
+        raise SmallvisionError(f"{root}: no such directory")
     if not journal.is_file():
         raise SmallvisionError(f"{root}: no journal ({JOURNAL}): nothing was moved here, nothing to undo")
     chosen = [move for move in reversed(read_journal(journal)) if not move.undone][:count]
     if not chosen:
         raise SmallvisionError(f"{root}: every move in its journal is undone already")
     restores = plan_undo(root, journal, chosen[::-1])
-    refuse_unwritable([root, journal] + [folder for move in restores for folder in
-                                         ((root / move.target).parent, existing_ancestor((root / move.source).parent))],
-                      "the files cannot be put back")
+    refuse_unwritable([root, journal, *undo_folders(root, restores)], "the files cannot be put back")
     put_back = []
     with journal_for_appending(journal) as file:
         for move in chosen:
             entry = {"from": move.source, "to": move.target}
             if any(move is restore for restore in restores):
                 append_entry(file, {"op": "undo", **entry, "at": now()})
-                source, target = root / move.source, root / move.target
-                try:
-                    source.parent.mkdir(parents=True, exist_ok=True)
-                    if os.path.lexists(source):
-                        raise FileExistsError(0, "appeared since the check", str(source))
-                    os.rename(target, source)
-                except OSError as err:
-                    raise SmallvisionError(f"putting {target} back at {source} failed ({err.strerror or err}): "
-                                           f"{len(put_back)} put back; undo again once that is fixed") from None
+                put_back_file(root, move, len(put_back))
                 put_back.append(move)
             append_entry(file, {"op": "undone", **entry, "at": now()})
     remove_made_folders(root, chosen)
@@ -721,24 +713,35 @@ def undo(root: str | Path) -> UndoReport:
         raise SmallvisionError(f"{root}: no journal ({JOURNAL}): nothing was applied here, nothing to undo")
     moves = read_journal(journal)
     restores = plan_undo(root, journal, moves)
-    refuse_unwritable([root] + [folder for move in restores for folder in
-                                ((root / move.target).parent, existing_ancestor((root / move.source).parent))],
-                      "the files cannot be put back")
+    refuse_unwritable([root, *undo_folders(root, restores)], "the files cannot be put back")
     report = UndoReport(root, not_made=len(moves) - len(restores))
     for move in restores:
-        source, target = root / move.source, root / move.target
-        try:
-            source.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.lexists(source):
-                raise FileExistsError(0, "appeared since the check", str(source))
-            os.rename(target, source)
-        except OSError as err:
-            raise SmallvisionError(f"putting {target} back at {source} failed ({err.strerror or err}): "
-                                   f"{report.restored} put back; undo again once that is fixed") from None
+        put_back_file(root, move, report.restored)
         report.restored += 1
     report.folders_removed = remove_made_folders(root, moves)
     report.journal = retire_journal(journal)
     return report
+
+
+def undo_folders(root: Path, restores: list[JournalMove]) -> list[Path]:
+    """The folders putting these moves back writes in: the one each file leaves, and the one it goes back to
+    or the nearest that is there."""
+    return [folder for move in restores
+            for folder in ((root / move.target).parent, existing_ancestor((root / move.source).parent))]
+
+
+def put_back_file(root: Path, move: JournalMove, restored: int) -> None:
+    """One move reversed (its place checked free again at the last moment: never overwritten); `restored`:
+    how many were put back before it, for the message when this one fails."""
+    source, target = root / move.source, root / move.target
+    try:
+        source.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(source):
+            raise FileExistsError(0, "appeared since the check", str(source))
+        os.rename(target, source)
+    except OSError as err:
+        raise SmallvisionError(f"putting {target} back at {source} failed ({err.strerror or err}): "
+                               f"{restored} put back; undo again once that is fixed") from None
 
 
 def plan_undo(root: Path, journal: Path, moves: list[JournalMove]) -> list[JournalMove]:

@@ -24,7 +24,7 @@ from smallvision.images import IMAGE_SUFFIXES
 from smallvision.serve.app import MAX_BODY
 from smallvision.serve.limits import BodyLimit
 from smallvision.studio.audits import Audits
-from smallvision.studio.roots import OutsideRoots, Roots, inside
+from smallvision.studio.roots import OutsideRoots, Roots, inside, joined
 from smallvision.studio.runs import list_runs, read_live, run_state
 from smallvision.studio.products import Products, Tried
 from smallvision.studio.trainer import LOGS, Busy, Trainer
@@ -187,7 +187,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         index = scan.class_names.index(label)
         files = [relative for relative, found in scan.files.get(split, []) if found == index]
         base = folders.relative(root, folder)
-        chosen = [f"{base}/{relative}" if base else relative for relative in files[offset:offset + limit]]
+        chosen = [joined(base, relative) for relative in files[offset:offset + limit]]
         return {"root": root, "path": base, "split": split, "class": label, "total": len(files), "offset": offset,
                 "files": chosen}
 
@@ -291,7 +291,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         base = folders.relative(root, source)
         for rows in answer.get("findings", {}).values():
             for row in rows:
-                row["photo"] = f"{base}/{row['path']}" if base else row["path"]
+                row["photo"] = joined(base, row["path"])
         return answer
 
     @app.post("/api/audit/keep", dependencies=api)
@@ -411,13 +411,6 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
             return FileResponse(file, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
         return FileResponse(file, filename=file.name, media_type="application/octet-stream")
 
-    def place(path: Path) -> dict | None:
-        """A file or folder as the page names it (root number and path inside), or None outside the roots."""
-        for index, base in enumerate(folders.folders):
-            if path == base or base in path.parents:
-                return {"root": index, "path": folders.relative(index, path)}
-        return None
-
     @app.post("/api/runs/{name}/review", dependencies=api)
     def review(name: str):
         """Review: `smallvision evaluate RUN` (its test split) in a process of its own, then what GET answers."""
@@ -453,7 +446,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                 if not image.is_absolute() and base is not None:
                     image = base / image
                 true_probability = float(row.get(f"p_{row['true']}") or 0.0)
-                photos.append({"image": row["image"], "at": place(image) if image.is_absolute() else None,
+                photos.append({"image": row["image"], "at": folders.place(image) if image.is_absolute() else None,
                                "true": row["true"], "predicted": row["predicted"],
                                "probability": float(row["probability"]),
                                "loss": round(-math.log(max(true_probability, 1e-12)), 4)})
@@ -461,7 +454,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         figures = {key: metrics.get(key) for key in ("source", "split", "images", "accuracy", "balanced_accuracy",
                                                      "loss", "ece")}
         return {"run": run.name, "reviewed": True, **figures, "class_names": metrics["class_names"], "confusion": metrics["confusion"],
-                "source_at": place(base) if base is not None else None, "photos": photos}
+                "source_at": folders.place(base) if base is not None else None, "photos": photos}
 
     @app.post("/api/runs/{name}/gradcam", dependencies=api)
     def gradcam(name: str, photos: list[Folder]):

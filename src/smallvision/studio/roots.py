@@ -40,6 +40,19 @@ class Roots:
         base = self.folders[root]
         return "" if folder == base else folder.relative_to(base).as_posix()
 
+    def place(self, path: Path) -> dict | None:
+        """A file or folder as the page names it ({"root", "path"}), or None outside every root."""
+        for index, base in enumerate(self.folders):
+            if path == base or base in path.parents:
+                return {"root": index, "path": self.relative(index, path)}
+        return None
+
+
+def joined(base: str, relative: str) -> str:
+    """A path inside a source (`relative`) as the page names it inside the root, the source being at `base`
+    ("" for the root itself)."""
+    return f"{base}/{relative}" if base else relative
+
 
 def inside(base: Path, relative: str) -> Path:
     """`base / relative`, refused unless it stays inside `base` once every symlink is followed."""
