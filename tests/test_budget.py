@@ -125,11 +125,14 @@ def test_a_budget_for_digits_is_refused(tiny_source, tmp_path, capsys):
     assert "not" in err and "folder of photos" in err and len(err.splitlines()) == 1
 
 
-def test_the_default_for_photos_says_its_choice_and_records_it(tmp_path, capsys):
+def test_the_default_for_photos_says_its_choice_and_records_it(tmp_path, capsys, monkeypatch):
     """A tiny folder, this machine's rates made up in the cache: the line comes first and the run keeps it."""
     import torch
 
+    from smallvision import budget
     from smallvision.budget import RATES_FORMAT, machine_key
+
+    monkeypatch.setattr(budget, "forward_rate_now", lambda *args: 1.0)  # the made-up rates pass the check
     from smallvision.models import with_backbone_preprocessing
 
     folder = make_image_folder(tmp_path / "photos", per_class=4)
@@ -193,9 +196,10 @@ def test_a_depthwise_convolutions_gradients_cost_what_its_forward_pass_did():
     assert training_flops(stacked, (64, 32, 32)) == 3 * forward + 2 * pointwise
 
 
-def test_a_damaged_rates_cache_is_measured_again_and_rewritten(tmp_path):
+def test_a_damaged_rates_cache_is_measured_again_and_rewritten(tmp_path, monkeypatch):
     import torch
 
+    from smallvision import budget
     from smallvision.budget import RATES_FORMAT, rates_here
 
     (tmp_path / "throughput.json").write_text("[1, 2]")  # not what we write: no crash, measured again
@@ -206,4 +210,38 @@ def test_a_damaged_rates_cache_is_measured_again_and_rewritten(tmp_path):
     assert kept["format"] == RATES_FORMAT and list(kept.values()).count({"forward": rates.forward,
                                                                         "frozen_step": rates.frozen_step,
                                                                         "tuning_step": rates.tuning_step}) == 1
-    assert rates_here(recipe, torch.device("cpu"), "fp32", tmp_path) == rates  # the second time, from the cache
+    # the second time, from the cache (its check made to agree: another worker's load must not flake this)
+    monkeypatch.setattr(budget, "forward_rate_now", lambda *args: rates.forward)
+    assert rates_here(recipe, torch.device("cpu"), "fp32", tmp_path) == rates
+
+
+def test_a_stale_cached_rate_is_measured_again_and_a_good_one_kept(tmp_path, monkeypatch):
+    """A rate cached while the machine was busy (10x too slow) is measured again at the next run's check;
+    one within 2x of the check is used as it is."""
+    import torch
+
+    from smallvision import budget
+    from smallvision.budget import RATES_FORMAT, Rates, machine_key, rates_here
+
+    recipe = load_recipe("catsdogs-finetune").replace(image_size=64)
+    key = machine_key(recipe, torch.device("cpu"), "fp32", torch.get_num_threads())
+    stale = {"forward": 10.0, "frozen_step": 5.0, "tuning_step": 2.0}
+    (tmp_path / "throughput.json").write_text(json.dumps({"format": RATES_FORMAT, key: stale}))
+    measured = Rates(forward=100.0, frozen_step=50.0, tuning_step=20.0)
+    monkeypatch.setattr(budget, "measure_rates", lambda *args: measured)
+    monkeypatch.setattr(budget, "forward_rate_now", lambda *args: 100.0)
+    assert rates_here(recipe, torch.device("cpu"), "fp32", tmp_path) == measured
+    assert json.loads((tmp_path / "throughput.json").read_text())[key] == {
+        "forward": 100.0, "frozen_step": 50.0, "tuning_step": 20.0}  # the stale entry rewritten
+    monkeypatch.setattr(budget, "forward_rate_now", lambda *args: 60.0)  # a busier moment, within 2x
+    monkeypatch.setattr(budget, "measure_rates", lambda *args: pytest.fail("a good cached rate was measured again"))
+    assert rates_here(recipe, torch.device("cpu"), "fp32", tmp_path) == measured
+
+
+def test_the_check_on_a_cached_rate_is_a_real_forward_rate():
+    import torch
+
+    from smallvision.budget import forward_rate_now
+
+    recipe = load_recipe("catsdogs-finetune").replace(image_size=64)
+    assert forward_rate_now(recipe, torch.device("cpu"), "fp32") > 1  # images/s of a small forward pass

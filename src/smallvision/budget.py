@@ -38,6 +38,7 @@ DEFAULT_BUDGET = "3m"  # a first result on a laptop in the time of a coffee; `--
 HEAD_SECONDS = 3.0  # training a Dense head on features already computed: seconds, whatever the machine
 PROBE_BATCH = 16  # images per timed batch: enough for the per-image cost to show, a few seconds in all
 RATES_FORMAT = "smallvision-throughput/1"
+STALE_BELOW = 0.5  # a cached forward rate more than 2x off the one measured now is measured again
 UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 
 
@@ -225,9 +226,15 @@ def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> Rates:
         known = {}
     if isinstance(known.get(key), dict):
         try:
-            return Rates(**known[key])
+            cached = Rates(**known[key])
         except TypeError:
-            pass  # written by another shape of Rates: measure again
+            cached = None  # written by another shape of Rates: measure again
+        # A rate measured while the machine was busy with something else stays wrong for every later
+        # run (seen: 10.8 images/s cached for a forward pass that runs at 211, which made the default
+        # refuse to train). One forward pass, well under a second, tells a stale entry from a good one.
+        if cached is not None and STALE_BELOW <= forward_rate_now(recipe, device, precision) / cached.forward \
+                <= 1 / STALE_BELOW:
+            return cached
     rates = measure_rates(recipe, device, precision)
     known = {**{k: v for k, v in known.items() if isinstance(v, dict)}, "format": RATES_FORMAT, key: asdict(rates)}
     try:
@@ -238,66 +245,91 @@ def rates_here(recipe: Recipe, device, precision: str, cache_dir=None) -> Rates:
     return rates
 
 
-def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH, repeats: int = 3) -> Rates:
-    """Time the three passes on random images with a random-weight copy of the recipe's network (the same
-    arithmetic as the pretrained weights), after one untimed pass each (oneDNN builds its kernels then)."""
-    import torch
+class Probe:
+    """A random-weight copy of the recipe's network (the same arithmetic as the pretrained weights) and a
+    batch of random images on the device, timed pass by pass."""
 
-    from smallvision.augment import augment_batch
-    from smallvision.inference import autocast
-    from smallvision.models import recipe_model
-    from smallvision.optim import build_optimizer
+    def __init__(self, recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH):
+        import torch
 
-    size = recipe.data.image_size
-    model = recipe_model(recipe, (3, size, size), 2, pretrained=False).to(device)
-    if recipe.preprocess.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    generator = torch.Generator(device=device).manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device, generator=generator)
-    labels = torch.randint(0, 2, (batch,), device=device, generator=generator)
-    preprocess = recipe.preprocess
+        from smallvision.models import recipe_model
 
-    def timed(work) -> float:
-        """The fastest of `repeats` timed passes: on a machine doing something else too, the least disturbed
-        one is the closest to what a long training averages (measured: the mean of two moved by 25%)."""
+        size = recipe.data.image_size
+        self.recipe, self.device, self.precision, self.batch = recipe, device, precision, batch
+        self.model = recipe_model(recipe, (3, size, size), 2, pretrained=False).to(device)
+        if recipe.preprocess.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self.images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device,
+                                    generator=self.generator)
+        self.labels = torch.randint(0, 2, (batch,), device=device, generator=self.generator)
+        self.model.freeze_backbone()
+        self.model.eval()
+
+    def timed(self, work, repeats: int) -> float:
+        """Images per second of the fastest of `repeats` timed passes, after one untimed one (oneDNN builds
+        its kernels then): on a machine doing something else too, the least disturbed pass is the closest
+        to what a long training averages (measured: the mean of two moved by 25%)."""
+        import torch
+
         work()
         best = float("inf")
         for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             started = time.perf_counter()
             work()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             best = min(best, time.perf_counter() - started)
-        return batch / best
+        return self.batch / best
 
-    model.freeze_backbone()
-    model.eval()
+    def forward(self) -> None:
+        import torch
 
-    @torch.no_grad()
-    def forward():
-        with autocast(device, precision):
-            model(preprocess(images))
+        from smallvision.inference import autocast
 
-    def frozen_step():
-        augmented = augment_batch(recipe.augment, images, generator) if recipe.augment.active else images
-        with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(model(preprocess(augmented)).float(), labels)
+        with torch.no_grad(), autocast(self.device, self.precision):
+            self.model(self.recipe.preprocess(self.images))
+
+    def frozen_step(self) -> None:
+        import torch
+
+        from smallvision.augment import augment_batch
+        from smallvision.inference import autocast
+
+        augment = self.recipe.augment
+        augmented = augment_batch(augment, self.images, self.generator) if augment.active else self.images
+        with autocast(self.device, self.precision):
+            loss = torch.nn.functional.cross_entropy(self.model(self.recipe.preprocess(augmented)).float(),
+                                                     self.labels)
         loss.backward()  # the head's gradient alone
 
-    forward_rate = timed(forward)
-    frozen_rate = timed(frozen_step)
+
+def forward_rate_now(recipe: Recipe, device, precision: str) -> float:
+    """The frozen backbone's images per second now, from one timed pass: the check on a cached rate."""
+    probe = Probe(recipe, device, precision)
+    return probe.timed(probe.forward, repeats=2)  # the faster of two: a check, not a measurement to keep
+
+
+def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH, repeats: int = 3) -> Rates:
+    """Time the three passes of `Rates` with a `Probe`."""
+    from smallvision.optim import build_optimizer
+
+    probe = Probe(recipe, device, precision, batch)
+    forward_rate = probe.timed(probe.forward, repeats)
+    frozen_rate = probe.timed(probe.frozen_step, repeats)
     tuning_rate = frozen_rate
     if recipe.fine_tune.blocks:
+        model = probe.model
         model.unfreeze_last_blocks(recipe.fine_tune.blocks)
         model.train()
         optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
 
         def tuning_step():
             optimizer.zero_grad(set_to_none=True)
-            frozen_step()
+            probe.frozen_step()
             optimizer.step()
 
-        tuning_rate = timed(tuning_step)
+        tuning_rate = probe.timed(tuning_step, repeats)
     return Rates(forward_rate, frozen_rate, tuning_rate)
