@@ -245,3 +245,21 @@ def test_the_check_on_a_cached_rate_is_a_real_forward_rate():
 
     recipe = load_recipe("catsdogs-finetune").replace(image_size=64)
     assert forward_rate_now(recipe, torch.device("cpu"), "fp32") > 1  # images/s of a small forward pass
+
+
+def test_a_from_scratch_recipe_is_estimated_by_its_whole_training_steps():
+    """catsdogs on the shared splits: 120 epochs of 2,000 images through a training step, a validation
+    every 10 epochs and the test, each flipped too (test-time flips)."""
+    recipe = load_recipe("catsdogs")
+    rates = Rates(forward=100.0, frozen_step=10.0, tuning_step=10.0)
+    assert estimate_seconds(recipe, SHARED, rates) == pytest.approx(120 * 2000 / 10 + 12 * 1000 * 2 / 100
+                                                                    + 1000 * 2 / 100)
+
+
+def test_a_from_scratch_networks_rates_are_its_whole_step_and_its_forward_pass():
+    import torch
+
+    recipe = load_recipe("catsdogs").replace(image_size=32)
+    rates = measure_rates(recipe, torch.device("cpu"), "fp32", batch=8, repeats=2)
+    assert rates.frozen_step == rates.tuning_step > 0  # one step: the whole network trains
+    assert rates.forward > rates.tuning_step

@@ -573,6 +573,17 @@ def test_the_page_classifies_a_chosen_photo_at_laptop_and_phone_width(shapes_run
                         labels = page.eval_on_selector_all(".result .label strong", "s => s.map(e => e.textContent)")
                         assert labels == ["blue_disk", "blue_disk", "red_square"]  # newest first
                         page.wait_for_function("() => document.querySelectorAll('.result img.heat:not([hidden])').length == 3")
+                        page.click("#camera")  # Chromium's own test camera: a frame of it classified as a photo
+                        page.wait_for_function("() => document.querySelector('#video').videoWidth > 0")
+                        page.click("#snap")
+                        page.wait_for_function("() => document.querySelectorAll('.result .label strong').length == 4")
+                        assert page.inner_text(".result figcaption").startswith("camera-1.jpg")
+                        # a test pattern is no shape: "None of these" where the run's unknown scorer says so
+                        assert page.inner_text(".result .label strong") in ("background_only", "blue_disk", "red_square",
+                                                                            "None of these")
+                        page.click("#camera-off")
+                        assert page.is_hidden("#camera-box")
+                        assert page.evaluate("document.querySelector('#video').srcObject") is None
 
                     assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing off the side
                     widest = page.evaluate("Math.max(...[...document.querySelectorAll('body *')]"

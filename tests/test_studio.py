@@ -285,6 +285,13 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
 
                 page.click("#tab-train")
                 page.select_option("#recipe", "catsdogs")
+                page.wait_for_function("() => document.querySelector('#augment-said').textContent == "
+                                       "\"catsdogs's own augmentation\"")
+                page.wait_for_function("() => document.querySelector('#augment-preview').naturalWidth > 600")
+                assert page.is_checked("#aug-rotation_range") and page.input_value("#aug-rotation_range-amount") == "20"
+                page.uncheck("#aug-horizontal_flip")  # the preview again, and the training with it off
+                page.wait_for_function("() => document.querySelector('#augment-said').textContent == "
+                                       "\"changed from catsdogs's own: horizontal_flip\"")
                 page.fill("#epochs", "5")
                 page.fill("#image_size", "32")
                 page.click("#start")
@@ -292,6 +299,7 @@ def test_the_page_shows_the_data_and_trains_with_a_live_chart(folders, tmp_path)
                                        timeout=120_000)
                 assert "epoch 5/5" in page.inner_text("#watch-figures")
                 name = httpx.get(server.base + "api/runs").json()[0]["name"]
+                assert "horizontal_flip = false" in (runs / name / "recipe.toml").read_text()
                 assert httpx.get(f"{server.base}api/runs/{name}/review").json() == {"run": name, "reviewed": False}
                 page.click("#review-button")  # the confusion matrix, a click on a cell shows its photos
                 page.wait_for_selector("#confusion .cell", timeout=120_000)
@@ -376,8 +384,9 @@ def test_a_finished_run_is_shipped_as_onnx_and_tried_on_a_page_of_its_own(folder
             app.state.tried.stop()
 
 
-def test_the_pretrained_recipes_come_with_an_estimate_for_the_folder(tmp_path, monkeypatch):
+def test_the_recipes_for_photos_come_with_an_estimate_for_the_folder(tmp_path, monkeypatch):
     from smallvision import budget, workflow
+    from smallvision.recipe import builtin_recipes, load_recipe
 
     roots, runs = tmp_path / "roots", tmp_path / "runs"
     make_image_folder(roots / "pets", per_class=7)
@@ -386,13 +395,14 @@ def test_the_pretrained_recipes_come_with_an_estimate_for_the_folder(tmp_path, m
         monkeypatch.setattr(module, "rates_here", lambda *args, **kwargs: made_up)
     with TestClient(create_studio([roots], runs)) as client:
         estimates = client.get("/api/estimates", params={"root": 0, "path": "pets"}).json()["estimates"]
-        assert set(estimates) == set(budget.CANDIDATES)
+        from_scratch = set(builtin_recipes()) - set(budget.CANDIDATES)  # the digits' too: photos decoded at 28x28
+        assert set(estimates) == {*budget.CANDIDATES, *from_scratch}
         rates, counts = budget.rates_here(), budget.Counts(train=14, validation=14, test=14)  # the folder's own splits
         for name, recipe in budget.candidate_recipes({}).items():
             assert estimates[name] == pytest.approx(budget.estimate_seconds(recipe, counts, rates), abs=0.05)
+        for name in from_scratch:
+            assert estimates[name] == pytest.approx(budget.estimate_seconds(load_recipe(name), counts, rates), abs=0.05)
         recipes = {recipe["name"]: recipe for recipe in client.get("/api/recipes").json()}
-        from smallvision.recipe import load_recipe
-
         assert "0.98" in recipes["catsdogs-finetune"]["reached"]
         assert recipes["seed-mnist"]["epochs"] == load_recipe("seed-mnist").schedule.epochs  # the placeholders
 
@@ -415,3 +425,64 @@ def test_a_try_page_that_cannot_start_says_why_at_once(tmp_path):
     with pytest.raises(SmallvisionError, match="serve did not start .*no such run directory"):
         Tried().start(tmp_path / "not-a-run", None)
     assert time.monotonic() - started < 60  # not the 120 s wait for a first line that will never come
+
+
+def test_augmentation_is_previewed_as_training_makes_it_and_trained_as_switched(folders, monkeypatch):
+    """The preview: each training photo beside copies made by training's own transform (unchanged with
+    every switch off); a start with switches moved trains a recipe file with them; a bad amount is the
+    recipe's own message."""
+    import numpy as np
+
+    from smallvision.recipe import load_recipe
+    from smallvision.studio.augmenting import GAP, PREVIEW_COPIES
+    from smallvision.studio.trainer import Trainer
+
+    roots, runs = folders
+    started = []
+    monkeypatch.setattr(Trainer, "start", lambda self, arguments, run: started.append(arguments))
+    with TestClient(create_studio([roots], runs)) as client:
+        recipe = {r["name"]: r for r in client.get("/api/recipes").json()}["seed-catsdogs-augment"]
+        assert recipe["augment"]["rotation_range"] == 40 and recipe["augment"]["horizontal_flip"] is True
+
+        def sheet(augment, seed=0):
+            answer = client.post("/api/augment/preview", json={"root": 0, "path": "pets", "recipe": "seed-catsdogs-augment",
+                                                               "augment": augment, "seed": seed})
+            assert answer.status_code == 200, answer.text
+            return np.asarray(Image.open(BytesIO(answer.content)).convert("RGB")).astype(int)
+
+        size = load_recipe("seed-catsdogs-augment").data.image_size
+        off = {"rotation_range": 0, "width_shift_range": 0, "height_shift_range": 0, "shear_range": 0,
+               "zoom_range": 0, "horizontal_flip": False}
+        still = sheet(off)
+        assert still.shape == (2 * size + GAP, (1 + PREVIEW_COPIES) * (size + GAP) - GAP, 3)  # a row a class
+        tiles = [still[:size, c * (size + GAP):c * (size + GAP) + size] for c in range(1 + PREVIEW_COPIES)]
+        assert all((tile == tiles[0]).all() for tile in tiles[1:])  # nothing on: the copies are the photo
+        moved = sheet(None)  # the recipe's own: rotation, shifts, shear, zoom, flips
+        copies = [moved[:size, c * (size + GAP):c * (size + GAP) + size] for c in range(1, 1 + PREVIEW_COPIES)]
+        assert (moved[:size, :size] == tiles[0]).all()  # the original first, as it was
+        assert all(np.abs(copy - tiles[0]).mean() > 1 for copy in copies)
+        assert not (sheet(None, seed=1) == moved).all()  # "other draws"
+        flipped = sheet({**off, "horizontal_flip": True, "vertical_flip": True})  # only flips: each copy a mirror
+        for c in range(1, 1 + PREVIEW_COPIES):
+            copy = flipped[:size, c * (size + GAP):c * (size + GAP) + size]
+            assert any((copy == variant).all() for variant in (tiles[0], tiles[0][:, ::-1], tiles[0][::-1],
+                                                              tiles[0][::-1, ::-1]))
+
+        bad = client.post("/api/augment/preview", json={"root": 0, "path": "pets", "recipe": "seed-catsdogs-augment",
+                                                        "augment": {"rotation_range": -5}})
+        assert bad.status_code == 400 and "rotation_range must not be negative" in bad.json()["detail"]
+        assert client.post("/api/augment/preview", json={"root": 0, "path": "out", "recipe": "catsdogs"}).status_code == 403
+
+        answer = client.post("/api/train", json={"root": 0, "path": "pets", "recipe": "seed-catsdogs-augment",
+                                                 "name": "turned", "epochs": 1,
+                                                 "augment": {"rotation_range": 10, "vertical_flip": True}})
+        assert answer.status_code == 202, answer.text
+        arguments, = started
+        file = arguments[arguments.index("--recipe") + 1]
+        trained = load_recipe(file)
+        assert trained.name == "seed-catsdogs-augment" and trained.augment.rotation_range == 10
+        assert trained.augment.vertical_flip and trained.augment.shear_range == 0.2  # the rest as the recipe has it
+        assert arguments[arguments.index("--epochs") + 1] == "1"
+        refused = client.post("/api/train", json={"root": 0, "path": "pets", "recipe": "seed-catsdogs-augment",
+                                                  "augment": {"zoom_rnge": 0.1}})
+        assert refused.status_code == 400 and "zoom_range" in refused.json()["detail"] and len(started) == 1

@@ -97,6 +97,11 @@ def estimate_seconds(recipe: Recipe, counts: Counts, rates: Rates) -> float:
             if counts.validation else 0
 
     batch = recipe.optimizer.batch_size
+    if not recipe.network.backbone:  # from scratch: every batch through a whole training step (its `Rates`
+        # measured with the whole network training: frozen_step and tuning_step are the same step)
+        seconds = schedule.epochs * per_epoch(batch) / rates.tuning_step
+        seconds += validations(schedule.epochs) * counts.validation * flips / rates.forward
+        return seconds + counts.test * flips / rates.forward
     if recipe.augment.active:  # stage one: the frozen backbone on every augmented batch
         seconds = schedule.epochs * per_epoch(batch) / rates.frozen_step
         seconds += validations(schedule.epochs) * counts.validation * flips / rates.forward
@@ -195,7 +200,10 @@ def machine_key(recipe: Recipe, device, precision: str, threads: int) -> str:
     else:
         hardware = cpu_name()
     isa = f"{os.environ.get('ONEDNN_MAX_CPU_ISA', '')}/{os.environ.get('ATEN_CPU_CAPABILITY', '')}"
-    return "|".join(map(str, (hardware, isa, threads, torch.__version__, recipe.network.backbone, recipe.data.image_size,
+    network = recipe.network.backbone or recipe.network.model  # (a backbone recipe's key as it always was)
+    if recipe.network.layers:
+        network = "layers:" + ";".join(map(str, recipe.network.layers))
+    return "|".join(map(str, (hardware, isa, threads, torch.__version__, network, recipe.data.image_size,
                               recipe.fine_tune.blocks, recipe.optimizer.batch_size, precision,
                               recipe.preprocess.channels_last, device.type)))
 
@@ -252,18 +260,21 @@ class Probe:
     def __init__(self, recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH):
         import torch
 
-        from smallvision.models import recipe_model
+        from smallvision.models import recipe_image_shape, recipe_model
 
-        size = recipe.data.image_size
+        shape = recipe_image_shape(recipe)
+        if shape is None:
+            raise SmallvisionError(f"recipe {recipe.name!r} takes its images' own size (digits from IDX files): "
+                                   f"no speed to measure for photos without an image_size")
         self.recipe, self.device, self.precision, self.batch = recipe, device, precision, batch
-        self.model = recipe_model(recipe, (3, size, size), 2, pretrained=False).to(device)
+        self.model = recipe_model(recipe, shape, 2, pretrained=False).to(device)
         if recipe.preprocess.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator(device=device).manual_seed(0)
-        self.images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device,
+        self.images = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, device=device,
                                     generator=self.generator)
-        self.labels = torch.randint(0, 2, (batch,), device=device, generator=self.generator)
-        self.model.freeze_backbone()
+        if recipe.network.backbone:
+            self.model.freeze_backbone()
         self.model.eval()
 
     def timed(self, work, repeats: int) -> float:
@@ -301,9 +312,10 @@ class Probe:
         augment = self.recipe.augment
         augmented = augment_batch(augment, self.images, self.generator) if augment.active else self.images
         with autocast(self.device, self.precision):
-            loss = torch.nn.functional.cross_entropy(self.model(self.recipe.preprocess(augmented)).float(),
-                                                     self.labels)
-        loss.backward()  # the head's gradient alone
+            outputs = self.model(self.recipe.preprocess(augmented)).float()
+        # any loss of every output costs the same backward pass: this one fits a softmax's two columns and a
+        # sigmoid's one (the seed's networks for two classes) alike
+        outputs.logsumexp(dim=1).mean().backward()  # a frozen backbone: the head's gradient alone
 
 
 def forward_rate_now(recipe: Recipe, device, precision: str) -> float:
@@ -318,11 +330,12 @@ def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BAT
 
     probe = Probe(recipe, device, precision, batch)
     forward_rate = probe.timed(probe.forward, repeats)
-    frozen_rate = probe.timed(probe.frozen_step, repeats)
-    tuning_rate = frozen_rate
-    if recipe.fine_tune.blocks:
+    scratch = not recipe.network.backbone
+    frozen_rate = tuning_rate = 0.0 if scratch else probe.timed(probe.frozen_step, repeats)
+    if scratch or recipe.fine_tune.blocks:  # a whole network's step from scratch, the last blocks' else
         model = probe.model
-        model.unfreeze_last_blocks(recipe.fine_tune.blocks)
+        if not scratch:
+            model.unfreeze_last_blocks(recipe.fine_tune.blocks)
         model.train()
         optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
 
@@ -332,4 +345,4 @@ def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BAT
             optimizer.step()
 
         tuning_rate = probe.timed(tuning_step, repeats)
-    return Rates(forward_rate, frozen_rate, tuning_rate)
+    return Rates(forward_rate, tuning_rate if scratch else frozen_rate, tuning_rate)

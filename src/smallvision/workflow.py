@@ -36,7 +36,8 @@ from smallvision.callbacks import Callback, LiveLog, shows
 from smallvision.loop import Loop
 from smallvision.transfer import fit_backbone_classifier
 from smallvision.unknown import reference_size
-from smallvision.budget import DEFAULT_BUDGET, Choice, choose, counts_of, parse_budget, rates_here
+from smallvision.budget import (DEFAULT_BUDGET, Choice, Counts, choose, counts_of, estimate_seconds, parse_budget,
+                                rates_here)
 
 # With no recipe named: the seed's training for digits; for photos a pretrained network (the seed's
 # 28x28 greyscale network would waste them): fine-tuned where it fits the budget here (budget.py
@@ -164,13 +165,25 @@ def choose_default(source, recipe: Recipe, overrides: dict, device: torch.device
     """The pretrained recipe for this folder on this machine (budget.py): the splits counted as the run
     will have them, this machine's rates (measured once, then cached), the best that fits (`given`: the
     budget is the user's, so nothing fitting refuses; else the quickest is used)."""
-    files = {split: len(paths) for split, paths in scan_folder(Path(source)).files.items()}
-    fractions = held_out_splits(source, recipe.name, recipe, overrides)
-    counts = counts_of(files, fractions.get("test_split", recipe.data.test_split),
-                       fractions.get("val_split", recipe.data.val_split))
     probe = with_backbone_preprocessing(recipe)
     rates = rates_here(probe, device, training_precision(probe.run.precision, device).precision, cache_dir)
-    return choose(counts, rates, budget_seconds, overrides, given)
+    return choose(counts_here(source, recipe, overrides), rates, budget_seconds, overrides, given)
+
+
+def counts_here(source, recipe: Recipe, overrides: dict) -> Counts:
+    """The images per split the run of `recipe` on this folder will have (held-out splits carved)."""
+    files = {split: len(paths) for split, paths in scan_folder(Path(source)).files.items()}
+    fractions = held_out_splits(source, recipe.name, recipe, overrides)
+    return counts_of(files, fractions.get("test_split", recipe.data.test_split),
+                     fractions.get("val_split", recipe.data.val_split))
+
+
+def estimate_here(source, recipe: Recipe, device: torch.device, cache_dir=None) -> float:
+    """Seconds `recipe` would train and score this folder here (budget.estimate_seconds at this machine's
+    rates for its network, measured once and cached): any recipe with an image size, from scratch too."""
+    probe = with_backbone_preprocessing(recipe)
+    rates = rates_here(probe, device, training_precision(probe.run.precision, device).precision, cache_dir)
+    return estimate_seconds(probe, counts_here(source, recipe, {}), rates)
 
 
 def resume(run: str | Path, progress: bool | str = "auto", data: str | Path | None = None, cache_dir=None,

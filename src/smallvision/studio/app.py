@@ -6,6 +6,7 @@ folder's (runs.py); trainings start as processes of their own (trainer.py). Ever
 """
 
 import contextlib
+import dataclasses
 import hmac
 import io
 import re
@@ -20,10 +21,12 @@ from pydantic import BaseModel
 
 from smallvision.data.folders import SPLIT_FOLDERS, FolderProblem, is_image_folder, scan_folder, subfolders
 from smallvision.errors import SmallvisionError
+from smallvision.files import write_atomically
 from smallvision.images import IMAGE_SUFFIXES
 from smallvision.serve.app import MAX_BODY
 from smallvision.serve.limits import BodyLimit
 from smallvision.studio.audits import Audits
+from smallvision.studio.augmenting import with_augment
 from smallvision.studio.roots import OutsideRoots, Roots, inside, joined
 from smallvision.studio.runs import list_runs, read_live, run_state
 from smallvision.studio.products import Products, Tried
@@ -74,6 +77,15 @@ class Start(BaseModel):
     batch_size: int | None = None
     learning_rate: float | None = None
     image_size: int | None = None
+    augment: dict | None = None  # augment fields over the recipe's own (augmenting.with_augment)
+
+
+class Preview(BaseModel):
+    root: int
+    path: str = ""  # the source folder, inside the root
+    recipe: str
+    augment: dict | None = None
+    seed: int = 0
 
 
 def create_studio(roots: list, runs: str | Path, token: str | None = None) -> FastAPI:
@@ -311,25 +323,52 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
             listed.append({"name": name, "description": recipe.description, "reached": REACHED.get(name),
                            "epochs": recipe.schedule.epochs,
                            "batch_size": recipe.optimizer.batch_size, "learning_rate": recipe.optimizer.learning_rate,
-                           "image_size": recipe.data.image_size})
+                           "image_size": recipe.data.image_size, "augment": dataclasses.asdict(recipe.augment)})
         return listed
+
+    @app.post("/api/augment/preview", dependencies=api)
+    def augment_preview(request: Preview):
+        """PNG: the source's first training photo of each of its first classes, beside augmented copies
+        made as training makes them, with the recipe's augmentation and the page's changes to it."""
+        from smallvision.models import recipe_image_shape, with_backbone_preprocessing
+        from smallvision.recipe import load_recipe
+        from smallvision.studio.augmenting import PREVIEW_PHOTOS, PREVIEW_SIZE, preview_png, with_augment
+
+        source = folders.resolve(request.root, request.path)
+        recipe = with_augment(with_backbone_preprocessing(load_recipe(request.recipe)), request.augment)
+        scan = scanned(request.root, source)
+        files = scan.files.get("train") or next(iter(scan.files.values()), [])
+        photos, seen = [], set()
+        for relative, label in files:
+            if label not in seen and len(seen) < PREVIEW_PHOTOS:
+                seen.add(label)
+                photos.append(source / relative)
+        shape = recipe_image_shape(recipe)
+        return Response(preview_png(photos, recipe.augment, shape[1] if shape else PREVIEW_SIZE, request.seed),
+                        media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/estimates", dependencies=api)
     def estimates(root: int, path: str = ""):
-        """How long the pretrained recipes would take on this folder here (budget.py: this machine's rates,
-        measured once in a few seconds and then cached, times the images each recipe sends through the network),
-        in seconds. Not measured while a training runs: the two would slow each other."""
+        """How long each recipe would take on this folder here, in seconds (budget.py: this machine's rates for
+        the recipe's network at the size it decodes photos to, measured once in a second or two and then
+        cached, times the images the recipe sends through it); a recipe of layers without an image size has
+        none. Not measured while a training runs: the two would slow each other."""
         from smallvision.budget import CANDIDATES
         from smallvision.inference import resolve_device
-        from smallvision.recipe import load_recipe
-        from smallvision.workflow import choose_default
+        from smallvision.models import recipe_image_shape
+        from smallvision.recipe import builtin_recipes, load_recipe
+        from smallvision.workflow import choose_default, estimate_here
 
         source = folders.resolve(root, path)
         busy = trainer.busy_with()
         if busy:
             return {"estimates": {}, "why": f"{busy} is training: estimates are measured when none is"}
-        choice = choose_default(source, load_recipe(CANDIDATES[0]), {}, resolve_device("auto"), None)
-        return {"estimates": {name: round(seconds, 1) for name, seconds in choice.estimates.items()}}
+        device = resolve_device("auto")
+        estimated = dict(choose_default(source, load_recipe(CANDIDATES[0]), {}, device, None).estimates)
+        for name, recipe in builtin_recipes().items():
+            if name not in estimated and recipe_image_shape(recipe) is not None:
+                estimated[name] = estimate_here(source, recipe, device)
+        return {"estimates": {name: round(seconds, 1) for name, seconds in estimated.items()}}
 
     @app.post("/api/train", status_code=202, dependencies=api)
     def train(start: Start):
@@ -343,14 +382,21 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         if audits.running() is not None:
             raise Busy(f"{audits.running().name} is being audited now; train once the audit has ended")
         changes = {field: getattr(start, field) for field in OVERRIDES if getattr(start, field) is not None}
-        load_recipe(start.recipe).replace(**changes)  # the recipe's own message for a value out of range
+        # the recipe's own message for a value out of range, before anything starts
+        augmented = with_augment(load_recipe(start.recipe), start.augment)
+        augmented.replace(**changes)
         name = start.name or f"{start.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
             raise SmallvisionError(f"{name!r}: a run's name is letters, digits, '.', '_' and '-'")
         run = inside(runs, name)
         if run.exists():
             raise Busy(f"{name}: a run of that name exists already; choose another name")
-        arguments = [str(source), "--recipe", start.recipe]
+        recipe = start.recipe
+        if start.augment:  # the recipe with the page's augmentation, as a file beside the studio's logs
+            recipe = runs / LOGS / f"{name}.recipe.toml"
+            recipe.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(recipe, augmented.save)
+        arguments = [str(source), "--recipe", str(recipe)]
         for field, flag in OVERRIDES.items():
             if field in changes:
                 arguments += [flag, str(changes[field])]

@@ -238,7 +238,47 @@ function take(files) {
   for (const file of images) classify(file);
 }
 
+// The camera: the browser asks the person first, and offers it only to a page at 127.0.0.1/localhost or
+// over HTTPS (a "secure context"); the photo is a frame of the video, sent as a JPEG like a chosen file.
+async function openCamera() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    say("The browser offers the camera only to a page at 127.0.0.1 or localhost, or over HTTPS: open it there.", true);
+    return;
+  }
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (err) {
+    say("No camera: " + (err.name === "NotAllowedError" ? "the browser was not allowed to use it" : err.message), true);
+    return;
+  }
+  $("video").srcObject = state.stream;
+  $("camera-box").hidden = false;
+  say("");
+}
+
+function closeCamera() {
+  if (state.stream) state.stream.getTracks().forEach((track) => track.stop());
+  state.stream = null;
+  $("video").srcObject = null;
+  $("camera-box").hidden = true;
+}
+
+function snap() {
+  const video = $("video");
+  if (!state.stream || !video.videoWidth) { say("The camera has no picture yet.", true); return; }
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  state.snaps = (state.snaps || 0) + 1;
+  canvas.toBlob((blob) => classify(new File([blob], "camera-" + state.snaps + ".jpg", { type: "image/jpeg" })),
+                "image/jpeg", 0.92);
+}
+
 function setUp() {
+  $("camera").addEventListener("click", openCamera);
+  $("snap").addEventListener("click", snap);
+  $("camera-off").addEventListener("click", closeCamera);
   $("files").addEventListener("change", (event) => {
     take(event.target.files);
     event.target.value = "";  // the same file chosen again is sent again

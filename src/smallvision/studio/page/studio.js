@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const state = { token: sessionStorage.getItem("studio-token") || "", sources: [], source: null, split: "train",
                 label: null, offset: 0, limit: 60, blobs: [], watching: null, liveOffset: 0, rows: [], timer: null,
-                recipes: [] };
+                recipes: [], previewSeed: 0, previewAsked: 0 };
 
 window.studioRows = () => state.rows;  // the rows drawn so far (benchmarks/studio_figures.py times the chart by them)
 
@@ -301,12 +301,90 @@ function describeRecipe() {
   const parts = [recipe.description || ""];
   if (recipe.reached) parts.push(`Reached: ${recipe.reached}.`);
   const seconds = (state.estimates || {})[recipe.name];
-  if (seconds != null) parts.push(`About ${seconds < 90 ? Math.round(seconds) + " s" : Math.round(seconds / 60) + " min"} `
+  if (seconds != null) parts.push(`About ${seconds < 90 ? Math.max(1, Math.round(seconds)) + " s" : Math.round(seconds / 60) + " min"} `
                                   + "on this folder here (an estimate from this machine's measured speed).");
   $("recipe-about").textContent = parts.join(" ");
   for (const field of ["epochs", "batch_size", "learning_rate", "image_size"]) {
     $(field).placeholder = recipe[field] == null ? "" : String(recipe[field]);
   }
+  if (state.augmentRecipe !== recipe.name) { state.augmentRecipe = recipe.name; drawSwitches(recipe); }
+}
+
+// ---- Augmentation: a switch per transform, each with its amount (ImageDataGenerator's names); the
+// amount shown when a recipe leaves one off is the chapter's own (rotation 40, shifts, shear, zoom 0.2).
+const AUGMENT = [["rotation_range", "rotation ±°", 40], ["width_shift_range", "width shift", 0.2],
+                 ["height_shift_range", "height shift", 0.2], ["shear_range", "shear", 0.2],
+                 ["zoom_range", "zoom", 0.2], ["horizontal_flip", "horizontal flip", null],
+                 ["vertical_flip", "vertical flip", null]];
+
+function drawSwitches(recipe) {
+  const own = recipe.augment || {};
+  $("augment-switches").replaceChildren(...AUGMENT.map(([field, words, usual]) => {
+    const value = own[field];
+    const on = Array.isArray(value) ? true : Boolean(value);
+    const box = el("input", { type: "checkbox", id: "aug-" + field, "data-field": field });
+    box.checked = on;
+    const label = el("label", { for: "aug-" + field }, box, " " + words);
+    if (usual === null) return label;
+    const amount = el("input", { type: "text", id: "aug-" + field + "-amount", inputmode: "decimal",
+                                 "aria-label": words + " amount" });
+    amount.value = on ? (Array.isArray(value) ? value.join(",") : String(value)) : String(usual);
+    return el("span", {}, label, " ", amount);
+  }));
+  for (const input of $("augment-switches").querySelectorAll("input")) input.addEventListener("input", previewSoon);
+  previewSoon();
+}
+
+function augmentChosen() {
+  // every switch's field: its amount when on, nothing (0, false) when off; a pair "low,high" is a list
+  const chosen = {};
+  for (const [field, words, usual] of AUGMENT) {
+    const on = $("aug-" + field).checked;
+    if (usual === null) { chosen[field] = on; continue; }
+    const text = $("aug-" + field + "-amount").value.trim();
+    const amount = text.includes(",") ? text.split(",").map(Number) : Number(text);
+    if (on && [].concat(amount).some((n) => !Number.isFinite(n))) throw new Error(`${words}: "${text}" is not a number`);
+    chosen[field] = on ? amount : 0;
+  }
+  return chosen;
+}
+
+function augmentChanges() {
+  // only what differs from the recipe's own: an untouched recipe trains as it is named
+  const recipe = state.recipes.find((r) => r.name === $("recipe").value);
+  const own = (recipe && recipe.augment) || {};
+  const changes = {};
+  for (const [field, value] of Object.entries(augmentChosen())) {
+    const was = own[field] === undefined ? null : own[field];
+    const off = (v) => v === 0 || v === false || v === null;
+    if (JSON.stringify(value) !== JSON.stringify(was) && !(off(value) && off(was))) changes[field] = value;
+  }
+  return Object.keys(changes).length ? changes : null;
+}
+
+function previewSoon() {
+  clearTimeout(state.previewTimer);
+  state.previewTimer = setTimeout(() => previewAugment().catch((e) => { $("augment-said").textContent = e.message; }), 200);
+}
+
+async function previewAugment() {
+  const source = state.sources[Number($("train-source").value)];
+  if (!source || $("train").hidden) return;
+  const asked = ++state.previewAsked;
+  $("augment-said").textContent = "";
+  const body = { root: source.root, path: source.path, recipe: $("recipe").value, augment: augmentChanges(),
+                 seed: state.previewSeed };
+  const answer = await api("/api/augment/preview", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                     body: JSON.stringify(body) });
+  const picture = await answer.blob();
+  if (asked !== state.previewAsked) return;  // a later change asked for another picture meanwhile
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(picture);
+  $("augment-preview").src = state.previewUrl;
+  $("augment-preview").hidden = false;
+  const changes = body.augment;
+  $("augment-said").textContent = changes ? `changed from ${body.recipe}'s own: ${Object.keys(changes).join(", ")}`
+                                          : `${body.recipe}'s own augmentation`;
 }
 
 async function estimate() {
@@ -330,6 +408,8 @@ async function start(event) {
   for (const field of ["epochs", "batch_size", "image_size"]) if ($(field).value) body[field] = Number($(field).value);
   if ($("learning_rate").value) body.learning_rate = Number($("learning_rate").value);
   try {
+    const changes = augmentChanges();
+    if (changes) body.augment = changes;
     const answer = await post("/api/train", body);
     say(`started ${answer.run}`);
     watch(answer.run);
@@ -588,8 +668,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
   $("next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
   $("recipe").addEventListener("change", describeRecipe);
-  $("train-source").addEventListener("change", estimate);
-  $("tab-train").addEventListener("click", () => { if (!state.estimates) estimate(); });
+  $("train-source").addEventListener("change", () => { estimate(); previewSoon(); });
+  $("tab-train").addEventListener("click", () => { if (!state.estimates) estimate(); previewSoon(); });
+  $("augment-again").addEventListener("click", () => { state.previewSeed += 1; previewSoon(); });
   $("start-form").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("resume").addEventListener("click", resume);
