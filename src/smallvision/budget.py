@@ -7,6 +7,8 @@ The cost of a recipe is counted in images through the network: the frozen backbo
 seconds with a network of random weights (the same arithmetic as the pretrained one), and kept per
 machine in the cache directory (`throughput.json`), keyed by what decides them: the CPU or GPU, the
 threads, PyTorch's version, the backbone, its input size, the number format and the memory layout.
+A from-scratch recipe is costed the same way (the studio shows it beside the others): its whole training
+step and its forward pass, at its own image size.
 
     choice = choose(counts, overrides, rates, budget_seconds=180)
     choice.recipe, choice.line   # "catsdogs-finetune would take about 11 min here; ... using catsdogs-features"
