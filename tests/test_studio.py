@@ -402,6 +402,13 @@ def test_the_recipes_for_photos_come_with_an_estimate_for_the_folder(tmp_path, m
             assert estimates[name] == pytest.approx(budget.estimate_seconds(recipe, counts, rates), abs=0.05)
         for name in from_scratch:
             assert estimates[name] == pytest.approx(budget.estimate_seconds(load_recipe(name), counts, rates), abs=0.05)
+        asked = {"root": 0, "path": "pets"}
+        one = client.get("/api/estimates", params={**asked, "recipe": "catsdogs"}).json()["estimates"]
+        assert one == {"catsdogs": estimates["catsdogs"]}  # the page asks for the chosen recipe alone
+        pretrained = client.get("/api/estimates", params={**asked, "recipe": "catsdogs-features"}).json()["estimates"]
+        assert set(pretrained) == set(budget.CANDIDATES)  # one backbone: the three together
+        wrong = client.get("/api/estimates", params={**asked, "recipe": "catdogs"})
+        assert wrong.status_code == 400 and "catsdogs" in wrong.json()["detail"]
         recipes = {recipe["name"]: recipe for recipe in client.get("/api/recipes").json()}
         assert "0.98" in recipes["catsdogs-finetune"]["reached"]
         assert recipes["seed-mnist"]["epochs"] == load_recipe("seed-mnist").schedule.epochs  # the placeholders

@@ -348,11 +348,12 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                         media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/estimates", dependencies=api)
-    def estimates(root: int, path: str = ""):
-        """How long each recipe would take on this folder here, in seconds (budget.py: this machine's rates for
+    def estimates(root: int, path: str = "", recipe: str | None = Query(None, description="default: every recipe")):
+        """How long recipes would take on this folder here, in seconds (budget.py: this machine's rates for
         the recipe's network at the size it decodes photos to, measured once in a second or two and then
-        cached, times the images the recipe sends through it); a recipe of layers without an image size has
-        none. Not measured while a training runs: the two would slow each other."""
+        cached, times the images the recipe sends through it): the one asked for (the three pretrained ones
+        together: one backbone, one measurement) or all; a recipe of layers without an image size has none.
+        Not measured while a training runs: the two would slow each other."""
         from smallvision.budget import CANDIDATES
         from smallvision.inference import resolve_device
         from smallvision.models import recipe_image_shape
@@ -360,14 +361,19 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         from smallvision.workflow import choose_default, estimate_here
 
         source = folders.resolve(root, path)
+        known = builtin_recipes()
+        if recipe is not None and recipe not in known:
+            load_recipe(recipe)  # the nearest names, as a 400
         busy = trainer.busy_with()
         if busy:
             return {"estimates": {}, "why": f"{busy} is training: estimates are measured when none is"}
         device = resolve_device("auto")
-        estimated = dict(choose_default(source, load_recipe(CANDIDATES[0]), {}, device, None).estimates)
-        for name, recipe in builtin_recipes().items():
-            if name not in estimated and recipe_image_shape(recipe) is not None:
-                estimated[name] = estimate_here(source, recipe, device)
+        estimated = {}
+        if recipe is None or recipe in CANDIDATES:
+            estimated.update(choose_default(source, load_recipe(CANDIDATES[0]), {}, device, None).estimates)
+        for name in [recipe] if recipe is not None else known:
+            if name not in estimated and recipe_image_shape(known[name]) is not None:
+                estimated[name] = estimate_here(source, known[name], device)
         return {"estimates": {name: round(seconds, 1) for name, seconds in estimated.items()}}
 
     @app.post("/api/train", status_code=202, dependencies=api)

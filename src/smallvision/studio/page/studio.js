@@ -388,13 +388,17 @@ async function previewAugment() {
 }
 
 async function estimate() {
+  // the chosen recipe's estimate for the chosen folder, measured on first asking (a second or two a network)
   const source = state.sources[Number($("train-source").value)];
-  state.estimates = {};
-  describeRecipe();
-  if (!source) return;
+  const recipe = $("recipe").value;
+  if (!source || !recipe) return;
+  const folder = `${source.root}/${source.path}`;
+  if (state.estimated !== folder) { state.estimated = folder; state.estimates = {}; }
+  if (recipe in state.estimates) { describeRecipe(); return; }
   try {
-    const answer = await json("/api/estimates?" + new URLSearchParams({ root: source.root, path: source.path }));
-    state.estimates = answer.estimates;
+    const answer = await json("/api/estimates?" + new URLSearchParams({ root: source.root, path: source.path, recipe }));
+    if (state.estimated !== folder) return;  // another folder was chosen meanwhile
+    Object.assign(state.estimates, answer.estimates);
     if (answer.why) say(answer.why);
   } catch (e) { say(`no estimate: ${e.message}`, true); }
   describeRecipe();
@@ -667,9 +671,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("split").addEventListener("change", () => { state.split = $("split").value; state.offset = 0; drawChips(); loadPage(); });
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
   $("next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
-  $("recipe").addEventListener("change", describeRecipe);
+  $("recipe").addEventListener("change", () => { describeRecipe(); estimate(); });
   $("train-source").addEventListener("change", () => { estimate(); previewSoon(); });
-  $("tab-train").addEventListener("click", () => { if (!state.estimates) estimate(); previewSoon(); });
+  $("tab-train").addEventListener("click", () => { estimate(); previewSoon(); });
   $("augment-again").addEventListener("click", () => { state.previewSeed += 1; previewSoon(); });
   $("start-form").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
