@@ -493,3 +493,31 @@ def test_augmentation_is_previewed_as_training_makes_it_and_trained_as_switched(
         refused = client.post("/api/train", json={"root": 0, "path": "pets", "recipe": "seed-catsdogs-augment",
                                                   "augment": {"zoom_rnge": 0.1}})
         assert refused.status_code == 400 and "zoom_range" in refused.json()["detail"] and len(started) == 1
+
+
+def test_a_check_from_the_studio_names_damaged_files_and_copies_and_its_removals_are_undone(folders):
+    import shutil
+
+    roots, runs = folders
+    pets = roots / "pets"
+    (pets / "train" / "dogs" / "broken.png").write_bytes(b"not a png at all")
+    shutil.copy(pets / "train" / "cats" / "cats0.png", pets / "test" / "cats" / "copied.png")  # a leak
+    with TestClient(create_studio([roots], runs)) as client:
+        checked = client.post("/api/check", json={"root": 0, "path": "pets"})
+        assert checked.status_code == 200, checked.text
+        found = checked.json()
+        assert found["problem"] is None
+        broken, = found["skipped"]
+        assert broken["photo"] == "pets/train/dogs/broken.png" and broken["reason"]
+        assert [{(c["split"], c["photo"]) for c in group} for group in found["duplicates"]] == [
+            {("train", "pets/train/cats/cats0.png"), ("test", "pets/test/cats/copied.png")}]
+        assert any("more than one split" in warning for warning in found["warnings"])
+        assert any(line.startswith("image size") for line in found["statistics"])
+        for photo in ("pets/train/dogs/broken.png", "pets/test/cats/copied.png"):  # the page's remove buttons
+            assert client.post("/api/fix", json={"root": 0, "path": "pets", "photo": photo, "action": "remove"}).status_code == 200
+        again = client.post("/api/check", json={"root": 0, "path": "pets"}).json()
+        assert again["skipped"] == [] and again["duplicates"] == []
+        for _ in range(2):
+            assert client.post("/api/undo", json={"root": 0, "path": "pets"}).status_code == 200
+        assert (pets / "train" / "dogs" / "broken.png").read_bytes() == b"not a png at all"
+        assert client.post("/api/check", json={"root": 0, "path": "out"}).status_code == 403

@@ -36,10 +36,12 @@ class Calibration:
         return self.nll_after < self.nll_before - 1e-6
 
     def to_json(self) -> dict:
+        # the NLL and ECE are the fit's images' (`fitted_on`: the validation split, or training images where a
+        # source has none), so their names do not say "val" (releases before 2026-12 wrote val_nll_before, ...)
         return {"temperature": round(self.temperature, 6), "kept": self.kept, "fitted_on": self.fitted_on,
                 "images": self.images,
-                "val_nll_before": round(self.nll_before, 6), "val_nll_after": round(self.nll_after, 6),
-                "val_ece_before": round(self.ece_before, 6), "val_ece_after": round(self.ece_after, 6)}
+                "nll_before": round(self.nll_before, 6), "nll_after": round(self.nll_after, 6),
+                "ece_before": round(self.ece_before, 6), "ece_after": round(self.ece_after, 6)}
 
 
 def probabilities_at(model, logits: torch.Tensor, temperature: float) -> torch.Tensor:

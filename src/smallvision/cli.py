@@ -667,10 +667,10 @@ def run_calibrate(args) -> None:
     calibration, unknown = done["calibration"], done["unknown"]
     kept = (f"temperature {calibration['temperature']:.3f} kept" if calibration["kept"]
             else f"no temperature (T = {calibration['temperature']:.3f} did not lower the NLL)")
-    print(f"{done['run']}: {kept}: validation NLL {calibration['val_nll_before']:.4f} -> "
-          f"{min(calibration['val_nll_after'], calibration['val_nll_before']):.4f}, ECE {calibration['val_ece_before']:.4f}"
-          f" -> {calibration['val_ece_after'] if calibration['kept'] else calibration['val_ece_before']:.4f} "
-          f"({calibration['images']:,} images of {done['source']}); unknown past "
+    print(f"{done['run']}: {kept}: NLL {calibration['nll_before']:.4f} -> "
+          f"{min(calibration['nll_after'], calibration['nll_before']):.4f}, ECE {calibration['ece_before']:.4f}"
+          f" -> {calibration['ece_after'] if calibration['kept'] else calibration['ece_before']:.4f} "
+          f"on {calibration['images']:,} images of {done['source']} ({calibration['fitted_on']}); unknown past "
           f"{unknown['threshold']:.4f} ({unknown['rate']:.0%} of the validation images)")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from smallvision.data.cache import data_path
+from smallvision.data.folders import load_image_folder
 from smallvision.data.imageset import DataSource
 from smallvision.data.sources import leave_out_empty_classes, load_source, training_problem
 
@@ -28,8 +29,13 @@ class DataReport:
 
 
 def check_source(spec: str, image_shape: tuple[int, int, int], data_dir=None, cache_dir=None,
-                 progress: bool = True, memory_budget: str = "auto") -> DataReport:
-    source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
+                 progress: bool = True, memory_budget: str = "auto", scan=None) -> DataReport:
+    """What `data check` says of the source; `scan`: a folder's listing to check instead of all its files
+    (the studio's, without links out of its roots)."""
+    if scan is not None:
+        source = load_image_folder(spec, image_shape, cache_dir, progress, scan=scan)
+    else:
+        source = load_source(str(spec), data_dir, image_shape, cache_dir, progress)
     leave_out_empty_classes(source)  # as train does, so both say the same of the same folder
     report = DataReport(source, training_problem(source))
     if source.mapped:  # the path training will take on this machine's CPU, as train decides it

@@ -116,10 +116,11 @@ def list_classes(root: Path, split_folder: Path, scan: FolderScan) -> list[tuple
 
 
 def load_image_folder(root: str | Path, shape: tuple[int, int, int], cache_dir: str | Path | None = None,
-                      progress: bool = True) -> DataSource:
-    """Every split of the folder at `shape` (channels, height, width), through the decode cache."""
+                      progress: bool = True, scan: FolderScan | None = None) -> DataSource:
+    """Every split of the folder at `shape` (channels, height, width), through the decode cache; the files
+    of `scan` where given (the studio's listing, which leaves out links out of its roots), else all."""
     root = Path(root)
-    scan = scan_folder(root)
+    scan = scan or scan_folder(root)
     ordered = [(split, path, label) for split, pairs in scan.files.items() for path, label in pairs]
     records, pixels, stats = decode_files(root, [path for _, path, _ in ordered], shape, cache_dir, progress)
     source = DataSource(root.name or str(root), None, root=str(root), layout=scan.layout, warnings=list(scan.warnings),

@@ -10,6 +10,7 @@ import dataclasses
 import hmac
 import io
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ REACHED = {"seed-mnist": "MNIST test 0.992", "fast-mnist": "MNIST test 0.993 in 
            "catsdogs-features-augment": "cats-vs-dogs test 0.984", "catsdogs-finetune": "cats-vs-dogs test 0.980-0.983",
            "seed-catsdogs": "cats-vs-dogs test 0.72 (the seed's, from scratch)",
            "seed-catsdogs-augment": "cats-vs-dogs test 0.78 (the seed's, with augmentation)"}
+CHECK_RECIPE = "seed-catsdogs"  # `data check`'s own default: the size it decodes photos to
 OVERRIDES = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr", "image_size": "--image-size"}
 
 
@@ -99,6 +101,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     audits = Audits(runs)
     products, tried = Products(runs), Tried()
     scans: dict[Path, tuple[float, object]] = {}
+    checking = threading.Lock()
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -285,6 +289,34 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         scans.pop(target, None)
         return {"folder": {"root": root, "path": folders.relative(root, target)}, "class": class_name,
                 "saved": dropped.saved, "refused": dropped.refused}
+
+    @app.post("/api/check", dependencies=api)
+    def check(request: Folder):
+        """`data check` of the source, here and now (every photo decoded at the seed-catsdogs recipe's size
+        through the decode cache training shares; seconds for a few thousand photos, then cached): whether it
+        can be trained on, the files that cannot be read and why, groups of files with the same bytes (within
+        and across splits), the warnings and the image sizes. 409 while a training or an audit runs."""
+        from smallvision.datacheck import check_source, image_statistics
+        from smallvision.models import recipe_image_shape
+        from smallvision.recipe import load_recipe
+
+        source = folders.resolve(request.root, request.path)
+        if not is_image_folder(source):
+            raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to check")
+        busy = trainer.busy_with() or (audits.running().name if audits.running() is not None else None)
+        if busy:
+            raise Busy(f"{busy} is training or being audited now; check once it has ended")
+        with checking:  # one at a time: each decodes every photo with every core
+            # the page's own listing: a photo that is a symlink out of the root is neither read nor named
+            report = check_source(str(source), recipe_image_shape(load_recipe(CHECK_RECIPE)), progress=False,
+                                  scan=scanned(request.root, source))
+        base = folders.relative(request.root, source)
+        return {"root": request.root, "path": base, "problem": report.problem,
+                "skipped": [{"photo": joined(base, path), "reason": reason} for path, reason in report.source.skipped],
+                "duplicates": [[{"split": split, "photo": joined(base, path)} for split, path in group]
+                               for group in report.duplicates],
+                "warnings": report.warnings, "statistics": [line for line in image_statistics(report.source) if line],
+                "data_path": report.data_path}
 
     @app.post("/api/audit", status_code=202, dependencies=api)
     def audit(request: Folder):

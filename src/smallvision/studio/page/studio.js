@@ -82,6 +82,8 @@ function openSource(index) {
   loadPage();
   loadJournal();
   $("findings").hidden = true;
+  $("checked").hidden = true;
+  state.checked = null;
   loadAudit();
 }
 
@@ -175,6 +177,50 @@ async function refreshSource() {  // the counts and the page after a photo moved
 
 // ---- The audit: suspected mislabels, near-duplicates and leaks, outliers, each fixed or kept here ----
 const TABLE_TITLES = { label_issues: "suspected mislabels", near_duplicates: "near-duplicates", outliers: "outliers" };
+
+// ---- Check: data check's findings, here and now (the files that cannot be read, the same bytes twice) ----
+async function checkSource() {
+  const s = state.source;
+  $("check").disabled = true;
+  $("check-info").textContent = "";
+  say(`checking ${s.name}: every photo decoded once (then cached)...`);
+  try {
+    state.checked = await post("/api/check", { root: s.root, path: s.path });
+    if (s === state.source) { drawCheck(); say(`${s.name} checked`); }
+  } catch (e) { say(e.message, true); }
+  $("check").disabled = false;
+}
+
+function drawCheck() {
+  const c = state.checked;
+  $("checked").hidden = false;
+  $("check-info").textContent = c.problem ? `cannot train: ${c.problem}` : "ready to train";
+  $("check-info").classList.toggle("bad", Boolean(c.problem));
+  $("check-lines").replaceChildren(...[...c.warnings.map((w) => `warning: ${w}`), ...c.statistics,
+                                       ...(c.data_path ? [`training: ${c.data_path}`] : [])].map((line) => el("li", {}, line)));
+  const removal = (photo, label) => {
+    const button = el("button", { type: "button", class: "act" }, label);
+    button.addEventListener("click", async () => {
+      const s = state.source;
+      if (await fixPhoto({ root: s.root, path: s.path, photo, action: "remove" })) checkSource();
+    });
+    return button;
+  };
+  $("check-skipped").replaceChildren(...(c.skipped.length ? [el("h4", {}, `Files that cannot be used (${c.skipped.length})`)] : []),
+    ...c.skipped.map((file) => el("p", { class: "skipped" }, `${file.photo}: ${file.reason} `, removal(file.photo, "remove"))));
+  for (const url of state.checkBlobs || []) URL.revokeObjectURL(url);
+  state.checkBlobs = [];
+  $("check-duplicates").replaceChildren(
+    ...(c.duplicates.length ? [el("h4", {}, `The same bytes in more than one file (${c.duplicates.length} group(s); `
+                                            + "a copy across splits lets the test score what training saw)")] : []),
+    ...c.duplicates.slice(0, 40).map((group, index) => el("div", { class: "grid duplicates" }, ...group.map((copy, n) => {
+      const img = el("img", { alt: copy.photo, loading: "lazy" });
+      thumbnail(img, state.source.root, copy.photo, state.checkBlobs);
+      const figure = el("figure", {}, img, el("figcaption", { title: copy.photo }, `group ${index + 1} · ${copy.split}`));
+      if (n > 0) figure.append(removal(copy.photo, "remove this copy"));  // the first kept: one copy stays
+      return figure;
+    }))));
+}
 
 async function startAudit() {
   const s = state.source;
@@ -685,6 +731,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("gradcam-these").addEventListener("click", gradcamShown);
   $("undo").addEventListener("click", undoLast);
   $("audit").addEventListener("click", startAudit);
+  $("check").addEventListener("click", checkSource);
   $("drop-files").addEventListener("change", () => { dropPhotos([...$("drop-files").files]); $("drop-files").value = ""; });
   const zone = $("drop-form");
   zone.addEventListener("submit", (e) => e.preventDefault());
