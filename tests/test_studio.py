@@ -223,12 +223,20 @@ def test_a_training_from_the_studio_survives_a_kill_and_is_resumed_to_its_end(fo
         # epoch's checkpoint is written
         wait_for(client, "pets-1", lambda a: len(epochs_of(a)) >= 2)
         assert client.post("/api/runs/pets-1/resume").status_code == 409  # not while it trains
+        with TestClient(create_studio([roots], runs)) as restarted:  # the studio restarted mid-training
+            assert restarted.get("/api/state").json()["busy"] == "pets-1"  # found again, by its lock
+            assert restarted.get("/api/runs/pets-1/live").json()["state"] in ("training", "finished")
         os.kill(app.state.trainer.current.process.pid, signal.SIGKILL)  # from outside, without a word
         ended = wait_for(client, "pets-1", lambda a: a["state"] == "ended")
         assert "killed (SIGKILL)" in ended["why"]
         run, = client.get("/api/runs").json()
         assert run["resumable"] and run["state"] == "ended"
 
+        (roots / "pets").rename(roots / "pets-moved")  # Resume with the source gone: said, nothing started
+        moved = client.post("/api/runs/pets-1/resume")
+        assert moved.status_code == 400 and "is not there any more" in moved.json()["detail"]
+        assert client.get("/api/runs/pets-1/live").json()["state"] == "ended"
+        (roots / "pets-moved").rename(roots / "pets")
         assert client.post("/api/runs/pets-1/resume").status_code == 202
         done = wait_for(client, "pets-1", lambda a: a["state"] == "finished")
         epochs = epochs_of(done)

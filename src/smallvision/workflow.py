@@ -19,7 +19,8 @@ from smallvision.checkpoint import Checkpointer, Resume, read_checkpoint, stop_o
 from smallvision.data.cache import data_path, parse_size, size
 from smallvision.data.folders import scan_folder
 from smallvision.data.imageset import DataSource
-from smallvision.data.sources import FINGERPRINT_KIND, is_photo_folder, open_source, source_spec, split_fingerprints
+from smallvision.data.sources import (FINGERPRINT_KIND, NAMED_SOURCES, is_photo_folder, open_source, source_spec,
+                                      split_fingerprints)
 from smallvision.errors import SmallvisionError, TrainingStopped
 from smallvision.images import has_dark_background
 from smallvision.models import recipe_image_shape, recipe_model, with_backbone_preprocessing
@@ -208,11 +209,7 @@ def resume_run(path: str | Path, data=None, progress: bool | str = "auto", cache
                                         *sorted(overrides or {})]))
         raise SmallvisionError(f"a resumed run keeps its own source and recipe; leave out {given}")
     recipe = load_recipe(str(directory / "recipe.toml"))
-    try:
-        started = json.loads((directory / "training.json").read_text())
-        spec, data = started["source"], data or started.get("data")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise SmallvisionError(f"{directory / 'training.json'}: unreadable ({err})") from None
+    started, spec, data = started_source(directory, data)
     ranks, device = start_processes(recipe)
     progress = progress if ranks.main else "off"
     with training_lock(directory) if ranks.main else contextlib.nullcontext():
@@ -226,6 +223,20 @@ def resume_run(path: str | Path, data=None, progress: bool | str = "auto", cache
             raise nan_stopped(failure, directory, removed=False) from None
     distributed.barrier()
     return Run(directory, recipe.run.device)
+
+
+def started_source(directory: Path, data=None) -> tuple[dict, str, str | None]:
+    """What a run was started with (training.json), its source and where its files are looked for; a
+    folder that is not where it was is said as that, with what to do (the studio asks before Resume)."""
+    try:
+        started = json.loads((Path(directory) / "training.json").read_text())
+        spec, data = started["source"], data or started.get("data")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SmallvisionError(f"{Path(directory) / 'training.json'}: unreadable ({err})") from None
+    if data is None and spec not in NAMED_SOURCES and not Path(spec).exists():
+        raise SmallvisionError(f"{directory}: its source {spec} is not there any more (moved or renamed?); put it "
+                               f"back there to resume: a run goes on with the photos it started with")
+    return started, spec, data
 
 
 def nan_stopped(failure: NonFiniteLoss, directory: Path, removed: bool) -> NonFiniteLoss:

@@ -462,9 +462,12 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
 
     @app.post("/api/runs/{name}/resume", status_code=202, dependencies=api)
     def resume(name: str):
+        from smallvision.workflow import started_source
+
         run = run_folder(name)
         if state_of(run) not in ("stopped", "ended"):
             raise Busy(f"{name}: {state_of(run)}, nothing to resume")
+        started_source(run)  # a source moved away: said here (400), not by a process that ends at once
         trainer.resume(run)
         return {"run": name}
 
