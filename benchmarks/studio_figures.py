@@ -9,9 +9,10 @@
         # cats-vs-dogs folder chosen; each epoch's end on the chart, seconds after live.jsonl got it, for a
         # training started from the page; paging through a class of 10,000 photos, the tab's memory
     python benchmarks/studio_figures.py shots --out DIR
-        # screenshots of each part, on 160 of the shared cats-vs-dogs photos with two planted mistakes: the
-        # data with a relabel undone, the audit's findings, new photos dropped, a training's live chart,
-        # the review (confusion matrix, mistakes with Grad-CAM), the runs compared
+        # screenshots of each part, on 160 of the shared cats-vs-dogs photos with three planted mistakes: the
+        # data with a relabel undone, the check's findings, the audit's, new photos dropped, a recipe's
+        # estimate and augmentation preview, a training's live chart, the review (confusion matrix, mistakes
+        # with Grad-CAM), the try page (a camera frame and a photo), the runs compared
 
 Everything goes under --work (default: a temporary directory).
 """
@@ -213,7 +214,7 @@ def page(work: Path) -> None:
 
 def small_catsdogs(work: Path) -> Path:
     """40 train, 20 validation and 20 test photos a class from the shared set, a dog in the cats' folder and a
-    copy of a test photo in train (a leak): what the audit should point at."""
+    copy of a test photo in train (a leak): what the audit should point at; and a truncated photo (the check's)."""
     import shutil
 
     root = work / "roots" / "pets-real"
@@ -228,6 +229,8 @@ def small_catsdogs(work: Path) -> Path:
     os.rename(dog, root / "train" / "cats" / dog.name)
     test_photo = sorted((root / "test" / "cats").iterdir())[0]
     shutil.copy2(test_photo, root / "train" / "cats" / f"copy-{test_photo.name}")
+    whole = sorted((root / "train" / "dogs").iterdir())[0].read_bytes()
+    (root / "train" / "dogs" / "truncated.jpg").write_bytes(whole[:len(whole) // 3])  # what `data check` names
     return root
 
 
@@ -253,11 +256,16 @@ def shots(work: Path, out: Path) -> None:
             page.screenshot(path=str(out / "1-data-relabelled.png"), full_page=True)
             page.click("#undo")
             page.wait_for_function("() => document.querySelector('#page-info').textContent == '1-42 of 42'")
+            page.click("#check")
+            page.wait_for_function("() => !document.querySelector('#checked').hidden", timeout=600_000)
+            page.wait_for_timeout(1000)  # the copies' thumbnails
+            page.locator("#checked").scroll_into_view_if_needed()
+            page.screenshot(path=str(out / "2-check.png"))
             page.click("#audit")
             page.wait_for_function("() => document.querySelector('#audit-info').textContent.startsWith('audited')",
                                    timeout=600_000)
             page.locator("#findings").scroll_into_view_if_needed()
-            page.screenshot(path=str(out / "2-audit.png"), full_page=True)
+            page.screenshot(path=str(out / "3-audit.png"), full_page=True)
             page.fill("#drop-folder", "garden")
             page.fill("#drop-class", "roses")
             notes = work / "notes.txt"
@@ -265,17 +273,26 @@ def shots(work: Path, out: Path) -> None:
             page.set_input_files("#drop-files", [str(sorted((SHARED / "cats_and_dogs_small" / "test" / "cats").iterdir())[-1]),
                                                  str(notes)])
             page.wait_for_function("() => document.querySelector('#status').textContent.includes('saved into garden')")
-            page.screenshot(path=str(out / "3-dropped.png"))
+            page.screenshot(path=str(out / "4-dropped.png"))
 
             page.click("#tab-train")
             value = page.evaluate("[...document.querySelectorAll('#train-source option')]"
                                   ".find(o => o.textContent.includes('pets-real')).value")
             page.select_option("#train-source", value)
+            page.select_option("#recipe", "catsdogs")  # from scratch: its estimate and its augmentation
+            page.wait_for_function("() => document.querySelector('#recipe-about').textContent.includes('About')",
+                                   timeout=600_000)
+            page.uncheck("#aug-horizontal_flip")
+            page.check("#aug-vertical_flip")
+            page.wait_for_function("() => document.querySelector('#augment-said').textContent.includes('vertical_flip')")
+            page.wait_for_timeout(500)
+            page.locator("#augment").scroll_into_view_if_needed()
+            page.screenshot(path=str(out / "5-augmentation.png"))
             page.select_option("#recipe", "catsdogs-features")
             page.click("#start")
             page.wait_for_function("() => (window.studioRows ? window.studioRows() : []).filter(r => r.event == 'epoch')"
                                    ".length >= 3", timeout=600_000)
-            page.screenshot(path=str(out / "4-training.png"))
+            page.screenshot(path=str(out / "6-training.png"))
             page.wait_for_function("() => document.querySelector('#watch-figures').textContent.startsWith('finished')",
                                    timeout=600_000)
             page.click("#review-button")
@@ -284,12 +301,24 @@ def shots(work: Path, out: Path) -> None:
             page.wait_for_selector("#review-grid img.gradcam", timeout=600_000)
             page.wait_for_timeout(1500)
             page.locator("#review").scroll_into_view_if_needed()
-            page.screenshot(path=str(out / "5-review.png"), full_page=True)
+            page.screenshot(path=str(out / "7-review.png"), full_page=True)
+            page.click("#try")
+            page.wait_for_selector("#try-link:not([hidden])", timeout=600_000)
+            tried = browser.new_page(viewport={"width": 1280, "height": 900})
+            tried.goto(page.get_attribute("#try-link", "href"))
+            tried.click("#camera")  # Chromium's own test camera (conftest's flags): a frame, classified
+            tried.wait_for_function("() => document.querySelector('#video').videoWidth > 0")
+            tried.click("#snap")
+            tried.set_input_files("#files", str(sorted((SHARED / "cats_and_dogs_small" / "test" / "dogs").iterdir())[-1]))
+            tried.wait_for_function("() => document.querySelectorAll('.result img.heat:not([hidden])').length == 2",
+                                    timeout=600_000)
+            tried.screenshot(path=str(out / "8-try.png"), full_page=True)
+            tried.close()
             page.click("#tab-runs")
             page.click("#compare")
             page.wait_for_function("() => { const i = document.querySelector('#compare-picture');"
                                    " return !i.hidden && i.complete && i.naturalWidth > 300; }")
-            page.screenshot(path=str(out / "6-runs.png"), full_page=True)
+            page.screenshot(path=str(out / "9-runs.png"), full_page=True)
             browser.close()
     finally:
         studio.close()

@@ -212,13 +212,14 @@ function drawCheck() {
   state.checkBlobs = [];
   $("check-duplicates").replaceChildren(
     ...(c.duplicates.length ? [el("h4", {}, `The same bytes in more than one file (${c.duplicates.length} group(s); `
-                                            + "a copy across splits lets the test score what training saw)")] : []),
-    ...c.duplicates.slice(0, 40).map((group, index) => el("div", { class: "grid duplicates" }, ...group.map((copy, n) => {
+                                            + "a copy across splits lets the test score what training saw: "
+                                            + "remove the one in train)")] : []),
+    // every copy has its button (which to keep is the person's call); once one is left, the group is gone
+    ...c.duplicates.slice(0, 40).map((group, index) => el("div", { class: "grid duplicates" }, ...group.map((copy) => {
       const img = el("img", { alt: copy.photo, loading: "lazy" });
       thumbnail(img, state.source.root, copy.photo, state.checkBlobs);
-      const figure = el("figure", {}, img, el("figcaption", { title: copy.photo }, `group ${index + 1} · ${copy.split}`));
-      if (n > 0) figure.append(removal(copy.photo, "remove this copy"));  // the first kept: one copy stays
-      return figure;
+      return el("figure", {}, img, el("figcaption", { title: copy.photo }, `group ${index + 1} · ${copy.split}`),
+                removal(copy.photo, "remove this copy"));
     }))));
 }
 
@@ -344,7 +345,8 @@ async function loadRecipes() {
 function describeRecipe() {
   const recipe = state.recipes.find((r) => r.name === $("recipe").value);
   if (!recipe) return;
-  const parts = [recipe.description || ""];
+  const about = recipe.description || "";
+  const parts = [about && !/[.!?]$/.test(about) ? about + "." : about];
   if (recipe.reached) parts.push(`Reached: ${recipe.reached}.`);
   const seconds = (state.estimates || {})[recipe.name];
   if (seconds != null) parts.push(`About ${seconds < 90 ? Math.max(1, Math.round(seconds)) + " s" : Math.round(seconds / 60) + " min"} `
