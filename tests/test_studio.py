@@ -41,6 +41,13 @@ def test_no_path_leads_out_of_the_roots(folders):
                                                     "limit": 100}).json()
         assert listed["total"] == 7 and "pets/train/cats/link.png" not in listed["files"]  # the link out is not listed
         assert [source["path"] for source in client.get("/api/sources").json()] == ["pets"]  # not out/
+        secret = str(roots.parent / "elsewhere" / "secret.toml")  # a recipe is a built-in's name, never a file
+        (roots.parent / "elsewhere" / "secret.toml").write_text('name = "secret"\n')
+        for asked in (client.post("/api/train", json={"root": 0, "path": "pets", "recipe": secret}),
+                      client.post("/api/augment/preview", json={"root": 0, "path": "pets", "recipe": secret}),
+                      client.get("/api/estimates", params={"root": 0, "path": "pets", "recipe": secret})):
+            assert asked.status_code == 400 and "unknown recipe" in asked.json()["detail"], asked.text
+        assert not (runs / "secret").exists() and not list(runs.glob("*/training.json"))
 
 
 def test_a_token_is_needed_off_loopback_and_checked(folders):

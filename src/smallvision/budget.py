@@ -72,7 +72,8 @@ def say_time(seconds: float) -> str:
 @dataclass(frozen=True)
 class Rates:
     """Images per second on this machine: through the frozen backbone (no gradient), through an
-    augmented frozen training step (augmentation included), and through a fine-tuning step."""
+    augmented frozen training step (augmentation included), and through a fine-tuning step. For a network
+    trained from scratch: its forward pass, and its whole training step as both of the others."""
     forward: float
     frozen_step: float
     tuning_step: float
@@ -321,9 +322,10 @@ class Probe:
 
 
 def forward_rate_now(recipe: Recipe, device, precision: str) -> float:
-    """The frozen backbone's images per second now, from one timed pass: the check on a cached rate."""
+    """The frozen backbone's images per second now, the faster of two timed passes: the check on a cached
+    rate (a check, not a measurement to keep)."""
     probe = Probe(recipe, device, precision)
-    return probe.timed(probe.forward, repeats=2)  # the faster of two: a check, not a measurement to keep
+    return probe.timed(probe.forward, repeats=2)
 
 
 def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH, repeats: int = 3) -> Rates:

@@ -298,17 +298,17 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         and across splits), the warnings and the image sizes. 409 while a training or an audit runs."""
         from smallvision.datacheck import check_source, image_statistics
         from smallvision.models import recipe_image_shape
-        from smallvision.recipe import load_recipe
 
         source = folders.resolve(request.root, request.path)
         if not is_image_folder(source):
             raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to check")
-        busy = trainer.busy_with() or (audits.running().name if audits.running() is not None else None)
-        if busy:
-            raise Busy(f"{busy} is training or being audited now; check once it has ended")
+        if trainer.busy_with():
+            raise Busy(f"{trainer.busy_with()} is training now; check once it has ended")
+        if audits.running() is not None:
+            raise Busy(f"{audits.running().name} is being audited now; check once the audit has ended")
         with checking:  # one at a time: each decodes every photo with every core
             # the page's own listing: a photo that is a symlink out of the root is neither read nor named
-            report = check_source(str(source), recipe_image_shape(load_recipe(CHECK_RECIPE)), progress=False,
+            report = check_source(str(source), recipe_image_shape(builtin_recipe(CHECK_RECIPE)), progress=False,
                                   scan=scanned(request.root, source))
         base = folders.relative(request.root, source)
         return {"root": request.root, "path": base, "problem": report.problem,
@@ -363,11 +363,10 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         """PNG: the source's first training photo of each of its first classes, beside augmented copies
         made as training makes them, with the recipe's augmentation and the page's changes to it."""
         from smallvision.models import recipe_image_shape, with_backbone_preprocessing
-        from smallvision.recipe import load_recipe
-        from smallvision.studio.augmenting import PREVIEW_PHOTOS, PREVIEW_SIZE, preview_png, with_augment
+        from smallvision.studio.augmenting import PREVIEW_PHOTOS, PREVIEW_SIZE, preview_png
 
         source = folders.resolve(request.root, request.path)
-        recipe = with_augment(with_backbone_preprocessing(load_recipe(request.recipe)), request.augment)
+        recipe = with_augment(with_backbone_preprocessing(builtin_recipe(request.recipe)), request.augment)
         scan = scanned(request.root, source)
         files = scan.files.get("train") or next(iter(scan.files.values()), [])
         photos, seen = [], set()
@@ -394,8 +393,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
 
         source = folders.resolve(root, path)
         known = builtin_recipes()
-        if recipe is not None and recipe not in known:
-            load_recipe(recipe)  # the nearest names, as a 400
+        if recipe is not None:
+            builtin_recipe(recipe)
         busy = trainer.busy_with()
         if busy:
             return {"estimates": {}, "why": f"{busy} is training: estimates are measured when none is"}
@@ -411,8 +410,6 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     @app.post("/api/train", status_code=202, dependencies=api)
     def train(start: Start):
         """Start a training (409 while another runs); the recipe with the overrides is checked first (400)."""
-        from smallvision.recipe import load_recipe
-
         source = folders.resolve(start.root, start.path)
         if not is_image_folder(source):
             raise SmallvisionError(f"{start.path or source.name}: not a folder of photos (ROOT/CLASS/*.jpg or "
@@ -421,7 +418,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
             raise Busy(f"{audits.running().name} is being audited now; train once the audit has ended")
         changes = {field: getattr(start, field) for field in OVERRIDES if getattr(start, field) is not None}
         # the recipe's own message for a value out of range, before anything starts
-        augmented = with_augment(load_recipe(start.recipe), start.augment)
+        augmented = with_augment(builtin_recipe(start.recipe), start.augment)
         augmented.replace(**changes)
         name = start.name or f"{start.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -608,6 +605,18 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         return answer
 
     return app
+
+
+def builtin_recipe(name: str):
+    """A built-in recipe by its name: the page names no file (a name with a '/' would have load_recipe read
+    a file anywhere on the disk); an unknown name is the nearest ones, as a 400."""
+    from smallvision.errors import unknown_name
+    from smallvision.recipe import builtin_recipes
+
+    known = builtin_recipes()
+    if name not in known:
+        raise unknown_name("recipe", name, list(known))
+    return known[name]
 
 
 def looks_like_source(folder: Path) -> bool:
