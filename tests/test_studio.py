@@ -554,3 +554,49 @@ def test_a_check_from_the_studio_names_damaged_files_and_copies_and_its_removals
             assert client.post("/api/undo", json={"root": 0, "path": "pets"}).status_code == 200
         assert (pets / "train" / "dogs" / "broken.png").read_bytes() == b"not a png at all"
         assert client.post("/api/check", json={"root": 0, "path": "out"}).status_code == 403
+
+
+def test_digits_in_idx_files_are_a_source_read_drawn_checked_and_trained_never_moved(tmp_path, monkeypatch):
+    import numpy as np
+
+    from conftest import write_idx_source
+    from smallvision import budget, workflow
+    from smallvision.recipe import load_recipe
+    from smallvision.studio.trainer import Trainer
+
+    roots, runs = tmp_path / "roots", tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    write_idx_source(roots / "digits", train, np.arange(60, dtype=np.uint8) % 3,
+                     rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), np.arange(30, dtype=np.uint8) % 3)
+    made_up = budget.Rates(forward=1000.0, frozen_step=100.0, tuning_step=100.0)
+    monkeypatch.setattr(workflow, "rates_here", lambda *args, **kwargs: made_up)  # nothing measured in a test
+    started = []
+    monkeypatch.setattr(Trainer, "start", lambda self, arguments, run: started.append(arguments))
+    with TestClient(create_studio([roots], runs)) as client:
+        source, = client.get("/api/sources").json()
+        assert source["path"] == "digits" and source["layout"] == "idx" and source["classes"] == ["0", "1", "2"]
+        assert source["counts"] == {"train": {"0": 20, "1": 20, "2": 20}, "test": {"0": 10, "1": 10, "2": 10}}
+        page = client.get("/api/images", params={"root": 0, "path": "digits", "split": "train", "class": "1",
+                                                  "limit": 5}).json()
+        assert page["total"] == 20 and page["files"] == [f"digits/train#{i}" for i in (1, 4, 7, 10, 13)]
+        drawn = client.get("/api/thumb", params={"root": 0, "path": "digits/train#4"})
+        assert drawn.headers["content-type"] == "image/png"
+        pixels = np.asarray(Image.open(BytesIO(drawn.content)))
+        assert pixels.shape == (112, 112) and (pixels[::4, ::4] == train[4]).all()  # the digit, 4x, sharp
+        assert client.get("/api/thumb", params={"root": 0, "path": "digits/train#60"}).status_code == 404
+        assert client.get("/api/thumb", params={"root": 0, "path": "digits/../../train#1"}).status_code == 403
+        fixed = client.post("/api/fix", json={"root": 0, "path": "digits", "photo": "digits/train#4", "action": "remove"})
+        assert fixed.status_code == 400 and "not moved one at a time" in fixed.json()["detail"]
+        checked = client.post("/api/check", json={"root": 0, "path": "digits"}).json()
+        assert checked["problem"] is None and checked["skipped"] == []
+        preview = client.post("/api/augment/preview", json={"root": 0, "path": "digits", "recipe": "seed-mnist",
+                                                            "augment": {"rotation_range": 30}})
+        assert preview.status_code == 200 and Image.open(BytesIO(preview.content)).height == 2 * 112 + 4
+        counts = budget.Counts(train=60, validation=0, test=30)
+        assert client.get("/api/estimates", params={"root": 0, "path": "digits", "recipe": "seed-mnist"}).json() == {
+            "estimates": {"seed-mnist": round(budget.estimate_seconds(load_recipe("seed-mnist"), counts, made_up), 1)}}
+        assert client.get("/api/estimates", params={"root": 0, "path": "digits",
+                                                    "recipe": "catsdogs-features"}).json() == {"estimates": {}}
+        assert client.post("/api/train", json={"root": 0, "path": "digits", "recipe": "seed-mnist"}).status_code == 202
+        assert started[0][:3] == [str(roots.resolve() / "digits"), "--recipe", "seed-mnist"]

@@ -38,7 +38,11 @@ WHAT = {"catsdogs-finetune": "fine-tuning", "catsdogs-features-augment": "featur
         "catsdogs-features": "frozen features with a head"}
 DEFAULT_BUDGET = "3m"  # a first result on a laptop in the time of a coffee; `--budget none`: always fine-tune
 HEAD_SECONDS = 3.0  # training a Dense head on features already computed: seconds, whatever the machine
-PROBE_BATCH = 16  # images per timed batch: enough for the per-image cost to show, a few seconds in all
+PROBE_BATCH = 16  # images per timed batch of a backbone: enough for the per-image cost to show, a few seconds
+# A small network from scratch is timed at its own batch (at most this): at 16 a step's fixed costs would
+# halve seed-mnist's rate (measured: an estimate of 69 s for 35 s of training)
+SCRATCH_PROBE_BATCH = 64
+PROBE_SECONDS = 0.25  # a pass of seed-mnist's network takes 8 ms: its best of 3 was still 20% slow
 RATES_FORMAT = "smallvision-throughput/1"
 STALE_BELOW = 0.5  # a cached forward rate more than 2x off the one measured now is measured again
 UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
@@ -281,14 +285,16 @@ class Probe:
         self.model.eval()
 
     def timed(self, work, repeats: int) -> float:
-        """Images per second of the fastest of `repeats` timed passes, after one untimed one (oneDNN builds
-        its kernels then): on a machine doing something else too, the least disturbed pass is the closest
-        to what a long training averages (measured: the mean of two moved by 25%)."""
+        """Images per second of the fastest of `repeats` timed passes (more, for a small network, until
+        PROBE_SECONDS have passed), after one untimed one (oneDNN builds its kernels then): on a machine doing
+        something else too, the least disturbed pass is the closest to what a long training averages
+        (measured: the mean of two moved by 25%)."""
         import torch
 
         work()
-        best = float("inf")
-        for _ in range(repeats):
+        best, began, done = float("inf"), time.perf_counter(), 0
+        while done < repeats or time.perf_counter() - began < PROBE_SECONDS:
+            done += 1
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             started = time.perf_counter()
@@ -321,18 +327,23 @@ class Probe:
         outputs.logsumexp(dim=1).mean().backward()  # a frozen backbone: the head's gradient alone
 
 
+def probe_batch(recipe: Recipe) -> int:
+    """Images per timed pass for this recipe's network (the check and the measurement alike)."""
+    return PROBE_BATCH if recipe.network.backbone else min(recipe.optimizer.batch_size, SCRATCH_PROBE_BATCH)
+
+
 def forward_rate_now(recipe: Recipe, device, precision: str) -> float:
     """The frozen backbone's images per second now, the faster of two timed passes: the check on a cached
     rate (a check, not a measurement to keep)."""
-    probe = Probe(recipe, device, precision)
+    probe = Probe(recipe, device, precision, probe_batch(recipe))
     return probe.timed(probe.forward, repeats=2)
 
 
-def measure_rates(recipe: Recipe, device, precision: str, batch: int = PROBE_BATCH, repeats: int = 3) -> Rates:
-    """Time the three passes of `Rates` with a `Probe`."""
+def measure_rates(recipe: Recipe, device, precision: str, batch: int | None = None, repeats: int = 3) -> Rates:
+    """Time the three passes of `Rates` with a `Probe` (of `probe_batch` images unless told)."""
     from smallvision.optim import build_optimizer
 
-    probe = Probe(recipe, device, precision, batch)
+    probe = Probe(recipe, device, precision, batch or probe_batch(recipe))
     forward_rate = probe.timed(probe.forward, repeats)
     scratch = not recipe.network.backbone
     frozen_rate = tuning_rate = 0.0 if scratch else probe.timed(probe.frozen_step, repeats)

@@ -367,17 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="print a line per request")
     serve.add_argument("--device", default="auto")
 
-    studio = command(sub, "studio", "one local page: look at folders of photos (counts, thumbnails a page at a time), "
-                     "relabel or remove a photo through the folder's journal (Undo), audit a folder, add dropped "
-                     "photos, train on one with live curves (Stop writes a checkpoint, Resume continues it), review a "
-                     "finished run (confusion cells, mistakes by loss, Grad-CAM), and follow every "
+    studio = command(sub, "studio", "one local page: look at folders of photos or IDX digits (counts, thumbnails a "
+                     "page at a time), relabel or remove a photo through the folder's journal (Undo), check and audit "
+                     "a folder, add dropped photos, train on one with live curves, estimates and an augmentation "
+                     "preview (Stop writes a checkpoint, Resume continues it), review a finished run (confusion "
+                     "cells, mistakes by loss, Grad-CAM), try it (photos or the camera), and follow every "
                      "run in the runs folder, a run trained in a terminal too. It reads and writes only under the "
                      "folders it is given and --runs; each training runs in a process of its own, one at a time",
                      "smallvision studio ../shared/datasets --runs runs\n"
                      "  smallvision studio my_photos/ --port 0 --open\n"
                      "  smallvision studio my_photos/ --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"", run_studio)
     studio.add_argument("roots", nargs="*", metavar="FOLDER", help="folders of photos (ROOT/CLASS/*.jpg or "
-                        "ROOT/train/CLASS/*.jpg), or folders holding them (default: the current folder)")
+                        "ROOT/train/CLASS/*.jpg) or of IDX files, or folders holding them (default: the current folder)")
     studio.add_argument("--runs", default="runs", help="the runs folder: where trainings write, and which runs the "
                         "page shows (default runs/)")
     studio.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "

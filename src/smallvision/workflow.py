@@ -172,8 +172,16 @@ def choose_default(source, recipe: Recipe, overrides: dict, device: torch.device
 
 
 def counts_here(source, recipe: Recipe, overrides: dict) -> Counts:
-    """The images per split the run of `recipe` on this folder will have (held-out splits carved)."""
-    files = {split: len(paths) for split, paths in scan_folder(Path(source)).files.items()}
+    """The images per split the run of `recipe` on this folder (of photos, or of IDX files) will have (held-out
+    splits carved)."""
+    from smallvision.data.idx import read_idx
+    from smallvision.data.mnist import IDX_FILES, find_idx_file, is_idx_directory
+
+    if is_idx_directory(Path(source)):  # the labels files say how many (the images need not be read)
+        files = {split: len(read_idx(find_idx_file(Path(source), IDX_FILES[(split, "labels")])))
+                 for split in ("train", "test")}
+    else:
+        files = {split: len(paths) for split, paths in scan_folder(Path(source)).files.items()}
     fractions = held_out_splits(source, recipe.name, recipe, overrides)
     return counts_of(files, fractions.get("test_split", recipe.data.test_split),
                      fractions.get("val_split", recipe.data.val_split))

@@ -28,6 +28,7 @@ from smallvision.serve.app import MAX_BODY
 from smallvision.serve.limits import BodyLimit
 from smallvision.studio.audits import Audits
 from smallvision.studio.augmenting import with_augment
+from smallvision.studio.idx import IdxSources, digit_name, parse_digit_name
 from smallvision.studio.roots import OutsideRoots, Roots, inside, joined
 from smallvision.studio.runs import list_runs, read_live, run_state
 from smallvision.studio.products import Products, Tried
@@ -102,6 +103,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     products, tried = Products(runs), Tried()
     scans: dict[Path, tuple[float, object]] = {}
     checking = threading.Lock()
+    digits = IdxSources()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -153,7 +155,16 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         return scans[folder][1]
 
     def describe(root: int, folder: Path) -> dict:
+        from smallvision.datacheck import imbalance_warning
+
         answer = {"root": root, "path": folders.relative(root, folder), "name": folder.name}
+        if digits.holds(folder):
+            try:
+                described = digits.describe(folder)
+            except (SmallvisionError, OSError, ValueError) as err:
+                return {**answer, "problem": str(err)}
+            imbalance = imbalance_warning(described["counts"]["train"].values())
+            return {**answer, **described, "warnings": [imbalance] if imbalance else []}
         try:
             scan = scanned(root, folder)
         except (FolderProblem, SmallvisionError, OSError) as err:
@@ -162,8 +173,6 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         for split, files in scan.files.items():
             for _, label in files:
                 counts[split][scan.class_names[label]] += 1
-        from smallvision.datacheck import imbalance_warning
-
         imbalance = imbalance_warning(counts["train"].values()) if "train" in counts else None
         return {**answer, "layout": scan.layout, "classes": scan.class_names, "counts": counts,
                 "warnings": [*scan.warnings, *([imbalance] if imbalance else [])]}
@@ -180,7 +189,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         """Each root that is a folder of photos, and each folder of photos one level inside a root."""
         found = []
         for root, folder in enumerate(folders.folders):
-            if looks_like_source(folder):
+            if looks_like_source(folder) or digits.holds(folder):
                 found.append(describe(root, folder))
                 continue
             for child in subfolders(folder):
@@ -188,7 +197,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                     child = inside(folder, child.name)
                 except OutsideRoots:
                     continue  # a symlink out of the root
-                if looks_like_source(child):
+                if looks_like_source(child) or digits.holds(child):
                     found.append(describe(root, child))
         return found
 
@@ -197,12 +206,19 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
                offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=500)):
         """A page of one class's files in one split (paths inside the root), and how many there are."""
         folder = folders.resolve(root, path)
+        base = folders.relative(root, folder)
+        if digits.holds(folder):  # each digit by its split and index (digit_name)
+            classes = digits.describe(folder)["classes"]
+            if label not in classes:
+                raise SmallvisionError(f"{folder.name} has no class {label!r}; it has {', '.join(classes)}")
+            files = digits.names(folder, base, split, label)
+            return {"root": root, "path": base, "split": split, "class": label, "total": len(files),
+                    "offset": offset, "files": files[offset:offset + limit]}
         scan = scanned(root, folder)
         if label not in scan.class_names:
             raise SmallvisionError(f"{folder.name} has no class {label!r}; it has {', '.join(scan.class_names)}")
         index = scan.class_names.index(label)
         files = [relative for relative, found in scan.files.get(split, []) if found == index]
-        base = folders.relative(root, folder)
         chosen = [joined(base, relative) for relative in files[offset:offset + limit]]
         return {"root": root, "path": base, "split": split, "class": label, "total": len(files), "offset": offset,
                 "files": chosen}
@@ -212,6 +228,12 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         """A JPEG of the photo at most THUMB pixels on its longer side."""
         from PIL import Image, UnidentifiedImageError
 
+        digit = parse_digit_name(path)
+        if digit is not None and digits.holds(folders.resolve(root, digit[0])):
+            drawn = digits.png(folders.resolve(root, digit[0]), digit[1], digit[2])
+            if drawn is None:
+                raise HTTPException(404, f"{path}: no such digit here")
+            return Response(drawn, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
         file = folders.resolve(root, path)
         if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
             raise HTTPException(404, f"{path}: not an image file here")
@@ -229,6 +251,9 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     def in_source(root: int, path: str, photo: str) -> tuple[Path, str]:
         """The source folder and the photo's path inside it; both inside the root (403 otherwise)."""
         source = folders.resolve(root, path)
+        if digits.holds(source):
+            raise SmallvisionError(f"{source.name}: digits in IDX files are not moved one at a time (the four files "
+                                   f"hold them all); make a folder of them to fix them here")
         folders.resolve(root, photo)
         base = folders.relative(root, source)
         if base and not photo.startswith(base + "/"):
@@ -300,7 +325,8 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         from smallvision.models import recipe_image_shape
 
         source = folders.resolve(request.root, request.path)
-        if not is_image_folder(source):
+        idx = digits.holds(source)
+        if not idx and not is_image_folder(source):
             raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to check")
         if trainer.busy_with():
             raise Busy(f"{trainer.busy_with()} is training now; check once it has ended")
@@ -309,7 +335,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         with checking:  # one at a time: each decodes every photo with every core
             # the page's own listing: a photo that is a symlink out of the root is neither read nor named
             report = check_source(str(source), recipe_image_shape(builtin_recipe(CHECK_RECIPE)), progress=False,
-                                  scan=scanned(request.root, source))
+                                  scan=None if idx else scanned(request.root, source))
         base = folders.relative(request.root, source)
         return {"root": request.root, "path": base, "problem": report.problem,
                 "skipped": [{"photo": joined(base, path), "reason": reason} for path, reason in report.source.skipped],
@@ -323,7 +349,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         """`smallvision data audit` of the source in a process of its own (409 while a training or another
         audit runs); GET /api/audit says how it goes and, once done, its findings."""
         source = folders.resolve(request.root, request.path)
-        if not is_image_folder(source):
+        if not is_image_folder(source) and not digits.holds(source):
             raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to audit")
         audits.start(source, trainer.busy_with())
         return {"state": "auditing"}
@@ -333,14 +359,21 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         source = folders.resolve(root, path)
         answer = audits.state(source)
         base = folders.relative(root, source)
+        idx = digits.holds(source)
         for rows in answer.get("findings", {}).values():
-            for row in rows:
-                row["photo"] = joined(base, row["path"])
+            for row in rows:  # a digit of IDX files is named by its index in its split (audit.py)
+                row["photo"] = digit_name(base, row["split"], row["path"]) if idx else joined(base, row["path"])
+                row["here"] = row["here"] or idx
         return answer
 
     @app.post("/api/audit/keep", dependencies=api)
     def keep(request: Keep):
         """Keep a photo the audit doubted: "keep" in its row of the table (nothing moves)."""
+        source = folders.resolve(request.root, request.path)
+        digit = parse_digit_name(request.photo)
+        if digits.holds(source) and digit is not None and digit[0] == folders.relative(request.root, source):
+            audits.keep(source, request.table, str(digit[2]), split=digit[1])
+            return {"kept": request.photo}
         source, photo = in_source(request.root, request.path, request.photo)
         audits.keep(source, request.table, photo)
         return {"kept": photo}
@@ -365,18 +398,25 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         from smallvision.models import recipe_image_shape, with_backbone_preprocessing
         from smallvision.studio.augmenting import PREVIEW_PHOTOS, PREVIEW_SIZE, preview_png
 
+        from smallvision.images import load_image
+
         source = folders.resolve(request.root, request.path)
         recipe = with_augment(with_backbone_preprocessing(builtin_recipe(request.recipe)), request.augment)
-        scan = scanned(request.root, source)
-        files = scan.files.get("train") or next(iter(scan.files.values()), [])
-        photos, seen = [], set()
-        for relative, label in files:
-            if label not in seen and len(seen) < PREVIEW_PHOTOS:
-                seen.add(label)
-                photos.append(source / relative)
-        shape = recipe_image_shape(recipe)
-        return Response(preview_png(photos, recipe.augment, shape[1] if shape else PREVIEW_SIZE, request.seed),
-                        media_type="image/png", headers={"Cache-Control": "no-store"})
+        if digits.holds(source):  # digits at their own size, as training takes them
+            originals = digits.first_of_classes(source, PREVIEW_PHOTOS)
+        else:
+            scan = scanned(request.root, source)
+            files = scan.files.get("train") or next(iter(scan.files.values()), [])
+            photos, seen = [], set()
+            for relative, label in files:
+                if label not in seen and len(seen) < PREVIEW_PHOTOS:
+                    seen.add(label)
+                    photos.append(source / relative)
+            shape = recipe_image_shape(recipe)
+            size = shape[1] if shape else PREVIEW_SIZE
+            originals = [load_image(photo, 3, size, size) for photo in photos]
+        return Response(preview_png(originals, recipe.augment, request.seed), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
 
     @app.get("/api/estimates", dependencies=api)
     def estimates(root: int, path: str = "", recipe: str | None = Query(None, description="default: every recipe")):
@@ -400,10 +440,12 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
             return {"estimates": {}, "why": f"{busy} is training: estimates are measured when none is"}
         device = resolve_device("auto")
         estimated = {}
-        if recipe is None or recipe in CANDIDATES:
+        photos = not digits.holds(source)  # digits: the networks trained from scratch at the digits' own size
+        if photos and (recipe is None or recipe in CANDIDATES):
             estimated.update(choose_default(source, load_recipe(CANDIDATES[0]), {}, device, None).estimates)
         for name in [recipe] if recipe is not None else known:
-            if name not in estimated and recipe_image_shape(known[name]) is not None:
+            usable = recipe_image_shape(known[name]) is not None if photos else not known[name].network.backbone
+            if name not in estimated and usable:
                 estimated[name] = estimate_here(source, known[name], device)
         return {"estimates": {name: round(seconds, 1) for name, seconds in estimated.items()}}
 
@@ -411,7 +453,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     def train(start: Start):
         """Start a training (409 while another runs); the recipe with the overrides is checked first (400)."""
         source = folders.resolve(start.root, start.path)
-        if not is_image_folder(source):
+        if not is_image_folder(source) and not digits.holds(source):
             raise SmallvisionError(f"{start.path or source.name}: not a folder of photos (ROOT/CLASS/*.jpg or "
                                    f"ROOT/train/CLASS/*.jpg)")
         if audits.running() is not None:

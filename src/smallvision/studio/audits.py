@@ -73,11 +73,11 @@ class Audits:
             return {"state": "none"}
         return {"state": "done", "findings": {table: read_rows(out / f"{table}.csv", source) for table in TABLES}}
 
-    def keep(self, source: Path, table: str, relative: str) -> None:
-        """Write "keep" into the table's action column for the photo's row."""
+    def keep(self, source: Path, table: str, relative: str, split: str | None = None) -> None:
+        """Write "keep" into the table's action column for the photo's row (of `split`, where given)."""
         if table not in TABLES:
             raise SmallvisionError(f"{table!r}: the audit's tables are {', '.join(TABLES)}")
-        set_action(self.out(source) / f"{table}.csv", relative, "keep")
+        set_action(self.out(source) / f"{table}.csv", relative, "keep", split)
 
 
 def read_rows(path: Path, source: Path) -> list[dict]:
@@ -91,7 +91,9 @@ def read_rows(path: Path, source: Path) -> list[dict]:
     return rows
 
 
-def set_action(path: Path, relative: str, action: str) -> None:
+def set_action(path: Path, relative: str, action: str, split: str | None = None) -> None:
+    """`action` into the rows of the photo at `relative` (of `split` only, where given: a digit of IDX files
+    is named by its index, which each split has)."""
     from smallvision.files import write_atomically
 
     with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -100,7 +102,9 @@ def set_action(path: Path, relative: str, action: str) -> None:
     if "path" not in header or "action" not in header:
         raise SmallvisionError(f"{path}: not an audit table (no path and action columns)")
     where, what = header.index("path"), header.index("action")
-    found = [row for row in rows[1:] if len(row) > max(where, what) and row[where] == relative]
+    place = header.index("split") if split is not None and "split" in header else None
+    found = [row for row in rows[1:] if len(row) > max(where, what) and row[where] == relative
+             and (place is None or row[place] == split)]
     if not found:
         raise SmallvisionError(f"{path.name}: no row for {relative}")
     for row in found:

@@ -120,6 +120,8 @@ async function loadPage() {
 
 // A photo relabelled or removed goes through the source's journal (Undo puts it back, byte for byte).
 function fixControl(file) {
+  // digits in IDX files are read, not moved: the four files hold them all
+  if (state.source.layout === "idx") return el("span", { class: "note" }, "in the IDX files");
   const select = el("select", { class: "fix", "aria-label": `fix ${file}` }, el("option", { value: "" }, "fix…"),
                     ...state.source.classes.filter((name) => name !== state.label)
                       .map((name) => el("option", { value: "relabel:" + name }, `relabel to ${name}`)),
@@ -283,8 +285,10 @@ function finding(table, row) {
     const s = state.source;
     if (await fixPhoto({ root: s.root, path: s.path, photo: row.photo, action, to })) loadAudit();
   };
-  if (table === "label_issues") figure.append(act(`relabel to ${row.suggested}`, () => fixed("relabel", row.suggested)));
-  figure.append(act("remove", () => fixed("remove")), act("keep", async () => {
+  const movable = state.source.layout !== "idx";  // a digit of IDX files is kept or left, never moved
+  if (movable && table === "label_issues") figure.append(act(`relabel to ${row.suggested}`, () => fixed("relabel", row.suggested)));
+  if (movable) figure.append(act("remove", () => fixed("remove")));
+  figure.append(act("keep", async () => {
     try {
       await post("/api/audit/keep", { root: state.source.root, path: state.source.path, photo: row.photo, table });
       say(`${row.photo} kept (written in ${table}.csv)`);
@@ -349,6 +353,7 @@ function describeRecipe() {
   const parts = [about && !/[.!?]$/.test(about) ? about + "." : about];
   if (recipe.reached) parts.push(`Reached: ${recipe.reached}.`);
   const seconds = (state.estimates || {})[recipe.name];
+  if (seconds == null && state.estimating === recipe.name) parts.push("Estimating its time here (a second or two)...");
   if (seconds != null) parts.push(`About ${seconds < 90 ? Math.max(1, Math.round(seconds)) + " s" : Math.round(seconds / 60) + " min"} `
                                   + "on this folder here (an estimate from this machine's measured speed).");
   $("recipe-about").textContent = parts.join(" ");
@@ -443,12 +448,15 @@ async function estimate() {
   const folder = `${source.root}/${source.path}`;
   if (state.estimated !== folder) { state.estimated = folder; state.estimates = {}; }
   if (recipe in state.estimates) { describeRecipe(); return; }
+  state.estimating = recipe;
+  describeRecipe();
   try {
     const answer = await json("/api/estimates?" + new URLSearchParams({ root: source.root, path: source.path, recipe }));
     if (state.estimated !== folder) return;  // another folder was chosen meanwhile
     Object.assign(state.estimates, answer.estimates);
     if (answer.why) say(answer.why);
   } catch (e) { say(`no estimate: ${e.message}`, true); }
+  if (state.estimating === recipe) state.estimating = null;
   describeRecipe();
 }
 
