@@ -43,7 +43,7 @@ PROBE_BATCH = 16  # images per timed batch of a backbone: enough for the per-ima
 # halve seed-mnist's rate (measured: an estimate of 69 s for 35 s of training)
 SCRATCH_PROBE_BATCH = 64
 PROBE_SECONDS = 0.25  # a pass of seed-mnist's network takes 8 ms: its best of 3 was still 20% slow
-RATES_FORMAT = "smallvision-throughput/1"
+RATES_FORMAT = "smallvision-throughput/2"  # /2: a network from scratch timed at its own batch (/1 at 16)
 STALE_BELOW = 0.5  # a cached forward rate more than 2x off the one measured now is measured again
 UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 

@@ -440,6 +440,12 @@ async function previewAugment() {
                                           : `${body.recipe}'s own augmentation`;
 }
 
+function recipeForDigits() {
+  // digits from IDX files: the seed's recipe for digits, as `smallvision train` chooses without --recipe
+  const chosen = state.sources[Number($("train-source").value)];
+  if (chosen && chosen.layout === "idx" && !/mnist/.test($("recipe").value)) { $("recipe").value = "seed-mnist"; describeRecipe(); }
+}
+
 async function estimate() {
   // the chosen recipe's estimate for the chosen folder, measured on first asking (a second or two a network)
   const source = state.sources[Number($("train-source").value)];
@@ -728,8 +734,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
   $("next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
   $("recipe").addEventListener("change", () => { describeRecipe(); estimate(); });
-  $("train-source").addEventListener("change", () => { estimate(); previewSoon(); });
-  $("tab-train").addEventListener("click", () => { estimate(); previewSoon(); });
+  $("train-source").addEventListener("change", () => { recipeForDigits(); estimate(); previewSoon(); });
+  $("tab-train").addEventListener("click", () => { recipeForDigits(); estimate(); previewSoon(); });
   $("augment-again").addEventListener("click", () => { state.previewSeed += 1; previewSoon(); });
   $("start-form").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
