@@ -1,6 +1,6 @@
 """Benchmark: issue 27's figures for the studio, each beside its baseline from the same run.
 
-    python benchmarks/studio_figures.py speed [--rounds 3] [--only RECIPE]
+    python benchmarks/studio_figures.py speed [--rounds 3] [--only RECIPE] [--scale 1]
         # images/s of a training started from the studio against the same `smallvision train` command in a
         # terminal, alternating rounds, medians: seed-mnist (8 epochs) on a folder of 12,000 MNIST digits as
         # PNGs, and catsdogs (2 epochs) on the shared cats-vs-dogs folder
@@ -85,7 +85,7 @@ def mnist_folder(work: Path, count: int = 12000) -> Path:
     return folder
 
 
-def speed(work: Path, rounds: int, only: str | None) -> None:
+def speed(work: Path, rounds: int, only: str | None, scale: int = 1) -> None:
     import json
 
     digits = mnist_folder(work)
@@ -95,6 +95,7 @@ def speed(work: Path, rounds: int, only: str | None) -> None:
         for recipe, folder, epochs, root in (("seed-mnist", digits, 8, 0), ("catsdogs", photos, 2, 1)):
             if only and recipe != only:
                 continue
+            epochs *= scale  # longer runs: each averages over more of this machine's moods
             cli, ours = [], []
             for round_ in range(rounds):
                 for where in (("cli", "studio") if round_ % 2 == 0 else ("studio", "cli")):
@@ -111,8 +112,10 @@ def speed(work: Path, rounds: int, only: str | None) -> None:
                         ours.append(metrics["images_per_second"])
                     print(f"  {name}: {metrics['images_per_second']:,.1f} images/s", flush=True)
             a, b = statistics.median(cli), statistics.median(ours)
+            paired = sorted(o / c for o, c in zip(ours, cli))  # each round's own ratio: the drift between rounds out
             print(f"{recipe}: started from the studio {b:,.1f} images/s, from a terminal {a:,.1f}: {b / a:.3f}x "
-                  f"(bar: within 3%), {rounds} alternating rounds, medians", flush=True)
+                  f"(bar: within 3%), {rounds} alternating rounds, medians; each round's studio/terminal "
+                  f"{', '.join(f'{r:.3f}' for r in paired)} (median {statistics.median(paired):.3f})", flush=True)
     finally:
         studio.close()
 
@@ -348,6 +351,7 @@ def main() -> None:
     parser.add_argument("--work")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("seed-mnist", "catsdogs"), help="speed: one recipe")
+    parser.add_argument("--scale", type=int, default=1, help="speed: this many times the epochs (longer runs)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="studio-figures-"))
     (work / "roots").mkdir(parents=True, exist_ok=True)
@@ -355,7 +359,7 @@ def main() -> None:
     if args.figure == "shots":
         shots(work, Path(args.out))
     else:
-        speed(work, args.rounds, args.only) if args.figure == "speed" else page(work)
+        speed(work, args.rounds, args.only, args.scale) if args.figure == "speed" else page(work)
 
 
 if __name__ == "__main__":
