@@ -600,3 +600,18 @@ def test_digits_in_idx_files_are_a_source_read_drawn_checked_and_trained_never_m
                                                     "recipe": "catsdogs-features"}).json() == {"estimates": {}}
         assert client.post("/api/train", json={"root": 0, "path": "digits", "recipe": "seed-mnist"}).status_code == 202
         assert started[0][:3] == [str(roots.resolve() / "digits"), "--recipe", "seed-mnist"]
+
+
+def test_keep_for_a_digit_of_idx_files_marks_its_own_splits_row_only(tmp_path):
+    """A digit is named by its index, which each split has: keep marks the row of the digit's split."""
+    import csv
+
+    from smallvision.studio.audits import set_action
+
+    table = tmp_path / "label_issues.csv"
+    table.write_text("path,split,label,suggested,score,action\n3,train,1,7,0.9,\n3,test,2,7,0.8,\n")
+    set_action(table, "3", "keep", split="test")
+    rows = list(csv.DictReader(table.open()))
+    assert [(row["split"], row["action"]) for row in rows] == [("train", ""), ("test", "keep")]
+    with pytest.raises(SmallvisionError, match="no row for 4"):
+        set_action(table, "4", "keep", split="train")
