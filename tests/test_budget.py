@@ -62,7 +62,7 @@ def test_the_best_recipe_that_fits_the_budget_is_chosen(rates, chosen):
     assert choice.estimates[chosen] <= 180.0
     better = CANDIDATES[:CANDIDATES.index(chosen)]
     assert all(choice.estimates[name] > 180.0 for name in better)
-    assert f"using it" in choice.line and chosen in choice.line and "\n" not in choice.line
+    assert "using it" in choice.line and chosen in choice.line and "\n" not in choice.line
     for name in better:  # what it gave up, and how to have it anyway
         assert f"{name} (" in choice.line
     if better:

@@ -313,8 +313,6 @@ class Probe:
             self.model(self.recipe.preprocess(self.images))
 
     def frozen_step(self) -> None:
-        import torch
-
         from smallvision.augment import augment_batch
         from smallvision.inference import autocast
 
