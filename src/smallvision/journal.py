@@ -661,12 +661,8 @@ def undo_last(root: str | Path, count: int = 1) -> list[JournalMove]:
     after, so the next `undo_last` goes on with the move before it and `undo` skips them. The journal stays.
     Returns the moves put back, newest first (a move a crash kept from being made is only marked)."""
     root = Path(root)
-    journal = root / JOURNAL
-    if not root.is_dir():
-        raise SmallvisionError(f"{root}: no such directory")
-    if not journal.is_file():
-        raise SmallvisionError(f"{root}: no journal ({JOURNAL}): nothing was moved here, nothing to undo")
-    chosen = [move for move in reversed(read_journal(journal)) if not move.undone][:count]
+    journal = existing_journal(root, "moved")
+    chosen = journal_moves(root)[:count]
     if not chosen:
         raise SmallvisionError(f"{root}: every move in its journal is undone already")
     restores = plan_undo(root, journal, chosen[::-1])
@@ -706,11 +702,7 @@ def undo(root: str | Path) -> UndoReport:
     the moves created once empty, and rename the journal `.smallvision-journal-undone-TIME.jsonl`, so that the
     next undo finds nothing to undo."""
     root = Path(root)
-    journal = root / JOURNAL
-    if not root.is_dir():
-        raise SmallvisionError(f"{root}: no such directory")
-    if not journal.is_file():
-        raise SmallvisionError(f"{root}: no journal ({JOURNAL}): nothing was applied here, nothing to undo")
+    journal = existing_journal(root, "applied")
     moves = read_journal(journal)
     restores = plan_undo(root, journal, moves)
     refuse_unwritable([root, *undo_folders(root, restores)], "the files cannot be put back")
@@ -721,6 +713,16 @@ def undo(root: str | Path) -> UndoReport:
     report.folders_removed = remove_made_folders(root, moves)
     report.journal = retire_journal(journal)
     return report
+
+
+def existing_journal(root: Path, done: str) -> Path:
+    """The folder's journal, or the line that says there is nothing to undo (`done`: what would have made one)."""
+    if not root.is_dir():
+        raise SmallvisionError(f"{root}: no such directory")
+    journal = root / JOURNAL
+    if not journal.is_file():
+        raise SmallvisionError(f"{root}: no journal ({JOURNAL}): nothing was {done} here, nothing to undo")
+    return journal
 
 
 def undo_folders(root: Path, restores: list[JournalMove]) -> list[Path]:
