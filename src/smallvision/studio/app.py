@@ -177,6 +177,10 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         return {**answer, "layout": scan.layout, "classes": scan.class_names, "counts": counts,
                 "warnings": [*scan.warnings, *([imbalance] if imbalance else [])]}
 
+    def trainable(folder: Path) -> bool:
+        """A source the CLI takes as it is: a folder of photos, or of IDX files."""
+        return is_image_folder(folder) or digits.holds(folder)
+
     api = [Depends(authorized)]
 
     @app.get("/api/state", dependencies=api)
@@ -229,8 +233,9 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         from PIL import Image, UnidentifiedImageError
 
         digit = parse_digit_name(path)
-        if digit is not None and digits.holds(folders.resolve(root, digit[0])):
-            drawn = digits.png(folders.resolve(root, digit[0]), digit[1], digit[2])
+        folder = folders.resolve(root, digit[0]) if digit is not None else None
+        if folder is not None and digits.holds(folder):
+            drawn = digits.png(folder, digit[1], digit[2])
             if drawn is None:
                 raise HTTPException(404, f"{path}: no such digit here")
             return Response(drawn, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
@@ -326,7 +331,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
 
         source = folders.resolve(request.root, request.path)
         idx = digits.holds(source)
-        if not idx and not is_image_folder(source):
+        if not trainable(source):
             raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to check")
         if trainer.busy_with():
             raise Busy(f"{trainer.busy_with()} is training now; check once it has ended")
@@ -349,7 +354,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         """`smallvision data audit` of the source in a process of its own (409 while a training or another
         audit runs); GET /api/audit says how it goes and, once done, its findings."""
         source = folders.resolve(request.root, request.path)
-        if not is_image_folder(source) and not digits.holds(source):
+        if not trainable(source):
             raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to audit")
         audits.start(source, trainer.busy_with())
         return {"state": "auditing"}
@@ -453,7 +458,7 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     def train(start: Start):
         """Start a training (409 while another runs); the recipe with the overrides is checked first (400)."""
         source = folders.resolve(start.root, start.path)
-        if not is_image_folder(source) and not digits.holds(source):
+        if not trainable(source):
             raise SmallvisionError(f"{start.path or source.name}: not a folder of photos (ROOT/CLASS/*.jpg or "
                                    f"ROOT/train/CLASS/*.jpg)")
         if audits.running() is not None:

@@ -46,6 +46,11 @@ class IdxSources:
                 self.read[folder] = (stamp, load_idx_source(folder))
             return self.read[folder][1]
 
+    def split(self, folder: Path, split: str):
+        """The split's ImageSet (train or test), or None for another name."""
+        source = self.source(folder)
+        return {"train": source.train, "test": source.test}.get(split)
+
     def describe(self, folder: Path) -> dict:
         """Counts per split and class, as a folder of photos is described."""
         source = self.source(folder)
@@ -55,7 +60,7 @@ class IdxSources:
 
     def names(self, folder: Path, base: str, split: str, label: str) -> list[str]:
         """Every digit of one class in one split, by name."""
-        images = {"train": self.source(folder).train, "test": self.source(folder).test}.get(split)
+        images = self.split(folder, split)
         if images is None:
             return []
         index = images.class_names.index(label)
@@ -63,8 +68,8 @@ class IdxSources:
 
     def pixels(self, folder: Path, split: str, index: int):
         """One digit as uint8 [channels, height, width], or None past the split's end."""
-        images = {"train": self.source(folder).train, "test": self.source(folder).test}[split]
-        return images.images[index] if 0 <= index < len(images) else None
+        images = self.split(folder, split)
+        return images.images[index] if images is not None and 0 <= index < len(images) else None
 
     def first_of_classes(self, folder: Path, count: int) -> list:
         """The first training digit of each of the first `count` classes (the augmentation preview's)."""
