@@ -174,6 +174,20 @@ def test_the_seed_mnist_networks_flops_are_the_hand_count():
     assert training_flops(model, (1, 28, 28)) == forward + forward + (forward - conv1)  # 16,376,064
 
 
+def test_mnist_slim_is_the_seed_network_with_half_its_first_filters_and_under_a_third_of_its_flops():
+    """fast-mnist's network: the seed's layers with 16 and 32 filters in the first two convolutions."""
+    from smallvision.flops import forward_flops, training_flops
+    from smallvision.models import create_model
+
+    slim, seed = create_model("mnist_slim", (1, 28, 28), 10), create_model("mnist_convnet", (1, 28, 28), 10)
+    assert [type(layer).__name__ for layer in slim.keras_layers] == [type(layer).__name__ for layer in seed.keras_layers]
+    conv1 = 2 * 9 * 1 * 16 * 26 * 26
+    forward = conv1 + 2 * 9 * 16 * 32 * 11 * 11 + 2 * 9 * 32 * 64 * 3 * 3 + 2 * 576 * 64 + 2 * 64 * 10
+    assert forward_flops(slim, (1, 28, 28)) == forward
+    assert training_flops(slim, (1, 28, 28)) == 3 * forward - conv1  # 4,955,136
+    assert training_flops(slim, (1, 28, 28)) < training_flops(seed, (1, 28, 28)) / 3
+
+
 def test_the_matmul_peak_is_a_positive_rate():
     from smallvision.flops import matmul_peak
 

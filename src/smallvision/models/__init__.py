@@ -5,13 +5,14 @@
 from smallvision.errors import SmallvisionError, unknown_name
 from smallvision.models.layer_text import parse_layers
 from smallvision.models.layers import Layer, Sequential, declared_input_shape
-from smallvision.models.presets import catsdogs_convnet, mnist_convnet, small_convnet, small_resnet
+from smallvision.models.presets import catsdogs_convnet, mnist_convnet, mnist_slim, small_convnet, small_resnet
 from smallvision.models.summary import count_parameters, summary
 from smallvision.recipe import Recipe
 
 # name -> (the function giving its layers for (num_classes, dropout), its default input (C, H, W), default classes)
 MODELS = {
     "mnist_convnet": (mnist_convnet, (1, 28, 28), 10),
+    "mnist_slim": (mnist_slim, (1, 28, 28), 10),
     "catsdogs_convnet": (catsdogs_convnet, (3, 150, 150), 2),
     "small_convnet": (small_convnet, (3, 64, 64), 10),
     "small_resnet": (small_resnet, (3, 112, 112), 2),

@@ -43,6 +43,20 @@ def mnist_convnet(num_classes: int = 10, dropout: float = 0.0) -> list[Layer]:
             Flatten(), Dense(64, activation="relu"), softmax_output(num_classes)]
 
 
+def mnist_slim(num_classes: int = 10, dropout: float = 0.0) -> list[Layer]:
+    """The seed's MNIST network with half the filters in its first two convolutions (16, 32, 64): the second
+    convolution, two thirds of the seed's work, does a quarter of it, so a step costs under a third of the seed's
+    FLOPs (5.0 against 16.4 MFLOP an image, forward and backward). Trained hot (fast-mnist) it reaches the
+    seed's accuracy in 2 epochs, at about twice the seed's images/s in fp32 on an AVX2 CPU, where small
+    convolutions are far from the matmul peak and the fewer of them the better."""
+    if dropout:
+        raise SmallvisionError("mnist_slim has no Dropout layer; leave dropout at 0 for it")
+    return [Conv2D(16, (3, 3), activation="relu"), MaxPooling2D((2, 2)),
+            Conv2D(32, (3, 3), activation="relu"), MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu"),
+            Flatten(), Dense(64, activation="relu"), softmax_output(num_classes)]
+
+
 def catsdogs_convnet(num_classes: int = 2, dropout: float = 0.0) -> list[Layer]:
     """The seed's cats-vs-dogs network: four Conv2D/MaxPooling2D pairs (32, 64, 128, 128 filters),
     Flatten, Dropout when asked (the seed's 0.5 with augmentation), Dense(512, relu), and
