@@ -8,15 +8,13 @@ person editing the table for `data apply` would."""
 
 import csv
 import hashlib
-import os
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from smallvision.errors import SmallvisionError
-from smallvision.studio.trainer import LOGS, Busy, ended_why
+from smallvision.studio.trainer import LOGS, Busy, ended_why, start_logged
 
 TABLES = ("label_issues", "near_duplicates", "outliers")
 
@@ -53,10 +51,8 @@ class Audits:
             out = self.out(source)
             out.mkdir(parents=True, exist_ok=True)
             log = out / "audit.log"
-            with open(log, "wb") as output:
-                process = subprocess.Popen([sys.executable, "-m", "smallvision", "data", "audit", str(source),
-                                            "--out", str(out)], stdout=output, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env={**os.environ, "SMALLVISION_PROGRESS": "0"})
+            process = start_logged(["data", "audit", str(source), "--out", str(out)], log,
+                                   environment={"SMALLVISION_PROGRESS": "0"})
             self.current = Auditing(source, out, process, log)
 
     def state(self, source: Path) -> dict:

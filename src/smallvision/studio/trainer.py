@@ -21,6 +21,17 @@ STOPPED = 130  # train's exit status when it stopped as asked (Ctrl-C, SIGTERM):
 LOGS = ".studio"  # inside the runs folder: each training's output, <run>.log (a run's own folder stays the CLI's)
 
 
+def start_logged(command: list[str], log: Path, append: bool = False, own_session: bool = False,
+                 environment: dict | None = None) -> subprocess.Popen:
+    """`smallvision COMMAND` in a process of its own, its output (stdout and stderr) into `log`: appended for a
+    training that resumes (its earlier attempts stay readable), afresh otherwise; in a session of its own where
+    it must outlive the studio (a training)."""
+    with open(log, "ab" if append else "wb") as output:
+        return subprocess.Popen([sys.executable, "-m", "smallvision", *command], stdout=output,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=own_session,
+                                env={**os.environ, **(environment or {})})
+
+
 class Busy(SmallvisionError):
     """A second training while one runs."""
 
@@ -63,11 +74,7 @@ class Trainer:
             logs = self.runs / LOGS
             logs.mkdir(parents=True, exist_ok=True)
             log = logs / f"{run.name}.log"
-            with open(log, "ab") as output:
-                process = subprocess.Popen([sys.executable, "-m", "smallvision", *command], stdout=output,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True)
-            self.current = Started(run, process, log)
+            self.current = Started(run, start_logged(command, log, append=True, own_session=True), log)
             return self.current
 
     def stop(self, run: Path) -> int:
