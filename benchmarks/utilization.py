@@ -6,7 +6,8 @@ a real `smallvision train` reaches (one epoch of a fixed number of steps, in its
 recipe's own number format; a backbone recipe's fine-tuning stage), their product in GFLOP/s, and the
 machine's own peak measured in the same run (the best of large matrix products, fp32 and, where the CPU
 computes it natively, bf16). With `--old CHECKOUT` the same is measured for another checkout (the code
-before a change) in the same run, alternating, and each side's figures are printed with new/old.
+before a change) in the same run, alternating, and each side's figures are printed with new/old; each side's FLOPs
+and batch size are its own code's (a recipe's network may change between the two).
 
     python benchmarks/utilization.py [--recipes seed-mnist fast-mnist catsdogs catsdogs-finetune]
                                      [--old ../before] [--rounds 1] [--steps-scale 1]
@@ -14,7 +15,10 @@ before a change) in the same run, alternating, and each side's figures are print
 
 import argparse
 import csv
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,31 +33,39 @@ STEPS = {"seed-mnist": 400, "fast-mnist": 200, "catsdogs": 40, "catsdogs-finetun
          "seed-catsdogs-augment": 30}  # a backbone recipe: stage one's head briefly, the fine-tuning stage measured
 
 
-def step_flops(recipe_name: str) -> float:
-    """FLOPs per image of the recipe's training step (for a backbone, the fine-tuning stage's)."""
-    from smallvision.flops import training_flops
-    from smallvision.models import recipe_image_shape, recipe_model, with_backbone_preprocessing
-    from smallvision.recipe import load_recipe
+STEP_FLOPS = """
+import json, sys
+from smallvision.flops import training_flops
+from smallvision.models import recipe_image_shape, recipe_model, with_backbone_preprocessing
+from smallvision.recipe import load_recipe
 
-    recipe = with_backbone_preprocessing(load_recipe(recipe_name))
-    shape = recipe_image_shape(recipe) or (1, 28, 28)  # digits from IDX files keep their own size
+recipe = with_backbone_preprocessing(load_recipe(sys.argv[1]))
+shape = recipe_image_shape(recipe) or (1, 28, 28)  # digits from IDX files keep their own size
+model = recipe_model(recipe, shape, int(sys.argv[2]), pretrained=False)
+if recipe.network.backbone:
+    model.freeze_backbone()
+    model.unfreeze_last_blocks(recipe.fine_tune.blocks)
+print(json.dumps({"flops": training_flops(model, shape), "batch_size": recipe.optimizer.batch_size}))
+"""
+
+
+def step_figures(checkout: Path, recipe_name: str) -> dict:
+    """FLOPs per image of the recipe's training step (for a backbone, the fine-tuning stage's) and its batch
+    size, as `checkout`'s code has them: a recipe's network may differ between two checkouts (fast-mnist's
+    did), so each side is counted by its own code, in a process of its own."""
     classes = 10 if SOURCES[recipe_name] is MNIST else 2
-    model = recipe_model(recipe, shape, classes, pretrained=False)
-    if recipe.network.backbone:
-        model.freeze_backbone()
-        model.unfreeze_last_blocks(recipe.fine_tune.blocks)
-    return training_flops(model, shape)
+    done = subprocess.run([sys.executable, "-c", STEP_FLOPS, recipe_name, str(classes)], check=True,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(checkout / "src")})
+    return json.loads(done.stdout)
 
 
-def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float) -> float:
+def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float, batch_size: int) -> float:
     """A real training's last stage (the recipe's own number format), its steps x batch over its seconds
     (history.csv)."""
-    from smallvision.recipe import load_recipe
-
     steps = max(1, round(STEPS[recipe] * scale))
     with open(train_once(checkout, recipe, steps, scratch, cache) / "history.csv") as rows:
         last = list(csv.DictReader(rows))[-1]
-    return steps * load_recipe(recipe).optimizer.batch_size / float(last["seconds"])
+    return steps * batch_size / float(last["seconds"])
 
 
 def main() -> None:
@@ -76,26 +88,26 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads; trains in {precision}; matmul peak "
           + ", ".join(f"{kind} {value:.0f} GFLOP/s" for kind, value in peaks.items()), flush=True)
     sides = {"new": ROOT} | ({"old": args.old.resolve()} if args.old else {})
-    header = f"{'recipe':<20} {'MFLOP/img':>10} " + " ".join(
-        f"{side + ' img/s':>10} {side + ' GFLOP/s':>12} {side + ' use':>8}" for side in sides)
+    header = f"{'recipe':<20} " + " ".join(
+        f"{side + ' MFLOP/img':>14} {side + ' img/s':>10} {side + ' GFLOP/s':>12} {side + ' use':>8}" for side in sides)
     rows = []
     with tempfile.TemporaryDirectory(prefix="utilization-") as scratch:
         cache = Path(scratch) / "cache"
         for recipe in args.recipes:
-            flops = step_flops(recipe)
-            images_per_second(ROOT, recipe, Path(scratch), cache, 0.25)  # warm the decode and features caches
+            steps = {side: step_figures(checkout, recipe) for side, checkout in sides.items()}
+            images_per_second(ROOT, recipe, Path(scratch), cache, 0.25, steps["new"]["batch_size"])  # warm the caches
             figures = {side: [] for side in sides}
             for round_number in range(args.rounds):
                 order = list(sides) if round_number % 2 == 0 else list(sides)[::-1]
                 for side in order:
                     figures[side].append(images_per_second(sides[side], recipe, Path(scratch), cache,
-                                                           args.steps_scale))
+                                                           args.steps_scale, steps[side]["batch_size"]))
             cells = []
             for side in sides:
-                rate = statistics.median(figures[side])
+                rate, flops = statistics.median(figures[side]), steps[side]["flops"]
                 achieved = flops * rate / 1e9
-                cells.append(f"{rate:>10,.0f} {achieved:>12.1f} {achieved / peaks[precision]:>8.0%}")
-            line = f"{recipe:<20} {flops / 1e6:>10.1f} " + " ".join(cells)
+                cells.append(f"{flops / 1e6:>14.1f} {rate:>10,.0f} {achieved:>12.1f} {achieved / peaks[precision]:>8.0%}")
+            line = f"{recipe:<20} " + " ".join(cells)
             if args.old:
                 new, old = (statistics.median(figures[s]) for s in ("new", "old"))
                 line += f"   new/old {new / old:.2f}x"
