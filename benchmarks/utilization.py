@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,26 +46,28 @@ model = recipe_model(recipe, shape, int(sys.argv[2]), pretrained=False)
 if recipe.network.backbone:
     model.freeze_backbone()
     model.unfreeze_last_blocks(recipe.fine_tune.blocks)
-print(json.dumps({"flops": training_flops(model, shape), "batch_size": recipe.optimizer.batch_size}))
+print(json.dumps(training_flops(model, shape)))
 """
 
 
-def step_figures(checkout: Path, recipe_name: str) -> dict:
-    """FLOPs per image of the recipe's training step (for a backbone, the fine-tuning stage's) and its batch
-    size, as `checkout`'s code has them: a recipe's network may differ between two checkouts (fast-mnist's
-    did), so each side is counted by its own code, in a process of its own."""
+def step_flops(checkout: Path, recipe_name: str) -> float:
+    """FLOPs per image of the recipe's training step (for a backbone, the fine-tuning stage's), as
+    `checkout`'s code has them: a recipe's network may differ between two checkouts (fast-mnist's did), so
+    each side is counted by its own code, in a process of its own."""
     classes = 10 if SOURCES[recipe_name] is MNIST else 2
     done = subprocess.run([sys.executable, "-c", STEP_FLOPS, recipe_name, str(classes)], check=True,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(checkout / "src")})
     return json.loads(done.stdout)
 
 
-def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float, batch_size: int) -> float:
+def images_per_second(checkout: Path, recipe: str, scratch: Path, cache: Path, scale: float) -> float:
     """A real training's last stage (the recipe's own number format), its steps x batch over its seconds
-    (history.csv)."""
+    (history.csv; the batch from the run's own recipe.toml, as that checkout has the recipe)."""
     steps = max(1, round(STEPS[recipe] * scale))
-    with open(train_once(checkout, recipe, steps, scratch, cache) / "history.csv") as rows:
+    run = train_once(checkout, recipe, steps, scratch, cache)
+    with open(run / "history.csv") as rows:
         last = list(csv.DictReader(rows))[-1]
+    batch_size = tomllib.loads((run / "recipe.toml").read_text())["optimizer"]["batch_size"]
     return steps * batch_size / float(last["seconds"])
 
 
@@ -94,19 +97,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="utilization-") as scratch:
         cache = Path(scratch) / "cache"
         for recipe in args.recipes:
-            steps = {side: step_figures(checkout, recipe) for side, checkout in sides.items()}
-            images_per_second(ROOT, recipe, Path(scratch), cache, 0.25, steps["new"]["batch_size"])  # warm the caches
+            flops = {side: step_flops(checkout, recipe) for side, checkout in sides.items()}
+            images_per_second(ROOT, recipe, Path(scratch), cache, 0.25)  # warm the decode and features caches
             figures = {side: [] for side in sides}
             for round_number in range(args.rounds):
                 order = list(sides) if round_number % 2 == 0 else list(sides)[::-1]
                 for side in order:
                     figures[side].append(images_per_second(sides[side], recipe, Path(scratch), cache,
-                                                           args.steps_scale, steps[side]["batch_size"]))
+                                                           args.steps_scale))
             cells = []
             for side in sides:
-                rate, flops = statistics.median(figures[side]), steps[side]["flops"]
-                achieved = flops * rate / 1e9
-                cells.append(f"{flops / 1e6:>14.1f} {rate:>10,.0f} {achieved:>12.1f} {achieved / peaks[precision]:>8.0%}")
+                rate = statistics.median(figures[side])
+                achieved = flops[side] * rate / 1e9
+                cells.append(f"{flops[side] / 1e6:>14.1f} {rate:>10,.0f} {achieved:>12.1f} {achieved / peaks[precision]:>8.0%}")
             line = f"{recipe:<20} " + " ".join(cells)
             if args.old:
                 new, old = (statistics.median(figures[s]) for s in ("new", "old"))
