@@ -333,10 +333,11 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         idx = digits.holds(source)
         if not trainable(source):
             raise SmallvisionError(f"{request.path or source.name}: not a folder of photos to check")
-        if trainer.busy_with():
-            raise Busy(f"{trainer.busy_with()} is training now; check once it has ended")
-        if audits.running() is not None:
-            raise Busy(f"{audits.running().name} is being audited now; check once the audit has ended")
+        training, auditing = trainer.busy_with(), audits.running()  # each looks once (the lock files, a process)
+        if training:
+            raise Busy(f"{training} is training now; check once it has ended")
+        if auditing is not None:
+            raise Busy(f"{auditing.name} is being audited now; check once the audit has ended")
         with checking:  # one at a time: each decodes every photo with every core
             # the page's own listing: a photo that is a symlink out of the root is neither read nor named
             report = check_source(str(source), recipe_image_shape(builtin_recipe(CHECK_RECIPE)), progress=False,
@@ -400,10 +401,9 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
     def augment_preview(request: Preview):
         """PNG: the source's first training photo of each of its first classes, beside augmented copies
         made as training makes them, with the recipe's augmentation and the page's changes to it."""
+        from smallvision.images import load_image
         from smallvision.models import recipe_image_shape, with_backbone_preprocessing
         from smallvision.studio.augmenting import PREVIEW_PHOTOS, PREVIEW_SIZE, preview_png
-
-        from smallvision.images import load_image
 
         source = folders.resolve(request.root, request.path)
         recipe = with_augment(with_backbone_preprocessing(builtin_recipe(request.recipe)), request.augment)
@@ -461,8 +461,9 @@ def create_studio(roots: list, runs: str | Path, token: str | None = None) -> Fa
         if not trainable(source):
             raise SmallvisionError(f"{start.path or source.name}: not a folder of photos (ROOT/CLASS/*.jpg or "
                                    f"ROOT/train/CLASS/*.jpg)")
-        if audits.running() is not None:
-            raise Busy(f"{audits.running().name} is being audited now; train once the audit has ended")
+        auditing = audits.running()
+        if auditing is not None:
+            raise Busy(f"{auditing.name} is being audited now; train once the audit has ended")
         changes = {field: getattr(start, field) for field in OVERRIDES if getattr(start, field) is not None}
         # the recipe's own message for a value out of range, before anything starts
         augmented = with_augment(builtin_recipe(start.recipe), start.augment)

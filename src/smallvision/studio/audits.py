@@ -46,8 +46,9 @@ class Audits:
         with self.lock:
             if training:
                 raise Busy(f"{training} is training now; audit once it has ended (both would want every core)")
-            if self.running() is not None:
-                raise Busy(f"{self.running().name} is being audited now; one audit at a time")
+            auditing = self.running()
+            if auditing is not None:
+                raise Busy(f"{auditing.name} is being audited now; one audit at a time")
             out = self.out(source)
             out.mkdir(parents=True, exist_ok=True)
             log = out / "audit.log"
